@@ -1,0 +1,48 @@
+# mmo developer entry points. `make test` and `make up` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv test lint format crd up clean-venv
+
+help:
+	@echo "make test   - create .venv if missing, install everything, run the test suite"
+	@echo "make lint   - ruff and mypy"
+	@echo "make up     - serve manifests/samples/private-vqa.yaml on a local Ray (no cluster)"
+	@echo "make crd    - regenerate the CRD files from the API models"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[operator,serving,test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator serving tests hack
+	$(BIN)/ruff format --check operator serving tests hack
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix operator serving tests hack
+	$(BIN)/ruff format operator serving tests hack
+
+crd: $(STAMP)
+	$(BIN)/mmo crd > manifests/crds/serving.mmo.dev_multimodalmodels.yaml
+	cp manifests/crds/serving.mmo.dev_multimodalmodels.yaml charts/mmo/crds/
+
+up: $(STAMP)
+	$(BIN)/mmo up manifests/samples/private-vqa.yaml
+
+clean-venv:
+	rm -rf $(VENV)

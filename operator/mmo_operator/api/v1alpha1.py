@@ -1,0 +1,416 @@
+"""``serving.mmo.dev/v1alpha1`` ``MultimodalModel``: the single source of truth.
+
+The CRD is generated from these models (``mmo crd``); field descriptions become the
+CRD's descriptions and the README's field reference. Cross-field rules live in
+``rules.py`` so that each Python check sits next to the CEL rule that mirrors it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "serving.mmo.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MultimodalModel"
+PLURAL = "multimodalmodels"
+SINGULAR = "multimodalmodel"
+SHORT_NAMES = ["mmm"]
+
+GpuType = Literal["A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB", "L40S-48GB"]
+Dtype = Literal["bfloat16", "float16", "float32"]
+Quantization = Literal["none", "int8", "int4"]
+Modality = Literal["text", "image"]
+Placement = Literal["balanced", "contiguous", "roundRobin"]
+IsolationMode = Literal["private", "hybrid", "federated"]
+DataClass = Literal["public", "internal", "sensitive"]
+
+SOURCE_SCHEMES = ("builtin://", "pvc://", "s3://", "hf://", "https://")
+_SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|pvc://[a-z0-9][a-z0-9.-]*/.+|s3://[a-z0-9][a-z0-9.-]*/.+|hf://[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|https://.+)$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
+Cidr = Annotated[str, Field(max_length=64, pattern=_CIDR)]
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+
+# --- spec.model -----------------------------------------------------------------------
+
+
+class Architecture(ApiModel):
+    """Sizes of the model; optional for ``builtin://`` models, whose sizes the package knows."""
+
+    total_params: int = Field(ge=1, description="Total parameter count (all experts included).")
+    active_params: int = Field(ge=1, description="Parameters used per token.")
+    num_layers: int = Field(ge=1, le=1024, description="Transformer layers.")
+    num_moe_layers: int | None = Field(
+        default=None, ge=1, le=1024, description="Layers with routed experts (default: all)."
+    )
+    num_experts: int = Field(ge=1, le=4096, description="Routed experts per MoE layer.")
+    experts_per_token: int = Field(ge=1, le=64, description="Routed experts chosen per token.")
+    shared_experts: int = Field(default=0, ge=0, le=64, description="Always-on experts per layer.")
+    hidden_size: int | None = Field(default=None, ge=1, description="Model width.")
+    expert_intermediate_size: int | None = Field(
+        default=None, ge=1, description="Intermediate width of one expert's feed-forward."
+    )
+    vocab_size: int | None = Field(default=None, ge=1, description="Tokenizer vocabulary size.")
+
+    @property
+    def moe_layers(self) -> int:
+        return self.num_moe_layers if self.num_moe_layers is not None else self.num_layers
+
+
+class S3Source(ApiModel):
+    """Where to read an ``s3://`` source from."""
+
+    endpoint: str = Field(
+        max_length=512, pattern=r"^https?://.+", description="S3-compatible endpoint URL."
+    )
+    credentials_secret: Name = Field(
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+    )
+
+
+class ModelSpec(ApiModel):
+    """Which model to serve and in what precision."""
+
+    source: str = Field(
+        max_length=1024,
+        pattern=_SOURCE_PATTERN,
+        description=(
+            "Model weights: builtin://NAME (shipped in the package), pvc://CLAIM/PATH, "
+            "s3://BUCKET/PATH (with s3), hf://ORG/NAME or https://URL."
+        ),
+    )
+    s3: S3Source | None = Field(default=None, description="Required for s3:// sources.")
+    architecture: Architecture | None = Field(
+        default=None, description="Model sizes; required unless the source is builtin://."
+    )
+    modalities: list[Modality] = Field(
+        default_factory=lambda: ["text", "image"],
+        min_length=1,
+        max_length=2,
+        description="Input modalities served.",
+    )
+    dtype: Dtype = Field(default="bfloat16", description="Weight and activation precision.")
+    quantization: Quantization = Field(
+        default="none", description="Weight quantization of linear layers."
+    )
+
+    @field_validator("modalities")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate modality in {v}; each of text, image at most once")
+        return v
+
+
+# --- spec.resources / experts / batching / autoscaling / cache ------------------------
+
+
+class Resources(ApiModel):
+    """The GPUs one replica of the model runs on."""
+
+    gpu_type: GpuType = Field(default="A100-80GB", description="GPU model of the nodes.")
+    gpus_per_node: int = Field(default=8, ge=1, le=8, description="GPUs used on each node.")
+    nodes_per_replica: int = Field(default=1, ge=1, le=64, description="Nodes per replica.")
+    headroom_fraction: float = Field(
+        default=0.15,
+        ge=0.0,
+        le=0.9,
+        description="Share of each GPU's memory kept free for activations and KV cache.",
+    )
+
+
+class Rebalance(ApiModel):
+    """Live re-placement of experts from observed load."""
+
+    enabled: bool = Field(default=False, description="Re-plan placement from observed load.")
+    interval_seconds: int = Field(
+        default=300, ge=30, le=86400, description="How often load is read."
+    )
+    min_improvement: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=10.0,
+        description="Apply a new plan only when balancedness improves by at least this.",
+    )
+
+
+class Experts(ApiModel):
+    """How experts are placed on the GPUs."""
+
+    placement: Placement = Field(default="balanced", description="Placement strategy.")
+    redundant_experts: int = Field(
+        default=0, ge=0, le=4096, description="Extra copies of hot experts per MoE layer."
+    )
+    rebalance: Rebalance = Field(default_factory=Rebalance, description="Live rebalancing.")
+
+
+class Batching(ApiModel):
+    """Dynamic batching of requests (changes apply in place)."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Requests per batch.")
+    batch_wait_timeout_ms: int = Field(
+        default=10, ge=0, le=10000, description="Longest wait to fill a batch."
+    )
+
+
+class Autoscaling(ApiModel):
+    """Replica autoscaling (each replica takes one full set of GPUs)."""
+
+    min_replicas: int = Field(default=1, ge=0, le=100, description="Fewest replicas.")
+    max_replicas: int = Field(default=1, ge=1, le=100, description="Most replicas.")
+    target_ongoing_requests: int = Field(
+        default=8, ge=1, le=10000, description="Ongoing requests per replica to aim for."
+    )
+    upscale_delay_seconds: int = Field(
+        default=30, ge=0, le=3600, description="Wait before adding a replica."
+    )
+    downscale_delay_seconds: int = Field(
+        default=300, ge=0, le=86400, description="Wait before removing a replica."
+    )
+    latency_target_ms: int = Field(
+        default=1000, ge=1, le=600000, description="p95 latency target (alerts, dashboards)."
+    )
+
+
+class Cache(ApiModel):
+    """Response cache (never shared across data classes or tenants)."""
+
+    enabled: bool = Field(default=True, description="Cache responses.")
+    max_entries: int = Field(default=1024, ge=1, le=10_000_000, description="LRU size.")
+    ttl_seconds: int = Field(default=300, ge=1, le=604800, description="Entry lifetime.")
+
+
+# --- spec.isolation ---------------------------------------------------------------------
+
+
+class Hybrid(ApiModel):
+    """Cloud offload for hybrid mode."""
+
+    endpoint: str = Field(
+        max_length=512, description="OpenAI-compatible cloud endpoint (https only)."
+    )
+    cidrs: list[Cidr] = Field(
+        min_length=1, max_length=64, description="Egress CIDRs of the endpoint."
+    )
+    credentials_secret: Name = Field(description="Secret holding the endpoint's API key.")
+    offload_data_classes: list[DataClass] = Field(
+        default_factory=lambda: ["public"],
+        max_length=3,
+        description="Data classes that may be offloaded (sensitive never leaves).",
+    )
+    redact_pii: bool = Field(
+        default=True, alias="redactPII", description="Redact PII before offloading."
+    )
+
+
+class DifferentialPrivacy(ApiModel):
+    """Clipping and Gaussian noise applied to every update before it leaves the site."""
+
+    clip_norm: float = Field(default=1.0, gt=0, le=100, description="L2 clip of each update.")
+    noise_multiplier: float = Field(
+        default=1.0, ge=0, le=100, description="Noise std as a multiple of clipNorm."
+    )
+
+
+class Federated(ApiModel):
+    """Federated fine-tuning with a Flower aggregator."""
+
+    aggregator: str = Field(max_length=512, description="Flower SuperLink address, host:port.")
+    cidrs: list[Cidr] = Field(
+        min_length=1, max_length=64, description="Egress CIDRs of the aggregator."
+    )
+    min_clients: int = Field(default=3, ge=1, le=10000, description="Sites per round.")
+    rounds: int = Field(default=10, ge=1, le=100000, description="Federated rounds.")
+    differential_privacy: DifferentialPrivacy = Field(
+        default_factory=DifferentialPrivacy, description="Update clipping and noise."
+    )
+    secure_aggregation: bool = Field(default=True, description="Use secure aggregation.")
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
+
+
+class LabelSelector(ApiModel):
+    """A Kubernetes label selector."""
+
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None, max_length=64
+    )
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=64)
+
+
+class AllowedClients(ApiModel):
+    """Pods allowed to call the endpoint (namespace and pod selectors are ANDed)."""
+
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces of the clients (omit: this namespace)."
+    )
+    pod_selector: LabelSelector | None = Field(
+        default=None, description="Client pods (omit: every pod of those namespaces)."
+    )
+
+
+class Audit(ApiModel):
+    """Append-only record of every isolation decision (never raw content)."""
+
+    enabled: bool = Field(default=True, description="Write one JSON line per decision.")
+
+
+class Isolation(ApiModel):
+    """Data-isolation mode and its policy."""
+
+    mode: IsolationMode = Field(default="private", description="private, hybrid or federated.")
+    hybrid: Hybrid | None = Field(default=None, description="Required exactly in hybrid mode.")
+    federated: Federated | None = Field(
+        default=None, description="Required exactly in federated mode."
+    )
+    allowed_clients: list[AllowedClients] | None = Field(
+        default=None, max_length=32, description="Who may call the endpoint (omit: nobody)."
+    )
+    audit: Audit = Field(default_factory=Audit, description="Audit trail.")
+
+
+# --- spec.serving / monitoring ------------------------------------------------------------
+
+
+class Serving(ApiModel):
+    """The Ray cluster that serves the model."""
+
+    image: str = Field(
+        default="ghcr.io/mmo-dev/mmo-serving:0.1.0",
+        max_length=512,
+        description="Serving image (Ray + mmo_serving).",
+    )
+    ray_version: str = Field(
+        default="2.55.1", max_length=32, pattern=r"^\d+\.\d+\.\d+$", description="Ray version."
+    )
+    port: int = Field(default=8000, ge=1024, le=65535, description="Serve HTTP port.")
+
+
+class Monitoring(ApiModel):
+    """Prometheus integration."""
+
+    pod_monitor: bool = Field(
+        default=True, description="Create a PodMonitor (when the monitoring CRDs exist)."
+    )
+
+
+class MultimodalModelSpec(ApiModel):
+    """Desired state of a MultimodalModel."""
+
+    model: ModelSpec = Field(description="The model and its precision.")
+    resources: Resources = Field(default_factory=Resources, description="GPUs per replica.")
+    experts: Experts = Field(default_factory=Experts, description="Expert placement.")
+    batching: Batching = Field(default_factory=Batching, description="Dynamic batching.")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Autoscaling.")
+    cache: Cache = Field(default_factory=Cache, description="Response cache.")
+    isolation: Isolation = Field(default_factory=Isolation, description="Data isolation.")
+    serving: Serving = Field(default_factory=Serving, description="Serving runtime.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring.")
+
+    @property
+    def total_gpus(self) -> int:
+        return self.resources.gpus_per_node * self.resources.nodes_per_replica
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+class Condition(ApiModel):
+    type: str = Field(max_length=64)
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=128)
+    message: str = Field(default="", max_length=4096)
+    last_transition_time: str | None = Field(default=None, max_length=64)
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class CapacityStatus(ApiModel):
+    fits: bool
+    gpus: int
+    gpu_memory_bytes: int
+    bytes_per_gpu: int
+    dense_bytes: int
+    expert_bytes: int
+    expert_slots_per_gpu: int
+    message: str = ""
+
+
+class PlacementStatus(ApiModel):
+    strategy: str
+    balancedness: float
+    balancedness_before: float | None = None
+    moved_experts: int = 0
+    slots_per_gpu: int
+    config_map: str
+    last_rebalance_time: str | None = None
+
+
+class MultimodalModelStatus(ApiModel):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    capacity: CapacityStatus | None = None
+    placement: PlacementStatus | None = None
+    endpoint: str | None = None
+    ray_service: str | None = None
+
+
+# --- the resource -----------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """Only what mmo reads; the API server owns the rest."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=63, pattern=_DNS_LABEL)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class MultimodalModel(ApiModel):
+    api_version: Literal["serving.mmo.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["MultimodalModel"]
+    metadata: ObjectMeta
+    spec: MultimodalModelSpec
+    status: MultimodalModelStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+
+def is_builtin(source: str) -> bool:
+    return source.startswith("builtin://")
+
+
+def builtin_name(source: str) -> str:
+    return re.sub(r"^builtin://", "", source)

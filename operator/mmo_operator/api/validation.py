@@ -1,0 +1,243 @@
+"""Everything `mmo validate` and the admission webhook check, in one place.
+
+Order: document shape -> schema (pydantic, same constraints as the CRD) -> cross-field
+rules (mirrored in CEL) -> builtin model lookup -> capacity -> isolation admission.
+Every problem names the field path, what is wrong and what would be valid.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mmo_operator.planning.capacity import CapacityReport, plan_capacity
+
+from .builtin import UnknownBuiltin, builtin_architecture
+from .problems import InvalidResource, Problem, format_loc
+from .rules import RULES
+from .v1alpha1 import (
+    API_VERSION,
+    KIND,
+    Architecture,
+    MultimodalModel,
+    builtin_name,
+    is_builtin,
+)
+
+
+@dataclass
+class Validated:
+    """A resource that passed validation, with what was learnt on the way."""
+
+    model: MultimodalModel
+    architecture: Architecture
+    capacity: CapacityReport
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- reading files ------------------------------------------------------------------------
+
+
+def read_document(text: str, source: str = "<input>") -> dict[str, Any]:
+    """Exactly one YAML (or JSON) mapping, or InvalidResource saying why not."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise InvalidResource([Problem("", f"{source}: not valid YAML{where}: {problem}")]) from e
+    if not docs:
+        raise InvalidResource([Problem("", f"{source}: empty document; expected a {KIND}")])
+    if len(docs) > 1:
+        raise InvalidResource(
+            [Problem("", f"{source}: {len(docs)} YAML documents; give one {KIND} per file")]
+        )
+    doc = docs[0]
+    if not isinstance(doc, dict):
+        raise InvalidResource(
+            [Problem("", f"{source}: expected a mapping ({KIND}), got {type(doc).__name__}")]
+        )
+    return doc
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise InvalidResource([Problem("", f"{p}: cannot read: {e.strerror}")]) from e
+    return read_document(text, str(p))
+
+
+# --- schema -------------------------------------------------------------------------------
+
+
+def _type_check(doc: dict[str, Any]) -> list[Problem]:
+    problems = []
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(
+            Problem("apiVersion", f"must be {API_VERSION}, got {doc.get('apiVersion')!r}")
+        )
+    if doc.get("kind") != KIND:
+        problems.append(Problem("kind", f"must be {KIND}, got {doc.get('kind')!r}"))
+    return problems
+
+
+def _unwrap(tp: Any) -> Any:
+    """The model class inside Optional[...] / list[...] / dict[..., ...], if any."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType, list, dict, typing.Annotated):
+        for arg in typing.get_args(tp):
+            inner = _unwrap(arg)
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return tp
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    cls: Any = MultimodalModel
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            return None
+        by_alias = {(f.alias or n): f for n, f in cls.model_fields.items()}
+        f = by_alias.get(part) or cls.model_fields.get(part)
+        if f is None:
+            return None
+        cls = _unwrap(f.annotation)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _allowed_fields(cls: type[BaseModel]) -> str:
+    return ", ".join(sorted((f.alias or n) for n, f in cls.model_fields.items()))
+
+
+def _schema_problem(err: Any) -> Problem:
+    loc = tuple(err["loc"])
+    path = format_loc(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = f"; allowed fields: {_allowed_fields(parent)}" if parent else ""
+        return Problem(path, f"unknown field{allowed}")
+    if kind == "missing":
+        return Problem(path, "required field is missing")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = err.get("input")
+    if kind not in ("model_type", "dict_type") and not isinstance(got, dict | list):
+        msg = f"{msg} (got {got!r})"
+    return Problem(path, msg)
+
+
+def parse_model(doc: dict[str, Any]) -> MultimodalModel:
+    problems = _type_check(doc)
+    if problems:
+        raise InvalidResource(problems)
+    try:
+        return MultimodalModel.model_validate(doc)
+    except ValidationError as e:
+        raise InvalidResource([_schema_problem(err) for err in e.errors()]) from e
+
+
+# --- semantic checks ----------------------------------------------------------------------
+
+
+def cross_field_problems(model: MultimodalModel) -> list[Problem]:
+    return [Problem(r.path, r.message) for r in RULES if not r.holds(model.spec)]
+
+
+def resolve_architecture(model: MultimodalModel) -> Architecture:
+    spec = model.spec.model
+    if spec.architecture is not None:
+        return spec.architecture
+    if is_builtin(spec.source):
+        try:
+            return builtin_architecture(builtin_name(spec.source))
+        except UnknownBuiltin as e:
+            raise InvalidResource([Problem("spec.model.source", str(e))]) from e
+    raise InvalidResource(
+        [Problem("spec.model.architecture", "required unless the source is builtin://")]
+    )
+
+
+def builtin_rule_problems(model: MultimodalModel, arch: Architecture) -> list[Problem]:
+    """Rules that CEL checks only when architecture is written out in the resource."""
+    spec = model.spec
+    if spec.model.architecture is not None or spec.experts.placement != "balanced":
+        return []
+    slots = arch.num_experts + spec.experts.redundant_experts
+    if slots % spec.total_gpus:
+        return [
+            Problem(
+                "spec.experts.redundantExperts",
+                f"with balanced placement, numExperts ({arch.num_experts} for "
+                f"{spec.model.source}) + redundantExperts must be divisible by the GPU count "
+                f"({spec.total_gpus})",
+            )
+        ]
+    return []
+
+
+def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
+    spec = model.spec
+    return plan_capacity(
+        arch,
+        dtype=spec.model.dtype,
+        quantization=spec.model.quantization,
+        gpu_type=spec.resources.gpu_type,
+        gpus_per_node=spec.resources.gpus_per_node,
+        nodes=spec.resources.nodes_per_replica,
+        redundant_experts=spec.experts.redundant_experts,
+        headroom_fraction=spec.resources.headroom_fraction,
+    )
+
+
+def capacity_problems(report: CapacityReport) -> list[Problem]:
+    if report.fits:
+        return []
+    options = f"; would fit with: {'; '.join(report.options)}" if report.options else ""
+    return [Problem("spec.resources", report.message + options)]
+
+
+def isolation_problems(model: MultimodalModel) -> list[Problem]:
+    try:
+        from mmo_operator.policy.admission import check_isolation
+    except ImportError:  # the isolation layer is optional during development
+        return []
+    return list(check_isolation(model))
+
+
+def validate(doc: dict[str, Any]) -> Validated:
+    """Run every check; raise InvalidResource with all problems found."""
+    model = parse_model(doc)
+    problems = cross_field_problems(model)
+    try:
+        arch = resolve_architecture(model)
+    except InvalidResource as e:
+        seen = {p.path for p in problems}
+        raise InvalidResource(problems + [p for p in e.problems if p.path not in seen]) from e
+    problems += builtin_rule_problems(model, arch)
+    capacity = capacity_of(model, arch)
+    problems += capacity_problems(capacity)
+    problems += isolation_problems(model)
+    if problems:
+        raise InvalidResource(problems)
+    return Validated(model=model, architecture=arch, capacity=capacity, warnings=capacity.warnings)
+
+
+def validate_file(path: str | Path) -> Validated:
+    try:
+        return validate(read_file(path))
+    except InvalidResource as e:
+        e.source = str(path)
+        raise

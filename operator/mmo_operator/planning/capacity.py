@@ -1,0 +1,296 @@
+"""Capacity planner: does a model fit N x GPU memory under expert parallelism?
+
+Under expert parallelism every GPU holds a full copy of the dense weights (attention,
+embeddings, shared experts, dense layers) and a share of the routed experts. A *slot*
+holds one expert copy in every MoE layer; a GPU has the same number of slots in each
+layer, so ``slot_bytes = moe_layers * bytes_of_one_expert``.
+
+GPU memory is taken as the nominal size in decimal gigabytes (an "A100-80GB" counts as
+80e9 bytes; the real 80 GiB leaves about 7% more), and every figure is reported in
+decimal units.
+
+Quantization applies to the weights of linear layers; embeddings and the output head
+(``vocabSize * hiddenSize`` each, when both are given) stay in ``dtype``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from mmo_operator.api.v1alpha1 import Architecture
+
+GPU_MEMORY_GB: dict[str, int] = {
+    "A100-40GB": 40,
+    "A100-80GB": 80,
+    "H100-80GB": 80,
+    "H200-141GB": 141,
+    "L40S-48GB": 48,
+}
+DTYPE_BYTES: dict[str, float] = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
+# int8: one byte per weight with a per-row scale (negligible); int4: half a byte plus a
+# 16-bit scale per group of 128 weights.
+QUANT_BYTES: dict[str, float | None] = {"none": None, "int8": 1.0, "int4": 0.5 + 2 / 128}
+CONSISTENCY_TOLERANCE = 0.05
+MAX_NODES_SEARCHED = 4096
+
+
+@dataclass(frozen=True)
+class ParamSplit:
+    """How the parameters of a model divide into dense and routed-expert parts."""
+
+    dense: int
+    embeddings: int
+    per_expert: int  # parameters of one routed expert in one MoE layer
+    moe_layers: int
+    num_experts: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def routed(self) -> int:
+        return self.per_expert * self.moe_layers * self.num_experts
+
+
+def split_params(arch: Architecture) -> ParamSplit:
+    """Dense vs routed parameters, from the detailed sizes when given, else the totals."""
+    moe_layers = arch.moe_layers
+    e, k = arch.num_experts, arch.experts_per_token
+    warnings: list[str] = []
+    if arch.hidden_size and arch.expert_intermediate_size:
+        # gated feed-forward: gate, up and down projections
+        per_expert = 3 * arch.hidden_size * arch.expert_intermediate_size
+    elif e > k:
+        # total - active = routed * (1 - k/e)
+        routed_est = (arch.total_params - arch.active_params) / (1 - k / e)
+        per_expert = int(routed_est / (moe_layers * e))
+    else:
+        per_expert = int(arch.total_params / (moe_layers * e))
+    routed = per_expert * moe_layers * e
+    if routed > arch.total_params:
+        warnings.append(
+            f"the routed experts alone ({_count(routed)} parameters from the architecture) "
+            f"exceed totalParams ({_count(arch.total_params)})"
+        )
+        per_expert = arch.total_params // (moe_layers * e)
+        routed = per_expert * moe_layers * e
+    dense = arch.total_params - routed
+    implied_active = dense + routed * k / e
+    if abs(implied_active - arch.active_params) > CONSISTENCY_TOLERANCE * arch.active_params:
+        warnings.append(
+            f"the architecture implies {_count(implied_active)} active parameters per token "
+            f"but activeParams is {_count(arch.active_params)} "
+            f"({100 * (implied_active / arch.active_params - 1):+.0f}%); check the sizes"
+        )
+    embeddings = 0
+    if arch.vocab_size and arch.hidden_size:
+        embeddings = min(dense, 2 * arch.vocab_size * arch.hidden_size)
+    return ParamSplit(dense, embeddings, per_expert, moe_layers, e, tuple(warnings))
+
+
+@dataclass
+class CapacityReport:
+    fits: bool
+    gpu_type: str
+    gpus_per_node: int
+    nodes: int
+    dtype: str
+    quantization: str
+    gpu_memory_bytes: int
+    usable_bytes_per_gpu: int
+    total_weight_bytes: int
+    dense_bytes: int
+    expert_bytes: int  # one expert in one MoE layer
+    slot_bytes: int
+    slots_needed_per_gpu: int
+    max_slots_per_gpu: int
+    max_redundant_experts: int
+    bytes_per_gpu: int
+    message: str
+    options: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["gpus"] = self.gpus
+        return out
+
+
+def _weight_bytes(split: ParamSplit, dtype: str, quantization: str) -> tuple[int, int]:
+    """(dense bytes, bytes of one expert in one layer)."""
+    plain = DTYPE_BYTES[dtype]
+    q = QUANT_BYTES[quantization]
+    linear = plain if q is None else q
+    dense = (split.dense - split.embeddings) * linear + split.embeddings * plain
+    return int(dense), math.ceil(split.per_expert * linear)
+
+
+def plan_capacity(
+    arch: Architecture,
+    *,
+    dtype: str,
+    quantization: str,
+    gpu_type: str,
+    gpus_per_node: int,
+    nodes: int = 1,
+    redundant_experts: int = 0,
+    headroom_fraction: float = 0.15,
+    with_options: bool = True,
+) -> CapacityReport:
+    split = split_params(arch)
+    gpu_mem = GPU_MEMORY_GB[gpu_type] * 10**9
+    usable = int(gpu_mem * (1 - headroom_fraction))
+    dense_b, expert_b = _weight_bytes(split, dtype, quantization)
+    slot_b = split.moe_layers * expert_b
+    gpus = gpus_per_node * nodes
+    needed = math.ceil((split.num_experts + redundant_experts) / gpus)
+    per_gpu = dense_b + needed * slot_b
+    max_slots = max(0, (usable - dense_b) // slot_b) if slot_b else 0
+    total = dense_b + split.num_experts * slot_b
+    fits = per_gpu <= usable
+    report = CapacityReport(
+        fits=fits,
+        gpu_type=gpu_type,
+        gpus_per_node=gpus_per_node,
+        nodes=nodes,
+        dtype=dtype,
+        quantization=quantization,
+        gpu_memory_bytes=gpu_mem,
+        usable_bytes_per_gpu=usable,
+        total_weight_bytes=total,
+        dense_bytes=dense_b,
+        expert_bytes=expert_b,
+        slot_bytes=slot_b,
+        slots_needed_per_gpu=needed,
+        max_slots_per_gpu=int(max_slots),
+        max_redundant_experts=max(0, int(max_slots) * gpus - split.num_experts),
+        bytes_per_gpu=per_gpu,
+        message="",
+        warnings=list(split.warnings),
+    )
+    node_label = f"{gpus_per_node}×{gpu_type}"
+    precision = dtype if quantization == "none" else f"{quantization} ({dtype} activations)"
+    if fits:
+        report.message = (
+            f"fits: {fmt_bytes(per_gpu)} per GPU of {fmt_bytes(usable)} usable "
+            f"({fmt_bytes(gpu_mem)} less {headroom_fraction:.0%} headroom) on "
+            f"{nodes} node(s) of {node_label} in {precision}; {needed} expert slot(s) per "
+            f"GPU used of {max_slots} that fit"
+        )
+        return report
+    need_nodes = nodes_needed(split, dense_b, slot_b, usable, gpus_per_node, redundant_experts)
+    where = (
+        f"needs {need_nodes} nodes of {node_label}"
+        if need_nodes
+        else f"the dense weights alone ({fmt_bytes(dense_b)}) exceed a GPU's usable memory"
+    )
+    report.message = (
+        f"does not fit: {where} in {precision}; {fmt_bytes(total)} of weights against "
+        f"{fmt_bytes(gpu_mem * gpus)} of GPU memory on {nodes} node(s), "
+        f"{fmt_bytes(per_gpu)} per GPU against {fmt_bytes(usable)} usable"
+    )
+    if with_options:
+        report.options = _options(
+            arch,
+            dtype,
+            quantization,
+            gpu_type,
+            gpus_per_node,
+            nodes,
+            redundant_experts,
+            headroom_fraction,
+        )
+    return report
+
+
+def nodes_needed(
+    split: ParamSplit, dense_b: int, slot_b: int, usable: int, gpus_per_node: int, redundant: int
+) -> int | None:
+    """Fewest nodes of ``gpus_per_node`` GPUs on which the model fits, or None."""
+    if dense_b + slot_b > usable:
+        return None
+    for n in range(1, MAX_NODES_SEARCHED + 1):
+        needed = math.ceil((split.num_experts + redundant) / (gpus_per_node * n))
+        if dense_b + needed * slot_b <= usable:
+            return n
+    return None
+
+
+def _options(
+    arch: Architecture,
+    dtype: str,
+    quantization: str,
+    gpu_type: str,
+    gpus_per_node: int,
+    nodes: int,
+    redundant: int,
+    headroom: float,
+) -> list[str]:
+    """Nearest settings that would fit: lower precisions, then more nodes."""
+    candidates: list[tuple[str, str]] = []
+    if dtype == "float32" and quantization == "none":
+        candidates.append(("bfloat16", "none"))
+    order = ["none", "int8", "int4"]
+    for q in order[order.index(quantization) + 1 :]:
+        candidates.append((dtype if dtype != "float32" else "bfloat16", q))
+    out = []
+    for d, q in candidates:
+        rep = plan_capacity(
+            arch,
+            dtype=d,
+            quantization=q,
+            gpu_type=gpu_type,
+            gpus_per_node=gpus_per_node,
+            nodes=nodes,
+            redundant_experts=redundant,
+            headroom_fraction=headroom,
+            with_options=False,
+        )
+        label = f"quantization {q}" if q != "none" else f"dtype {d}"
+        if rep.fits:
+            out.append(f"{label}: fits on {nodes} node(s), {fmt_bytes(rep.bytes_per_gpu)} per GPU")
+            continue
+        split = split_params(arch)
+        n = nodes_needed(
+            split,
+            rep.dense_bytes,
+            rep.slot_bytes,
+            rep.usable_bytes_per_gpu,
+            gpus_per_node,
+            redundant,
+        )
+        if n:
+            out.append(f"{label}: {n} nodes of {gpus_per_node}×{gpu_type}")
+    bigger = [g for g, mem in GPU_MEMORY_GB.items() if mem > GPU_MEMORY_GB[gpu_type]]
+    for g in bigger:
+        rep = plan_capacity(
+            arch,
+            dtype=dtype,
+            quantization=quantization,
+            gpu_type=g,
+            gpus_per_node=gpus_per_node,
+            nodes=nodes,
+            redundant_experts=redundant,
+            headroom_fraction=headroom,
+            with_options=False,
+        )
+        if rep.fits:
+            out.append(f"gpuType {g}: fits on {nodes} node(s)")
+    return out
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(int(n))

@@ -1,0 +1,168 @@
+"""AppArgs: the only thing the operator passes to the serving app.
+
+Serialised into ``serveConfigV2.applications[].args`` by the operator and built the same
+way by ``mmo up``. Pure: no ray, no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+EMPTY_SLOT = -1
+
+
+class _Camel(BaseModel):
+    """JSON in camelCase (as in the CRD and status), Python attributes in snake_case."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=False
+    )
+
+
+class LayerPlacement(_Camel):
+    """Where the experts of one MoE layer live.
+
+    ``slots[s]`` is the logical expert held by physical slot ``s``; slot ``s`` lives on
+    GPU ``s // slots_per_gpu`` (``EMPTY_SLOT`` marks an unused slot). ``gpu_load`` is the
+    expected load of each GPU when an expert's tokens are split evenly over its copies.
+    """
+
+    layer: int = Field(ge=0, description="MoE layer index (0-based, MoE layers only).")
+    slots: list[int] = Field(description="Physical slot -> logical expert.")
+    replicas: list[int] = Field(description="Copies of each logical expert.")
+    gpu_load: list[float] = Field(description="Expected load per GPU.")
+    balancedness: float = Field(description="max/mean GPU load; 1.0 is perfect.")
+    moved: int = Field(default=0, ge=0, description="Experts copied to a new GPU.")
+
+
+class PlacementPlan(_Camel):
+    """The placement contract (DESIGN.md section 4).
+
+    The same JSON appears in ``mmo plan -o json``, the placement ConfigMap, AppArgs and
+    ``status.placement``.
+    """
+
+    strategy: Literal["balanced", "contiguous", "roundRobin"]
+    num_gpus: int = Field(ge=1)
+    num_nodes: int = Field(default=1, ge=1)
+    slots_per_gpu: int = Field(ge=1)
+    num_experts: int = Field(ge=1)
+    redundant_experts: int = Field(default=0, ge=0)
+    layers: list[LayerPlacement]
+    balancedness: float = Field(description="Worst layer's max/mean GPU load.")
+
+    @model_validator(mode="after")
+    def _slots_consistent(self) -> PlacementPlan:
+        total = self.num_gpus * self.slots_per_gpu
+        for lp in self.layers:
+            if len(lp.slots) != total:
+                raise ValueError(
+                    f"layer {lp.layer}: {len(lp.slots)} slots, expected "
+                    f"numGpus*slotsPerGpu = {total}"
+                )
+            if len(lp.replicas) != self.num_experts:
+                raise ValueError(
+                    f"layer {lp.layer}: replicas has {len(lp.replicas)} entries, "
+                    f"expected numExperts = {self.num_experts}"
+                )
+            bad = [e for e in lp.slots if e != EMPTY_SLOT and not 0 <= e < self.num_experts]
+            if bad:
+                raise ValueError(f"layer {lp.layer}: slot holds unknown expert {bad[0]}")
+        return self
+
+    def gpu_of_slot(self, slot: int) -> int:
+        return slot // self.slots_per_gpu
+
+    def experts_on_gpu(self, layer: int, gpu: int) -> list[int]:
+        """Logical experts (with repeats for copies) held by one GPU in one layer."""
+        lo = gpu * self.slots_per_gpu
+        slots = self.layers[layer].slots[lo : lo + self.slots_per_gpu]
+        return [e for e in slots if e != EMPTY_SLOT]
+
+
+class BatchingArgs(_Camel):
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, le=10.0)
+
+
+class AutoscalingArgs(_Camel):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=8, gt=0)
+    upscale_delay_s: float = Field(default=30, ge=0)
+    downscale_delay_s: float = Field(default=300, ge=0)
+    max_ongoing_requests: int = Field(default=32, ge=1)
+
+
+class CacheArgs(_Camel):
+    enabled: bool = True
+    max_entries: int = Field(default=1024, ge=1)
+    ttl_seconds: float = Field(default=300, gt=0)
+
+
+class HybridArgs(_Camel):
+    endpoint: str
+    offload_data_classes: list[Literal["public", "internal", "sensitive"]] = Field(
+        default_factory=lambda: ["public"]
+    )
+    redact_pii: bool = True
+    # In a cluster the credentials Secret is mounted as this environment variable; under
+    # `mmo up` the user exports it.
+    credentials_env: str = "MMO_CLOUD_API_KEY"
+    ca_bundle: str | None = None
+    # Model name sent to the endpoint; None keeps the request's `model`.
+    model: str | None = None
+    queue_threshold: int = Field(default=16, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+
+
+class IsolationArgs(_Camel):
+    mode: Literal["private", "hybrid", "federated"] = "private"
+    default_data_class: Literal["public", "internal", "sensitive"] = "internal"
+    images_sensitive: bool = True
+    hybrid: HybridArgs | None = None
+    audit_enabled: bool = True
+    audit_path: str | None = Field(default=None, description="None: audit lines to stdout.")
+
+
+class RuntimeConfig(_Camel):
+    """The Serve deployment's ``user_config``: what can change without restarting the
+    replica (applied by the ingress's ``reconfigure``)."""
+
+    batching: BatchingArgs | None = None
+    placement: PlacementPlan | None = None
+
+
+class AppArgs(_Camel):
+    """Everything the Serve app needs, validated before anything starts."""
+
+    name: str = Field(description="Served model name (the MultimodalModel's name).")
+    model_source: str = Field(description="builtin://NAME, pvc://CLAIM/PATH or a local path.")
+    model_version: str = Field(default="1", description="Part of every cache key.")
+    dtype: Literal["bfloat16", "float16", "float32"] = "float32"
+    quantization: Literal["none", "int8", "int4"] = "none"
+    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text", "image"])
+    num_gpus: int = Field(default=1, ge=1, description="Expert-parallel ranks per replica.")
+    placement: PlacementPlan | None = None
+    batching: BatchingArgs = Field(default_factory=BatchingArgs)
+    autoscaling: AutoscalingArgs = Field(default_factory=AutoscalingArgs)
+    cache: CacheArgs = Field(default_factory=CacheArgs)
+    isolation: IsolationArgs = Field(default_factory=IsolationArgs)
+    max_new_tokens: int = Field(default=8, ge=1, le=512)
+    max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _placement_matches_gpus(self) -> AppArgs:
+        if self.placement is not None and self.placement.num_gpus != self.num_gpus:
+            raise ValueError(
+                f"placement.numGpus={self.placement.num_gpus} but numGpus={self.num_gpus}"
+            )
+        return self
+
+    def to_json_dict(self) -> dict[str, object]:
+        return self.model_dump(mode="json", by_alias=True)
