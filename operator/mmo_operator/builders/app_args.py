@@ -1,0 +1,79 @@
+"""AppArgs from a validated MultimodalModel: the same for the operator and `mmo up`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from mmo_operator.api.v1alpha1 import MultimodalModel
+from mmo_operator.api.validation import Validated
+from mmo_operator.planning import plan_for_model
+from mmo_serving.config import (
+    AppArgs,
+    AutoscalingArgs,
+    BatchingArgs,
+    CacheArgs,
+    HybridArgs,
+    IsolationArgs,
+    PlacementPlan,
+)
+
+
+def model_version(model: MultimodalModel) -> str:
+    """Changes exactly when the served weights change (part of every cache key)."""
+    m = model.spec.model
+    key = json.dumps([m.source, m.dtype, m.quantization], separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArgs:
+    spec = model.spec
+    iso = spec.isolation
+    hybrid = None
+    if iso.hybrid is not None:
+        hybrid = HybridArgs(
+            endpoint=iso.hybrid.endpoint,
+            offload_data_classes=list(iso.hybrid.offload_data_classes),
+            redact_pii=iso.hybrid.redact_pii,
+        )
+    auto = spec.autoscaling
+    return AppArgs(
+        name=model.name,
+        model_source=spec.model.source,
+        model_version=model_version(model),
+        dtype=spec.model.dtype,
+        quantization=spec.model.quantization,
+        modalities=list(spec.model.modalities),
+        num_gpus=spec.total_gpus,
+        placement=plan,
+        batching=BatchingArgs(
+            max_batch_size=spec.batching.max_batch_size,
+            batch_wait_timeout_s=spec.batching.batch_wait_timeout_ms / 1000,
+        ),
+        autoscaling=AutoscalingArgs(
+            min_replicas=auto.min_replicas,
+            max_replicas=auto.max_replicas,
+            target_ongoing_requests=auto.target_ongoing_requests,
+            upscale_delay_s=auto.upscale_delay_seconds,
+            downscale_delay_s=auto.downscale_delay_seconds,
+            # room for a full batch in flight and one queued
+            max_ongoing_requests=max(
+                2 * spec.batching.max_batch_size, auto.target_ongoing_requests
+            ),
+        ),
+        cache=CacheArgs(
+            enabled=spec.cache.enabled,
+            max_entries=spec.cache.max_entries,
+            ttl_seconds=spec.cache.ttl_seconds,
+        ),
+        isolation=IsolationArgs(mode=iso.mode, hybrid=hybrid, audit_enabled=iso.audit.enabled),
+        port=spec.serving.port,
+    )
+
+
+def plan_and_app_args(
+    validated: Validated, *, loads: object = None
+) -> tuple[PlacementPlan, AppArgs]:
+    """Placement plan (uniform load unless ``loads``) and the AppArgs that carry it."""
+    plan = plan_for_model(validated.model, validated.architecture, validated.capacity, loads=loads)
+    return plan, build_app_args(validated.model, plan)

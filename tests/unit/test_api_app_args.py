@@ -1,0 +1,65 @@
+"""AppArgs built from a MultimodalModel: what the operator and `mmo up` hand to serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmo_operator.api.validation import validate_file
+from mmo_operator.builders.app_args import build_app_args, model_version, plan_and_app_args
+from mmo_serving.config import AppArgs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def deepseek():
+    return validate_file(ROOT / "manifests/samples/deepseek-v3-int4.yaml")
+
+
+def test_app_args_follow_the_spec(deepseek) -> None:
+    plan, args = plan_and_app_args(deepseek)
+    assert args.name == "deepseek-v3-int4"
+    assert args.quantization == "int4"
+    assert args.num_gpus == 8
+    assert args.batching.max_batch_size == 32
+    assert args.batching.batch_wait_timeout_s == pytest.approx(0.02)
+    assert args.placement == plan
+    assert plan.num_experts == 256 and len(plan.layers) == 58
+    assert args.isolation.mode == "private" and args.isolation.hybrid is None
+
+
+def test_app_args_round_trip_as_json(deepseek) -> None:
+    _, args = plan_and_app_args(deepseek)
+    data = args.to_json_dict()
+    assert "numGpus" in data and "placement" in data
+    assert AppArgs.model_validate(data) == args
+
+
+def test_model_version_changes_with_weights_only(deepseek) -> None:
+    m = deepseek.model
+    v0 = model_version(m)
+    batching = m.model_copy(deep=True)
+    batching.spec.batching.max_batch_size = 64
+    assert model_version(batching) == v0
+    quant = m.model_copy(deep=True)
+    quant.spec.model.quantization = "int8"
+    assert model_version(quant) != v0
+
+
+def test_hybrid_settings_reach_the_gateway() -> None:
+    from mmo_operator.api.validation import parse_model, read_file
+
+    model = parse_model(read_file(ROOT / "manifests/samples/hybrid-vqa.yaml"))
+    args = build_app_args(model, None)
+    assert args.isolation.mode == "hybrid"
+    assert args.isolation.hybrid is not None
+    assert args.isolation.hybrid.endpoint == "https://llm.example.com/v1"
+    assert args.isolation.hybrid.offload_data_classes == ["public", "internal"]
+
+
+def test_placement_must_match_gpu_count(deepseek) -> None:
+    _, args = plan_and_app_args(deepseek)
+    with pytest.raises(ValueError, match=r"placement\.numGpus=8 but numGpus=4"):
+        AppArgs.model_validate({**args.to_json_dict(), "numGpus": 4})
