@@ -1,0 +1,97 @@
+"""Audit trail (one JSON line per decision) and the decision counters.
+
+A line holds: ``time`` (UTC, ISO 8601), ``requestId``, ``tenant``, ``mode``, ``route``,
+``class`` (after classification), ``declaredClass``, ``sentClass`` (offloads only),
+``decision`` (local, offload, refuse, fallback), ``destination``, ``status``,
+``reason``, ``payloadSha256`` (of the canonical JSON body), ``pii`` and ``redactions``
+(counts per kind). Never raw content: the reason strings are built from fixed text and
+policy values only, and a request id or tenant that is not a plain token
+(``[A-Za-z0-9._:-]{1,64}``) is replaced by its hash, since headers are client input.
+
+Lines go to stdout (``IsolationArgs.audit_path`` unset) or are appended to a file with
+one ``write`` per line on an ``O_APPEND`` descriptor, so that several replicas sharing a
+file do not interleave within a line.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from typing import IO, Any, Protocol
+
+_TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def safe_token(value: str | None, default: str) -> str:
+    """``value`` if it is a plain token, else ``sha256:<16 hex>`` of it."""
+    if value is None or value == "":
+        return default
+    if _TOKEN.fullmatch(value):
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+class MetricsSink(Protocol):
+    def decision(self, mode: str, decision: str, data_class: str) -> None: ...
+
+    def redactions(self, kind: str, count: int) -> None: ...
+
+
+class CounterSink:
+    """Adapts two counters with ``inc(value, tags=...)`` (``ray.serve.metrics.Counter``,
+    as named in ``mmo_serving.metrics``) to :class:`MetricsSink`:
+    ``mmo_policy_decisions_total{mode,decision,class}`` and
+    ``mmo_pii_redactions_total{kind}``."""
+
+    def __init__(self, decisions: Any, redactions: Any) -> None:
+        self._decisions = decisions
+        self._redactions = redactions
+
+    def decision(self, mode: str, decision: str, data_class: str) -> None:
+        self._decisions.inc(1, tags={"mode": mode, "decision": decision, "class": data_class})
+
+    def redactions(self, kind: str, count: int) -> None:
+        if count:
+            self._redactions.inc(count, tags={"kind": kind})
+
+
+class AuditLog:
+    def __init__(
+        self, path: str | None = None, *, enabled: bool = True, stream: IO[str] | None = None
+    ) -> None:
+        self.enabled = enabled
+        self.path = path
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        if enabled and path:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def write(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
+        if not self.enabled:
+            return None
+        line = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")}
+        line.update(record)
+        text = json.dumps(line, sort_keys=False, ensure_ascii=True) + "\n"
+        with self._lock:
+            if self._fd is not None:
+                os.write(self._fd, text.encode("ascii"))
+            else:
+                out = self._stream if self._stream is not None else sys.stdout
+                out.write(text)
+                out.flush()
+        return line
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

@@ -1,0 +1,202 @@
+"""Classification and per-mode decisions, table-driven."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mmo_serving.config import HybridArgs, IsolationArgs
+from mmo_serving.gateway.policy import GatewayRequestError, classify, decide, parse_route
+from mmo_serving.gateway.request import map_texts, payload_sha256, scan
+
+PNG = "data:image/png;base64,iVBORw0KGgo="
+ENDPOINT = "https://cloud.example.com/v1"
+
+
+def chat(text: str, image: str | None = None) -> dict[str, Any]:
+    content: Any = text
+    if image is not None:
+        content = [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": image}},
+        ]
+    return {"model": "m", "messages": [{"role": "user", "content": content}]}
+
+
+def iso(mode: str, **hybrid: Any) -> IsolationArgs:
+    if mode != "hybrid":
+        return IsolationArgs(mode=mode)  # type: ignore[arg-type]
+    opts: dict[str, Any] = {"endpoint": ENDPOINT, "queue_threshold": 4, **hybrid}
+    return IsolationArgs(mode="hybrid", hybrid=HybridArgs(**opts))
+
+
+# --- request scanning ------------------------------------------------------------------
+
+
+def test_scan_finds_texts_and_images_but_not_keywords() -> None:
+    body = chat("hello", PNG)
+    body["messages"].insert(0, {"role": "system", "content": "be brief"})
+    s = scan(body)
+    assert s.texts == ["be brief", "hello"]
+    assert (s.inline_images, s.remote_images) == (1, 0)
+    remote = scan(chat("x", "https://img.example.com/a.png"))
+    assert (remote.inline_images, remote.remote_images) == (0, 1)
+    assert (
+        scan(
+            {"model": "m", "input": ["a", {"type": "image_url", "image_url": {"url": "s3://b/k"}}]}
+        ).remote_images
+        == 1
+    )
+
+
+def test_map_texts_leaves_images_and_keywords_alone() -> None:
+    body = chat("hello", PNG)
+    out = map_texts(body, str.upper)
+    assert out["messages"][0]["content"][0]["text"] == "HELLO"
+    assert out["messages"][0]["content"][1]["image_url"]["url"] == PNG
+    assert out["model"] == "m" and out["messages"][0]["role"] == "user"
+    assert body["messages"][0]["content"][0]["text"] == "hello"  # original untouched
+
+
+def test_payload_hash_is_stable_across_key_order() -> None:
+    assert payload_sha256({"a": 1, "b": [1, 2]}) == payload_sha256({"b": [1, 2], "a": 1})
+    assert payload_sha256({"a": 1}) != payload_sha256({"a": 2})
+
+
+# --- classification ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers,body,args,declared,final",
+    [
+        ({}, chat("hi"), IsolationArgs(), "internal", "internal"),
+        ({}, chat("hi"), IsolationArgs(default_data_class="public"), "public", "public"),
+        ({"X-Data-Class": "public"}, chat("hi"), IsolationArgs(), "public", "public"),
+        ({"x-data-class": "SENSITIVE"}, chat("hi"), IsolationArgs(), "sensitive", "sensitive"),
+        (
+            {"X-Data-Class": "public"},
+            chat("mail a@b.example.com"),
+            IsolationArgs(),
+            "public",
+            "sensitive",
+        ),
+        ({"X-Data-Class": "public"}, chat("hi", PNG), IsolationArgs(), "sensitive", "sensitive"),
+        (
+            {"X-Data-Class": "public"},
+            chat("hi", PNG),
+            IsolationArgs(images_sensitive=False),
+            "public",
+            "public",
+        ),
+    ],
+)
+def test_classify(
+    headers: dict[str, str], body: Any, args: IsolationArgs, declared: str, final: str
+) -> None:
+    c = classify(headers, scan(body), args)
+    assert (c.declared, c.data_class) == (declared, final)
+
+
+def test_classify_rejects_unknown_class_naming_header_and_allowed_values() -> None:
+    with pytest.raises(GatewayRequestError) as err:
+        classify({"X-Data-Class": "secret"}, scan(chat("x")), IsolationArgs())
+    assert "X-Data-Class" in err.value.message
+    assert "public, internal, sensitive" in err.value.message
+    assert "secret" not in err.value.message  # header values are not echoed
+
+
+def test_parse_route() -> None:
+    assert parse_route({}) == "auto"
+    assert parse_route({"X-Route": "Cloud"}) == "cloud"
+    with pytest.raises(GatewayRequestError, match=r"X-Route.*auto, local, cloud"):
+        parse_route({"X-Route": "moon"})
+
+
+# --- decisions ----------------------------------------------------------------------------
+
+PII = "my card is 4111 1111 1111 1111"
+URL = "https://x.example/a.png"
+RAW: dict[str, Any] = {"redact_pii": False}
+
+# (mode/options, X-Data-Class, text, image, route, queue) -> (action, sent class, redact, status)
+CASES: list[tuple[Any, ...]] = [
+    # private / federated: always local, cloud route refused, remote image refused
+    ("private", {}, "public", "hi", None, "auto", 100, "local", "public", False, 200),
+    ("private", {}, "public", "hi", None, "cloud", 0, "refuse", "public", False, 403),
+    ("private", {}, "public", "hi", URL, "auto", 0, "refuse", "sensitive", False, 403),
+    ("federated", {}, "public", "hi", None, "auto", 100, "local", "public", False, 200),
+    ("federated", {}, "public", "hi", None, "cloud", 0, "refuse", "public", False, 403),
+    # hybrid, public listed (default offloadDataClasses = [public])
+    ("hybrid", {}, "public", "hi", None, "auto", 0, "local", "public", False, 200),
+    ("hybrid", {}, "public", "hi", None, "auto", 4, "local", "public", False, 200),
+    ("hybrid", {}, "public", "hi", None, "auto", 5, "offload", "public", True, 200),
+    ("hybrid", {}, "public", "hi", None, "cloud", 0, "offload", "public", True, 200),
+    ("hybrid", {}, "public", "hi", None, "local", 100, "local", "public", False, 200),
+    ("hybrid", RAW, "public", "hi", None, "cloud", 0, "offload", "public", False, 200),
+    # not listed / sensitive: never leaves
+    ("hybrid", {}, "internal", "hi", None, "cloud", 100, "local", "internal", False, 200),
+    ("hybrid", {}, "sensitive", "hi", None, "cloud", 100, "local", "sensitive", False, 200),
+    (
+        "hybrid", {"offload_data_classes": ["public", "internal", "sensitive"]},
+        "sensitive", "hi", None, "cloud", 100, "local", "sensitive", False, 200,
+    ),
+    (
+        "hybrid", {"offload_data_classes": ["public", "internal"]},
+        "internal", "hi", None, "cloud", 0, "offload", "internal", True, 200,
+    ),
+    # PII: redacted offload only with redactPII, else local
+    ("hybrid", {}, "public", PII, None, "cloud", 0, "offload", "public", True, 200),
+    ("hybrid", RAW, "public", PII, None, "cloud", 0, "local", "sensitive", False, 200),
+    ("hybrid", {}, "internal", PII, None, "cloud", 0, "local", "sensitive", False, 200),
+    # images: sensitive by default, so local; a remote URL served locally is refused
+    ("hybrid", {}, "public", "hi", PNG, "cloud", 0, "local", "sensitive", False, 200),
+    ("hybrid", {}, "public", "hi", URL, "cloud", 0, "refuse", "sensitive", False, 403),
+    (
+        "hybrid", {"_images_sensitive": False},
+        "public", "hi", PNG, "cloud", 0, "offload", "public", True, 200,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mode,opts,declared,text,image,route,queue,action,sent,redact,status", CASES
+)
+def test_decide_table(
+    mode: str,
+    opts: dict[str, Any],
+    declared: str,
+    text: str,
+    image: str | None,
+    route: str,
+    queue: int,
+    action: str,
+    sent: str,
+    redact: bool,
+    status: int,
+) -> None:
+    opts = dict(opts)
+    images_sensitive = opts.pop("_images_sensitive", True)
+    args = iso(mode, **opts)
+    args.images_sensitive = images_sensitive
+    cls = classify({"X-Data-Class": declared}, scan(chat(text, image)), args)
+    d = decide(args, cls, route, queue)  # type: ignore[arg-type]
+    assert (d.action, d.data_class, d.redact, d.status) == (action, sent, redact, status), d
+    assert d.destination == {"local": "local", "offload": ENDPOINT, "refuse": "none"}[action]
+    assert d.reason
+
+
+def test_refusal_reasons_say_why() -> None:
+    args = iso("private")
+    cls = classify({}, scan(chat("x", "https://x.example/a.png")), args)
+    d = decide(args, cls, "auto")
+    assert d.code == "remote_image_refused"
+    assert "data:image/" in d.reason and "never fetches" in d.reason
+    d = decide(args, classify({}, scan(chat("x")), args), "cloud")
+    assert "mode private has no cloud endpoint" in d.reason
+
+
+def test_hybrid_without_hybrid_block_fails_closed() -> None:
+    args = IsolationArgs(mode="hybrid")
+    d = decide(args, classify({"X-Data-Class": "public"}, scan(chat("x")), args), "cloud")
+    assert d.action == "local"
