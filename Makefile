@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint format crd up clean-venv
+.PHONY: help venv test lint format crd docs up clean-venv
 
 help:
 	@echo "make test   - create .venv if missing, install everything, run the test suite"
 	@echo "make lint   - ruff and mypy"
 	@echo "make up     - serve manifests/samples/private-vqa.yaml on a local Ray (no cluster)"
 	@echo "make crd    - regenerate the CRD files from the API models"
+	@echo "make docs   - regenerate the README's field reference from the API models"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,9 @@ format: $(STAMP)
 crd: $(STAMP)
 	$(BIN)/mmo crd > manifests/crds/serving.mmo.dev_multimodalmodels.yaml
 	cp manifests/crds/serving.mmo.dev_multimodalmodels.yaml charts/mmo/crds/
+
+docs: $(STAMP)
+	$(BIN)/python -c "from pathlib import Path; from mmo_operator.api.reference import update_readme; update_readme(Path('README.md'))"
 
 up: $(STAMP)
 	$(BIN)/mmo up manifests/samples/private-vqa.yaml
