@@ -113,6 +113,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             out["placement"] = plan.model_dump(mode="json", by_alias=True)
     else:
         code = EXIT_INVALID
+        if args.output != "text":
+            print(f"{args.file}: spec.resources: {capacity.message}", file=sys.stderr)
     if args.output == "json":
         print(json.dumps(out, indent=2))
     elif args.output == "yaml":

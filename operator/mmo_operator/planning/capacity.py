@@ -181,6 +181,14 @@ def plan_capacity(
             f"GPU used of {max_slots} that fit"
         )
         return report
+    if redundant_experts and dense_b + math.ceil(split.num_experts / gpus) * slot_b <= usable:
+        report.message = (
+            f"does not fit: redundantExperts={redundant_experts} needs {needed} expert slots "
+            f"per GPU ({fmt_bytes(per_gpu)}) but memory holds {max_slots} "
+            f"({fmt_bytes(usable)} usable); at most {report.max_redundant_experts} redundant "
+            f"copies fit on {nodes} node(s) of {node_label} in {precision}"
+        )
+        return report
     need_nodes = nodes_needed(split, dense_b, slot_b, usable, gpus_per_node, redundant_experts)
     where = (
         f"needs {need_nodes} nodes of {node_label}"
