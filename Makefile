@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint format crd docs up clean-venv
+.PHONY: help venv test lint format crd docs up clean-venv checkov-venv chart-generate
 
 help:
 	@echo "make test   - create .venv if missing, install everything, run the test suite"
@@ -50,3 +50,12 @@ up: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# checkov's pins clash with the main venv: it lives in its own (tests/chart creates it too).
+checkov-venv:
+	test -x .venv-checkov/bin/checkov || ($(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet checkov==3.3.30)
+
+# Regenerate the Grafana dashboards and the kustomize base from their sources.
+chart-generate: $(STAMP)
+	$(BIN)/python hack/gen_dashboards.py
+	$(BIN)/python hack/gen_kustomize_base.py
