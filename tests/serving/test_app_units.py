@@ -1,0 +1,242 @@
+"""Unit tests of the Serve app's pure parts: cache, images, schema errors, gateway seam,
+metric names. No Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmo_serving import openai_schema as oa
+from mmo_serving.cache import CacheScope, ResponseCache, cache_key
+from mmo_serving.config import AppArgs, RuntimeConfig
+from mmo_serving.gateway_types import PassThroughGateway, RequestInfo, load_gateway
+from mmo_serving.images import decode_data_url, encode_data_url
+from mmo_serving.metrics import SERVING_METRICS
+
+# ------------------------------------------------------------------------------- cache
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_app_cache_lru_evicts_least_recently_used() -> None:
+    cache: ResponseCache[int] = ResponseCache(2, 60)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)
+    assert cache.get("b") is None
+    assert cache.get("a") == 1 and cache.get("c") == 3
+    assert len(cache) == 2
+    assert (cache.hits, cache.misses) == (3, 1)
+
+
+def test_app_cache_ttl_expires() -> None:
+    clock = FakeClock()
+    cache: ResponseCache[str] = ResponseCache(10, 5, clock=clock)
+    cache.put("k", "v")
+    clock.now = 4.9
+    assert cache.get("k") == "v"
+    clock.now = 5.0
+    assert cache.get("k") is None
+    assert len(cache) == 0
+
+
+def test_app_cache_key_separates_version_class_tenant() -> None:
+    req = {"prompt": "what colour?", "image": "abc", "max_new_tokens": 8}
+    base = CacheScope("1", "internal", "default")
+    k = cache_key("/v1/chat/completions", req, base)
+    assert k == cache_key("/v1/chat/completions", dict(reversed(req.items())), base)
+    others = [
+        cache_key("/v1/chat/completions", req, CacheScope("2", "internal", "default")),
+        cache_key("/v1/chat/completions", req, CacheScope("1", "public", "default")),
+        cache_key("/v1/chat/completions", req, CacheScope("1", "internal", "acme")),
+        cache_key("/v1/embeddings", req, base),
+        cache_key("/v1/chat/completions", {**req, "max_new_tokens": 4}, base),
+    ]
+    assert len({k, *others}) == 6
+
+
+def test_app_cache_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        ResponseCache(0, 1)
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        ResponseCache(1, 0)
+
+
+# ------------------------------------------------------------------------------ images
+
+
+def _png(w: int = 4, h: int = 3, rgb: tuple[int, int, int] = (200, 10, 10)) -> str:
+    return encode_data_url(np.full((h, w, 3), rgb, dtype=np.uint8))
+
+
+def test_app_image_decodes_png_and_jpeg() -> None:
+    img = decode_data_url(_png(), max_bytes=10_000, param="p")
+    assert img.array.shape == (3, 4, 3) and img.array.dtype == np.uint8
+    assert tuple(img.array[0, 0]) == (200, 10, 10)
+    buf = io.BytesIO()
+    Image.new("L", (5, 5), 128).save(buf, format="JPEG")
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    grey = decode_data_url(url, max_bytes=10_000, param="p")
+    assert grey.array.shape == (5, 5, 3) and grey.mime == "image/jpeg"
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "code", "needle"),
+    [
+        ("https://example.com/cat.png", 400, "unsupported_image_url", "only inline data: URLs"),
+        ("data:image/png;base64", 400, "invalid_image_url", "no ','"),
+        ("data:image/gif;base64,R0lGOD", 400, "unsupported_image_type", "'image/gif'"),
+        ("data:image/png,abcd", 400, "invalid_image_url", "base64-encoded"),
+        ("data:image/png;base64,@@@@", 400, "invalid_base64", "invalid base64"),
+        ("data:image/png;base64," + "A" * 4000, 413, "image_too_large", "limit is 1000"),
+        (
+            "data:image/png;base64," + base64.b64encode(b"not an image").decode(),
+            400,
+            "invalid_image",
+            "cannot decode the image/png image",
+        ),
+    ],
+)
+def test_app_image_errors(url: str, status: int, code: str, needle: str) -> None:
+    with pytest.raises(oa.ApiError) as err:
+        decode_data_url(url, max_bytes=1000, param="messages[0].content[1].image_url.url")
+    assert err.value.status == status
+    assert err.value.code == code
+    assert needle in err.value.message
+    assert err.value.param == "messages[0].content[1].image_url.url"
+
+
+def test_app_image_declared_type_must_match_bytes() -> None:
+    png = _png().split(",", 1)[1]
+    with pytest.raises(oa.ApiError, match="says image/jpeg but the bytes are PNG"):
+        decode_data_url("data:image/jpeg;base64," + png, max_bytes=10_000, param="p")
+
+
+# ------------------------------------------------------------------------------ schema
+
+
+def test_app_schema_error_names_field_path() -> None:
+    body = (
+        b'{"model": "m", "messages": [{"role": "user", "content": '
+        b'[{"type": "image_url", "image_url": {}}]}]}'
+    )
+    with pytest.raises(oa.ApiError) as err:
+        oa.parse_model(oa.ChatCompletionRequest, body)
+    assert err.value.status == 400 and err.value.code == "invalid_schema"
+    assert err.value.param == "messages[0].content[0].image_url.url"
+    assert "Field required" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"", "body is empty"),
+        (b"{nope", "not valid JSON"),
+        (b"[1]", "must be a JSON object, got list"),
+        (b'{"model": "m", "messages": []}', "messages: List should have at least 1 item"),
+        (b'{"model": "m", "messages": [{"role": "robot", "content": "x"}]}', "role"),
+    ],
+)
+def test_app_schema_bad_bodies(body: bytes, needle: str) -> None:
+    with pytest.raises(oa.ApiError) as err:
+        oa.parse_model(oa.ChatCompletionRequest, body)
+    assert err.value.status == 400
+    assert needle in err.value.message
+    assert set(err.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_app_runtime_config_accepts_camel_case() -> None:
+    cfg = RuntimeConfig.model_validate({"batching": {"maxBatchSize": 4, "batchWaitTimeoutS": 0.5}})
+    assert cfg.batching is not None and cfg.batching.max_batch_size == 4
+    assert cfg.placement is None
+
+
+# ----------------------------------------------------------------------------- gateway
+
+
+ARGS = AppArgs(name="m", model_source="builtin://shapes-moe")
+
+
+def _info(headers: dict[str, str]) -> RequestInfo:
+    return RequestInfo(
+        request_id="r",
+        route="/v1/chat/completions",
+        tenant="default",
+        headers=headers,
+        texts=["hi"],
+        image_urls=[],
+        body={},
+        queue_depth=1,
+    )
+
+
+def test_app_gateway_loader_uses_module_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = types.ModuleType("mmo_serving.gateway")
+    sentinel = object()
+    mod.build_gateway = lambda args: (sentinel, args.name)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mmo_serving.gateway", mod)
+    assert load_gateway(ARGS) == (sentinel, "m")
+
+
+def test_app_gateway_loader_fails_closed_without_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mmo_serving.gateway", types.ModuleType("x"))
+    with pytest.raises(RuntimeError, match="no build_gateway"):
+        load_gateway(ARGS)
+
+
+def test_app_passthrough_gateway_uses_header_or_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, str]] = []
+
+    class M:
+        def policy_decision(self, **kw: str) -> None:
+            calls.append(kw)
+
+    monkeypatch.setattr("mmo_serving.metrics.serving_metrics", lambda: M())
+    gw = PassThroughGateway(ARGS)
+    d1 = asyncio.run(gw.decide(_info({"x-data-class": "public"})))
+    d2 = asyncio.run(gw.decide(_info({})))
+    assert (d1.action, d1.data_class) == ("local", "public")
+    assert (d2.action, d2.data_class) == ("local", "internal")
+    assert calls[0] == {"mode": "private", "decision": "local", "data_class": "public"}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_app_metric_names_follow_the_contract() -> None:
+    assert SERVING_METRICS == {
+        "mmo_request_latency_seconds": ("histogram", ("route", "modality", "cache", "mode")),
+        "mmo_requests_total": ("counter", ("route", "code", "mode")),
+        "mmo_batch_size": ("histogram", ("route",)),
+        "mmo_queue_depth": ("gauge", ("route",)),
+        "mmo_generated_tokens_total": ("counter", ()),
+        "mmo_cache_hits_total": ("counter", ()),
+        "mmo_cache_misses_total": ("counter", ()),
+        "mmo_expert_tokens_total": ("counter", ("layer", "expert", "rank")),
+        "mmo_expert_balancedness": ("gauge", ("layer",)),
+        "mmo_rebalances_total": ("counter", ()),
+        "mmo_policy_decisions_total": ("counter", ("mode", "decision", "class")),
+        "mmo_pii_redactions_total": ("counter", ("kind",)),
+    }
+
+
+def test_app_schema_unknown_content_part_type() -> None:
+    body = b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}'
+    with pytest.raises(oa.ApiError) as err:
+        oa.parse_model(oa.ChatCompletionRequest, body)
+    assert err.value.param == "messages[0].content[0]"
+    assert "'type' must be 'text' or 'image_url'" in err.value.message
