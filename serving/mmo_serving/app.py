@@ -72,10 +72,12 @@ async def default_engine_factory(args: AppArgs) -> Engine:
     INT8 when ``args.quantization == "int8"``."""
     from mmo_serving.engine import make_engine
 
-    engine = make_engine(args)
-    if inspect.isawaitable(engine):
-        engine = await engine
-    return engine  # type: ignore[no-any-return]
+    # In a replica Ray is initialised: ask for the local engine explicitly with one GPU.
+    engine = make_engine(args, local=args.num_gpus == 1)
+    ready = getattr(engine, "ready", None)
+    if ready is not None:
+        await ready()  # ranks loaded and checked: only then is the replica healthy
+    return engine
 
 
 # ---------------------------------------------------------------------------- helpers

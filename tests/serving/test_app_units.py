@@ -240,3 +240,25 @@ def test_app_schema_unknown_content_part_type() -> None:
         oa.parse_model(oa.ChatCompletionRequest, body)
     assert err.value.param == "messages[0].content[0]"
     assert "'type' must be 'text' or 'image_url'" in err.value.message
+
+
+def test_app_local_prometheus_renames_ray_mmo_series() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = yaml.safe_load((root / "manifests/prometheus/prometheus.yml").read_text())
+    job = cfg["scrape_configs"][0]
+    assert job["static_configs"][0]["targets"] == ["127.0.0.1:8080"]
+    (rule,) = job["metric_relabel_configs"]
+    assert rule["source_labels"] == ["__name__"] and rule["target_label"] == "__name__"
+
+    def relabel(name: str) -> str:  # Prometheus anchors the regex; $1 is group 1
+        m = re.fullmatch(rule["regex"], name)
+        return rule["replacement"].replace("$1", m.group(1)) if m else name
+
+    for metric in SERVING_METRICS:
+        assert relabel("ray_" + metric) == metric
+    assert relabel("ray_serve_num_http_requests_total") == "ray_serve_num_http_requests_total"

@@ -1,0 +1,162 @@
+"""``mmo up`` and ``mmo ask`` (registered by ``mmo_operator.cli``).
+
+Importing this module is light: ray, httpx and the app load inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "up",
+        help="serve a MultimodalModel on a private local Ray (no cluster needed)",
+        description=(
+            "Validate FILE, plan the experts and build the Serve application exactly as "
+            "the operator does, then run it on a private local Ray with logical GPUs. "
+            "Ctrl-C stops everything."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="a MultimodalModel YAML file")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
+    p.add_argument("--port", type=int, help="HTTP port (default: spec.serving.port)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="Ray's Prometheus metrics port (default: %(default)s)",
+    )
+    p.add_argument("--num-cpus", type=int, help="logical CPUs for Ray (default: max(4, cores))")
+    p.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="hybrid mode: CA bundle to verify the cloud endpoint (e.g. a self-signed one)",
+    )
+    p.add_argument(
+        "--audit-file", metavar="PATH", help="write the audit lines here instead of stdout"
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Serve's logs")
+    p.set_defaults(func=cmd_up)
+
+    p = subparsers.add_parser(
+        "ask",
+        help="ask a running endpoint a question, optionally about a picture",
+        description="Send one chat completion request to a running mmo endpoint.",
+    )
+    p.add_argument("question", help="the question, e.g. 'what colour is the circle?'")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("MMO_URL", DEFAULT_URL),
+        help="endpoint base URL (default: $MMO_URL or %(default)s)",
+    )
+    p.add_argument("--image", metavar="FILE", help="a picture (PNG, JPEG, WebP, ...)")
+    p.add_argument("--model", help="model name (default: the endpoint's first model)")
+    p.add_argument("--max-tokens", type=int, help="limit on generated tokens")
+    p.add_argument("--stream", action="store_true", help="stream the answer as it is sent")
+    p.add_argument("--data-class", choices=["public", "internal", "sensitive"])
+    p.add_argument("--tenant", help="X-Tenant header")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the whole JSON response")
+    p.set_defaults(func=cmd_ask)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from mmo_serving.local import UpOptions, run_up
+
+    return run_up(
+        UpOptions(
+            file=args.file,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            num_cpus=args.num_cpus,
+            ca_bundle=args.ca_bundle,
+            audit_file=args.audit_file,
+            timeout_s=args.timeout,
+            verbose=args.verbose,
+        )
+    )
+
+
+def _error_text(resp: Any) -> str:
+    try:
+        err = resp.json()["error"]
+        return f"{err.get('message')} (HTTP {resp.status_code}, {err.get('code')})"
+    except Exception:
+        return f"HTTP {resp.status_code}: {resp.text[:500]}"
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import httpx
+
+    url = args.url.rstrip("/")
+    headers = {}
+    if args.data_class:
+        headers["X-Data-Class"] = args.data_class
+    if args.tenant:
+        headers["X-Tenant"] = args.tenant
+    content: list[dict[str, Any]] = [{"type": "text", "text": args.question}]
+    if args.image:
+        from mmo_serving.images import file_to_data_url
+
+        try:
+            content.append(
+                {"type": "image_url", "image_url": {"url": file_to_data_url(args.image)}}
+            )
+        except (OSError, ValueError) as exc:
+            print(f"mmo ask: {exc}", file=sys.stderr)
+            return 1
+    try:
+        with httpx.Client(base_url=url, timeout=args.timeout) as client:
+            model = args.model
+            if model is None:
+                r = client.get("/v1/models")
+                if r.status_code != 200:
+                    print(f"mmo ask: {url}/v1/models: {_error_text(r)}", file=sys.stderr)
+                    return 1
+                model = r.json()["data"][0]["id"]
+            body: dict[str, Any] = {
+                "model": model,
+                "messages": [{"role": "user", "content": content}],
+            }
+            if args.max_tokens:
+                body["max_tokens"] = args.max_tokens
+            if args.stream:
+                return _stream(client, body, headers)
+            r = client.post("/v1/chat/completions", json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        print(f"mmo ask: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if r.status_code != 200:
+        print(f"mmo ask: {_error_text(r)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(r.json(), indent=2))
+    else:
+        print(r.json()["choices"][0]["message"]["content"])
+    return 0
+
+
+def _stream(client: Any, body: dict[str, Any], headers: dict[str, str]) -> int:
+    body = {**body, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+        if r.status_code != 200:
+            r.read()
+            print(f"mmo ask: {_error_text(r)}", file=sys.stderr)
+            return 1
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,249 @@
+"""``mmo up FILE``: the operator's Serve application on a private local Ray.
+
+Same spec, same validation, same plan, same AppArgs as the operator
+(``mmo_operator.builders.app_args.plan_and_app_args``), then:
+
+1. a private Ray (``include_dashboard=False``, logical GPUs = the spec's GPUs, the
+   Prometheus metrics port fixed and printed),
+2. Serve on ``--host:--port``, the app deployed with ``serve.run`` while progress is
+   printed,
+3. the endpoint, the metrics URL and a ready-to-paste request,
+4. on Ctrl-C or SIGTERM: ``serve.shutdown()`` then ``ray.shutdown()``: nothing is left
+   running.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from mmo_serving.config import AppArgs
+
+APP_NAME = "mmo"
+DEFAULT_METRICS_PORT = 8080
+SAMPLE_QUESTION = "what colour is the circle?"
+
+
+@dataclass
+class UpOptions:
+    file: str
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: spec.serving.port
+    metrics_port: int = DEFAULT_METRICS_PORT
+    num_cpus: int | None = None  # None: max(4, cpu count)
+    ca_bundle: str | None = None
+    audit_file: str | None = None
+    timeout_s: float = 900.0
+    verbose: bool = False
+
+
+class UpError(Exception):
+    """A problem that stops ``mmo up`` before anything starts (exit code 1)."""
+
+
+def app_args_for(opts: UpOptions) -> AppArgs:
+    """Validate the file and build AppArgs exactly as the operator does; then the local
+    overrides (port, CA bundle, audit file)."""
+    from mmo_operator.api.problems import InvalidResource
+    from mmo_operator.api.validation import validate_file
+    from mmo_operator.builders.app_args import plan_and_app_args
+
+    try:
+        validated = validate_file(opts.file)
+    except InvalidResource as exc:
+        lines = [f"{opts.file}: {p}" for p in exc.problems]
+        raise UpError("\n".join(lines) or str(exc)) from exc
+    except OSError as exc:
+        raise UpError(f"{opts.file}: {exc.strerror or exc}") from exc
+    _plan, args = plan_and_app_args(validated)
+    if opts.port is not None:
+        args.port = opts.port
+    if opts.ca_bundle is not None:
+        if args.isolation.hybrid is None:
+            raise UpError("--ca-bundle: only meaningful in hybrid mode (spec.isolation.hybrid)")
+        if not os.path.isfile(opts.ca_bundle):
+            raise UpError(f"--ca-bundle: {opts.ca_bundle}: no such file")
+        args.isolation.hybrid.ca_bundle = os.path.abspath(opts.ca_bundle)
+    if opts.audit_file is not None:
+        args.isolation.audit_path = os.path.abspath(opts.audit_file)
+    return AppArgs.model_validate(args.model_dump())
+
+
+def sample_image_data_url() -> str:
+    """A 64x64 red circle on white: small enough to paste into a shell."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (64, 64), (255, 255, 255))
+    ImageDraw.Draw(img).ellipse((14, 14, 50, 50), fill=(220, 20, 20))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=True)
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def sample_request(args: AppArgs) -> dict[str, Any]:
+    return {
+        "model": args.name,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": SAMPLE_QUESTION},
+                    {"type": "image_url", "image_url": {"url": sample_image_data_url()}},
+                ],
+            }
+        ],
+    }
+
+
+def banner(args: AppArgs, url: str, metrics_url: str) -> str:
+    body = json.dumps(sample_request(args), separators=(",", ":"))
+    curl = (
+        f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
+        f"-d {shlex.quote(body)}"
+    )
+    return "\n".join(
+        [
+            "",
+            f"mmo: {args.name} is serving ({args.num_gpus} expert-parallel rank(s), "
+            f"isolation {args.isolation.mode})",
+            f"  endpoint:  {url}/v1  (OpenAI-compatible: chat/completions, embeddings, models)",
+            f"  health:    {url}/healthz   {url}/readyz   {url}/v1/expert-load",
+            f"  metrics:   {metrics_url}  (Prometheus; series ray_mmo_*)",
+            "  try:",
+            f"    {curl}",
+            f'    mmo ask --url {url} --image PICTURE.png "{SAMPLE_QUESTION}"',
+            "  Ctrl-C stops everything.",
+            "",
+        ]
+    )
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _progress(out: TextIO, t0: float, last: list[str]) -> None:
+    from ray import serve
+
+    try:
+        status = serve.status()
+    except Exception:  # the controller may not be up yet
+        return
+    app = status.applications.get(APP_NAME)
+    if app is None:
+        line = "waiting for the Serve controller"
+    else:
+        parts = [f"application {app.status.value}"]
+        for name, dep in app.deployments.items():
+            counts = ", ".join(f"{n} {s.value.lower()}" for s, n in dep.replica_states.items())
+            parts.append(f"{name}: {dep.status.value} ({counts or 'no replicas yet'})")
+        line = "; ".join(parts)
+    if not last or line != last[0]:
+        out.write(f"[{time.monotonic() - t0:6.1f}s] {line}\n")
+        out.flush()
+        last[:] = [line]
+
+
+def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
+    """Start, serve until Ctrl-C/SIGTERM, stop. Returns the exit code."""
+    try:
+        args = app_args_for(opts)
+    except UpError as exc:
+        print(f"mmo up: {exc}", file=sys.stderr)
+        return 1
+    num_cpus = opts.num_cpus or max(4, os.cpu_count() or 1)
+    url = f"http://{opts.host}:{args.port}"
+    metrics_url = f"http://127.0.0.1:{opts.metrics_port}/metrics"
+    out.write(
+        f"mmo up: {opts.file} valid; plan: {args.num_gpus} GPU(s), balancedness "
+        f"{args.placement.balancedness if args.placement else 1.0:.3f}\n"
+        f"mmo up: starting a private Ray ({num_cpus} CPUs, {args.num_gpus} logical GPUs)\n"
+    )
+    out.flush()
+    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    import ray
+    from ray import serve
+
+    from mmo_serving.app import build_app
+
+    code = 0
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=args.num_gpus,
+            include_dashboard=False,
+            namespace="mmo-up",
+            log_to_driver=opts.verbose,
+            _metrics_export_port=opts.metrics_port,
+            configure_logging=opts.verbose,
+        )
+        # Ray may install its own handlers: ours decide how we stop.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _raise_stop)
+        serve.start(http_options={"host": opts.host, "port": args.port})
+        code = _deploy_and_wait(args, opts, out, url, metrics_url, build_app)
+    except (_Stop, KeyboardInterrupt):
+        out.write("\nmmo up: stopping\n")
+    except Exception as exc:
+        print(f"mmo up: failed: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            for s, h in old.items():
+                signal.signal(s, h)
+        out.write("mmo up: stopped\n")
+        out.flush()
+    return code
+
+
+def _deploy_and_wait(
+    args: AppArgs, opts: UpOptions, out: TextIO, url: str, metrics_url: str, build_app: Any
+) -> int:
+    from ray import serve
+
+    failure: list[BaseException] = []
+
+    def deploy() -> None:
+        try:
+            serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=deploy, name="mmo-up-deploy", daemon=True)
+    t0 = time.monotonic()
+    worker.start()
+    last: list[str] = []
+    while worker.is_alive():
+        _progress(out, t0, last)
+        if time.monotonic() - t0 > opts.timeout_s:
+            print(f"mmo up: not ready after {opts.timeout_s:.0f}s", file=sys.stderr)
+            return 1
+        worker.join(timeout=1.0)
+    if failure:
+        print(f"mmo up: deployment failed: {failure[0]}", file=sys.stderr)
+        return 1
+    _progress(out, t0, last)
+    out.write(banner(args, url, metrics_url))
+    out.flush()
+    while True:
+        time.sleep(3600)
