@@ -2,22 +2,17 @@
 
 Pure of ray and torch (httpx is imported only in hybrid mode, by the cloud client).
 
-Use from the Serve app (about ten lines)::
+The Serve app reaches it through the seam in :mod:`mmo_serving.gateway_types`:
+``load_gateway(args)`` calls :func:`build_gateway` and the ingress awaits
+``gateway.decide(RequestInfo)`` before the cache and the model (see :mod:`.ingress`).
 
-    from mmo_serving.gateway import Gateway
-    from mmo_serving.gateway.audit import CounterSink
-    from mmo_serving import metrics as m
+Used directly (any app, about ten lines)::
 
-    self.gateway = Gateway(args.isolation, metrics=CounterSink(
-        m.POLICY_DECISIONS, m.PII_REDACTIONS))             # or metrics=None
-    ...
-    result = await self.gateway.handle(
-        body, dict(request.headers), route="chat/completions",
-        queue_depth=self.ongoing, run_local=self._serve_local)
+    gateway = Gateway(args.isolation, metrics=sink)   # sink: MetricsSink or None
+    result = await gateway.handle(
+        body, headers, route="chat/completions", queue_depth=ongoing,
+        run_local=serve_local)                        # async (body, RequestContext) -> dict
     return JSONResponse(result.body, status_code=result.status, headers=result.headers)
-
-    async def _serve_local(self, body, ctx):   # ctx: RequestContext
-        ...  # cache keys start with ctx.cache_namespace (tenant|class), then the model
 
 ``handle`` classifies the body (``X-Data-Class`` header, policy default, images, PII),
 decides (:mod:`.policy`), writes one audit line and counts the decision, then either
@@ -35,9 +30,25 @@ effects), :func:`.policy.classify`, :func:`.policy.decide`, :func:`.pii.detect`,
 :func:`.pii.redact`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from mmo_serving.gateway.audit import AuditLog, CounterSink, MetricsSink
 from mmo_serving.gateway.core import Evaluation, Gateway, GatewayResult, RequestContext
 from mmo_serving.gateway.policy import Classification, Decision, classify, decide
+
+if TYPE_CHECKING:
+    from mmo_serving.config import AppArgs
+    from mmo_serving.gateway.ingress import IngressGateway
+
+
+def build_gateway(args: AppArgs, **kwargs: Any) -> IngressGateway:
+    """The ingress seam's factory (``mmo_serving.gateway_types.load_gateway``)."""
+    from mmo_serving.gateway.ingress import build_gateway as build
+
+    return build(args, **kwargs)
+
 
 __all__ = [
     "AuditLog",
@@ -49,6 +60,7 @@ __all__ = [
     "GatewayResult",
     "MetricsSink",
     "RequestContext",
+    "build_gateway",
     "classify",
     "decide",
 ]

@@ -1,0 +1,1 @@
+"""Isolation policy (pure): admission rules, NetworkPolicies, the pods' environment."""

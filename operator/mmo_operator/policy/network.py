@@ -1,0 +1,237 @@
+"""NetworkPolicies and pod environment per isolation mode (pure: plain dicts).
+
+Every pod of a model carries ``serving.mmo.dev/model: NAME`` (head and workers); the
+policies select them by that label. NetworkPolicies are allow-lists that add up, so
+the set below is read as "default deny, plus exactly these":
+
+``NAME-default-deny``
+    Ingress and egress denied for every pod of the model.
+``NAME-ray-internal``
+    All ports between pods of the model (GCS 6379, raylets, object manager, workers,
+    NCCL/gloo use ports chosen at run time); plus, from the KubeRay operator's pods
+    (``app.kubernetes.io/name: kuberay-operator`` in any namespace, or the namespace
+    given), the dashboard port 8265 that it drives the RayService through.
+``NAME-dns``
+    Egress to kube-dns only: UDP and TCP 53 to pods ``k8s-app: kube-dns`` in the
+    namespace ``kube-system`` (pinned by ``kubernetes.io/metadata.name``).
+``NAME-serve-ingress``
+    The Serve HTTP port (``spec.serving.port``) from ``spec.isolation.allowedClients``
+    only: each entry is one peer, its namespace and pod selectors ANDed; a pod selector
+    alone means this namespace; an entry with neither means every pod of this namespace.
+    No entries: the policy exists with no rule, and nobody may call.
+``NAME-metrics-ingress``
+    Ray's Prometheus port 8080 from the monitoring namespace only (``monitoring`` by
+    default; ``monitoring_namespace=``).
+``NAME-egress`` (hybrid and federated only)
+    hybrid: the endpoint's CIDRs on its port (443 unless the URL names another).
+    federated: the aggregator's CIDRs on its port; when the aggregator is a cluster
+    Service name (``name.ns.svc[...]``) its namespace is allowed on that port too, because
+    most CNIs apply policy after Service DNAT, so a ClusterIP range alone would not match.
+    private: none (no such policy).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from mmo_operator.api import MultimodalModel
+from mmo_operator.builders.common import DASHBOARD_PORT, METRICS_PORT, MODEL_LABEL, metadata
+from mmo_operator.policy.admission import split_host_port
+
+Obj = dict[str, Any]
+NS_NAME_LABEL = "kubernetes.io/metadata.name"
+DEFAULT_MONITORING_NAMESPACE = "monitoring"
+KUBERAY_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
+
+
+def model_selector(model: MultimodalModel) -> Obj:
+    return {"matchLabels": {MODEL_LABEL: model.name}}
+
+
+def _policy(
+    model: MultimodalModel,
+    suffix: str,
+    types: list[str],
+    *,
+    ingress: list[Obj] | None = None,
+    egress: list[Obj] | None = None,
+) -> Obj:
+    spec: Obj = {"podSelector": model_selector(model), "policyTypes": types}
+    if ingress is not None:
+        spec["ingress"] = ingress
+    if egress is not None:
+        spec["egress"] = egress
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(model, f"{model.name}-{suffix}", None),
+        "spec": spec,
+    }
+
+
+def _selector(sel: Any) -> Obj:
+    out: Obj = {}
+    if sel is None:
+        return out
+    if sel.match_labels:
+        out["matchLabels"] = dict(sel.match_labels)
+    if sel.match_expressions:
+        exprs = []
+        for e in sel.match_expressions:
+            expr: Obj = {"key": e.key, "operator": e.operator}
+            if e.values is not None:
+                expr["values"] = list(e.values)
+            exprs.append(expr)
+        out["matchExpressions"] = exprs
+    return out
+
+
+def client_peers(model: MultimodalModel) -> list[Obj]:
+    peers = []
+    for client in model.spec.isolation.allowed_clients or []:
+        peer: Obj = {}
+        if client.namespace_selector is not None:
+            peer["namespaceSelector"] = _selector(client.namespace_selector)
+        if client.pod_selector is not None:
+            peer["podSelector"] = _selector(client.pod_selector)
+        if not peer:  # {} is not a valid peer: say "every pod of this namespace"
+            peer["podSelector"] = {}
+        peers.append(peer)
+    return peers
+
+
+def _ip_peers(cidrs: list[str]) -> list[Obj]:
+    return [{"ipBlock": {"cidr": c}} for c in cidrs]
+
+
+def service_namespace(host: str) -> str | None:
+    """``name.ns.svc`` / ``name.ns.svc.cluster.local`` -> ``ns``; otherwise None."""
+    labels = host.lower().rstrip(".").split(".")
+    if len(labels) >= 3 and labels[2] == "svc" and labels[3:] in ([], ["cluster", "local"]):
+        return labels[1] if re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", labels[1]) else None
+    return None
+
+
+def egress_rules(model: MultimodalModel) -> list[Obj]:
+    """The mode's egress beyond DNS and the Ray cluster (empty in private mode)."""
+    iso = model.spec.isolation
+    if iso.mode == "hybrid" and iso.hybrid is not None:
+        port = urlsplit(iso.hybrid.endpoint).port or 443
+        return [{"to": _ip_peers(iso.hybrid.cidrs), "ports": [{"protocol": "TCP", "port": port}]}]
+    if iso.mode == "federated" and iso.federated is not None:
+        hp = split_host_port(iso.federated.aggregator)
+        if hp is None:  # refused at admission; build nothing rather than guess a port
+            return []
+        host, port = hp
+        peers = _ip_peers(iso.federated.cidrs)
+        ns = service_namespace(host)
+        if ns is not None:
+            peers.append({"namespaceSelector": {"matchLabels": {NS_NAME_LABEL: ns}}})
+        return [{"to": peers, "ports": [{"protocol": "TCP", "port": port}]}]
+    return []
+
+
+def build_network_policies(
+    model: MultimodalModel,
+    *,
+    monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE,
+    kuberay_namespace: str | None = None,
+) -> list[Obj]:
+    """The NetworkPolicies of ``model``, in apply order (default deny first)."""
+    own = {"podSelector": model_selector(model)}
+    kuberay: Obj = {"podSelector": {"matchLabels": dict(KUBERAY_LABELS)}}
+    kuberay["namespaceSelector"] = (
+        {"matchLabels": {NS_NAME_LABEL: kuberay_namespace}} if kuberay_namespace else {}
+    )
+    kube_dns = {
+        "namespaceSelector": {"matchLabels": {NS_NAME_LABEL: "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    }
+    policies = [
+        _policy(model, "default-deny", ["Ingress", "Egress"], ingress=[], egress=[]),
+        _policy(
+            model,
+            "ray-internal",
+            ["Ingress", "Egress"],
+            ingress=[
+                {"from": [own]},
+                {"from": [kuberay], "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+            ],
+            egress=[{"to": [own]}],
+        ),
+        _policy(
+            model,
+            "dns",
+            ["Egress"],
+            egress=[
+                {
+                    "to": [kube_dns],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                }
+            ],
+        ),
+        _policy(
+            model,
+            "serve-ingress",
+            ["Ingress"],
+            ingress=(
+                [
+                    {
+                        "from": client_peers(model),
+                        "ports": [{"protocol": "TCP", "port": model.spec.serving.port}],
+                    }
+                ]
+                if model.spec.isolation.allowed_clients
+                else []
+            ),
+        ),
+        _policy(
+            model,
+            "metrics-ingress",
+            ["Ingress"],
+            ingress=[
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {NS_NAME_LABEL: monitoring_namespace}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+                }
+            ],
+        ),
+    ]
+    egress = egress_rules(model)
+    if egress:
+        policies.append(_policy(model, "egress", ["Egress"], egress=egress))
+    return policies
+
+
+# Environment of every container of every mode: no hub, no downloads, no telemetry.
+OFFLINE_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DO_NOT_TRACK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "WANDB_MODE": "disabled",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    # no package index: a runtime_env pip/uv install cannot pull code at run time
+    "PIP_NO_INDEX": "1",
+    "UV_OFFLINE": "1",
+}
+
+
+def isolation_env(model: MultimodalModel) -> list[Obj]:
+    """Environment entries for every container of the model's pods (no secrets here)."""
+    env = [{"name": k, "value": v} for k, v in OFFLINE_ENV.items()]
+    env.append({"name": "MMO_ISOLATION_MODE", "value": model.spec.isolation.mode})
+    return env

@@ -1,0 +1,216 @@
+"""Generated NetworkPolicies per mode, and exactly which flows they let out (or in)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mmo_operator.api import MultimodalModel
+from mmo_operator.api.validation import parse_model
+from mmo_operator.policy.flows import Endpoint, external, is_allowed, leaving_namespace, pod
+from mmo_operator.policy.network import (
+    OFFLINE_ENV,
+    build_network_policies,
+    isolation_env,
+    service_namespace,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "ml"
+
+
+def model(sample: str, **isolation: Any) -> MultimodalModel:
+    doc = yaml.safe_load((ROOT / "manifests/samples" / sample).read_text())
+    doc["metadata"]["namespace"] = NS
+    doc["spec"]["isolation"].update(copy.deepcopy(isolation))
+    return parse_model(doc)
+
+
+MODES = {
+    "private": "private-vqa.yaml",
+    "hybrid": "hybrid-vqa.yaml",
+    "federated": "federated-vqa.yaml",
+}
+
+
+def model_pods(name: str) -> list[Endpoint]:
+    lab = {"serving.mmo.dev/model": name}
+    return [
+        pod("head", NS, {**lab, "ray.io/node-type": "head"}, "10.0.1.10"),
+        pod("worker", NS, {**lab, "ray.io/node-type": "worker"}, "10.0.1.11"),
+    ]
+
+
+# Everything else the model might talk to, inside and outside the cluster.
+OTHERS = [
+    pod("stranger", NS, {}, "10.0.1.21"),
+    pod("vqa-client", NS, {"app": "vqa-client"}, "10.0.1.20"),
+    pod("other-model", NS, {"serving.mmo.dev/model": "someone-else"}, "10.0.1.30"),
+    pod("client", "apps", {}, "10.0.2.5", {"mmo.dev/clients": "true"}),
+    pod("apps2-pod", "apps2", {}, "10.0.3.3"),
+    pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, "10.0.0.10"),
+    pod("fake-dns", "apps2", {"k8s-app": "kube-dns"}, "10.0.3.4"),
+    pod("prometheus", "monitoring", {"app": "prometheus"}, "10.0.4.4"),
+    pod("kuberay", "ray-system", {"app.kubernetes.io/name": "kuberay-operator"}, "10.0.5.5"),
+    pod("superlink", "federation", {"app": "superlink"}, "10.0.6.6"),
+    external("cloud", "203.0.113.9"),
+    external("aggregator-ip", "10.96.40.7"),
+    external("internet", "8.8.8.8"),
+    external("internet6", "2001:4860:4860::8888"),
+]
+PORTS = [
+    (53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP"), (6379, "TCP"), (8000, "TCP"),
+    (8080, "TCP"), (8265, "TCP"), (9092, "TCP"), (10001, "TCP"),
+]  # fmt: skip
+
+DNS = {(s, "kube-dns", 53, p) for s in ("head", "worker") for p in ("UDP", "TCP")}
+EXPECTED_LEAVING = {
+    "private": DNS,
+    "hybrid": DNS | {(s, "cloud", 443, "TCP") for s in ("head", "worker")},
+    "federated": DNS
+    | {(s, d, 9092, "TCP") for s in ("head", "worker") for d in ("superlink", "aggregator-ip")},
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_exactly_these_flows_leave_the_namespace(mode: str) -> None:
+    m = model(MODES[mode])
+    pols = build_network_policies(m)
+    pods = model_pods(m.name)
+    assert leaving_namespace(pols, pods, pods + OTHERS, PORTS) == EXPECTED_LEAVING[mode]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_egress_inside_the_namespace_only_to_the_ray_cluster(mode: str) -> None:
+    m = model(MODES[mode])
+    pols = build_network_policies(m)
+    head, worker = model_pods(m.name)
+    for port, proto in PORTS:
+        assert is_allowed(pols, head, worker, port, proto)
+        assert is_allowed(pols, worker, head, port, proto)
+        for other in OTHERS:
+            if other.namespace == NS:
+                assert not is_allowed(pols, head, other, port, proto), (other.name, port)
+
+
+def _ingress(pols: list[dict[str, Any]], name: str) -> set[tuple[str, str, int]]:
+    return {
+        (src.name, dst.name, port)
+        for src in OTHERS
+        for dst in model_pods(name)
+        for port, proto in PORTS
+        if is_allowed(pols, src, dst, port, proto)
+    }
+
+
+@pytest.mark.parametrize(
+    "mode,clients",
+    [("private", {"vqa-client"}), ("hybrid", {"client"}), ("federated", {"vqa-client"})],
+)
+def test_who_may_reach_the_model(mode: str, clients: set[str]) -> None:
+    m = model(MODES[mode])
+    got = _ingress(build_network_policies(m), m.name)
+    expected = {
+        *((c, p, 8000) for c in clients for p in ("head", "worker")),
+        *(("prometheus", p, 8080) for p in ("head", "worker")),
+        *(("kuberay", p, 8265) for p in ("head", "worker")),
+    }
+    assert got == expected
+
+
+def test_private_sample_clients_and_no_clients_at_all() -> None:
+    m = model("private-vqa.yaml")
+    assert m.spec.isolation.allowed_clients, "sample lists its clients"
+    nobody = model("private-vqa.yaml", allowedClients=None)
+    got = _ingress(build_network_policies(nobody), nobody.name)
+    assert {src for src, _, port in got if port == 8000} == set()
+    names = [p["metadata"]["name"] for p in build_network_policies(nobody)]
+    assert f"{nobody.name}-serve-ingress" in names
+
+
+def test_names_labels_and_order() -> None:
+    for mode, sample in MODES.items():
+        m = model(sample)
+        pols = build_network_policies(m)
+        names = [p["metadata"]["name"] for p in pols]
+        suffixes = ["default-deny", "ray-internal", "dns", "serve-ingress", "metrics-ingress"]
+        if mode != "private":
+            suffixes.append("egress")
+        assert names == [f"{m.name}-{s}" for s in suffixes]
+        for p in pols:
+            assert p["apiVersion"] == "networking.k8s.io/v1" and p["kind"] == "NetworkPolicy"
+            assert p["metadata"]["namespace"] == NS
+            assert p["metadata"]["labels"]["serving.mmo.dev/model"] == m.name
+            assert p["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "mmo-operator"
+            assert p["spec"]["podSelector"] == {"matchLabels": {"serving.mmo.dev/model": m.name}}
+        deny = pols[0]["spec"]
+        assert (
+            deny["policyTypes"] == ["Ingress", "Egress"] and deny["ingress"] == deny["egress"] == []
+        )
+
+
+def test_monitoring_namespace_is_configurable() -> None:
+    m = model("private-vqa.yaml")
+    pols = build_network_policies(m, monitoring_namespace="observability")
+    prom = pod("prom", "observability", {}, "10.0.9.9")
+    head = model_pods(m.name)[0]
+    assert is_allowed(pols, prom, head, 8080)
+    assert not is_allowed(pols, OTHERS[7], head, 8080)  # the default "monitoring" no more
+
+
+def test_hybrid_endpoint_port_and_kuberay_namespace() -> None:
+    m = model(
+        "hybrid-vqa.yaml",
+        hybrid={
+            "endpoint": "https://llm.example.com:8443/v1",
+            "cidrs": ["203.0.113.0/24"],
+            "credentialsSecret": "k",
+        },
+    )
+    pols = build_network_policies(m, kuberay_namespace="ray-system")
+    head = model_pods(m.name)[0]
+    cloud = OTHERS[10]
+    assert is_allowed(pols, head, cloud, 8443) and not is_allowed(pols, head, cloud, 443)
+    elsewhere = pod("kuberay2", "default", {"app.kubernetes.io/name": "kuberay-operator"})
+    assert is_allowed(pols, OTHERS[8], head, 8265)
+    assert not is_allowed(pols, elsewhere, head, 8265)
+
+
+def test_without_the_egress_policy_hybrid_is_private() -> None:
+    m = model("hybrid-vqa.yaml")
+    pols = [p for p in build_network_policies(m) if not p["metadata"]["name"].endswith("-egress")]
+    pods = model_pods(m.name)
+    assert leaving_namespace(pols, pods, pods + OTHERS, PORTS) == DNS
+
+
+def test_service_namespace() -> None:
+    assert service_namespace("superlink.federation.svc.cluster.local") == "federation"
+    assert service_namespace("superlink.federation.svc") == "federation"
+    assert service_namespace("superlink.example.com") is None
+    assert service_namespace("10.0.0.1") is None
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_isolation_env_turns_hub_and_telemetry_off(mode: str) -> None:
+    env = {e["name"]: e["value"] for e in isolation_env(model(MODES[mode]))}
+    for key in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_HUB_DISABLE_TELEMETRY",
+        "DO_NOT_TRACK",
+    ):
+        assert env[key] == "1"
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert env["MMO_ISOLATION_MODE"] == mode
+    assert set(OFFLINE_ENV) <= set(env)
+    assert all("valueFrom" not in e for e in isolation_env(model(MODES[mode])))
+
+
+def test_render_yaml_is_plain_data() -> None:
+    for sample in MODES.values():
+        text = yaml.safe_dump(build_network_policies(model(sample)))
+        assert yaml.safe_load(text) == build_network_policies(model(sample))
