@@ -98,6 +98,38 @@ def make_fake_engine(args: AppArgs) -> FakeEngine:
     return FakeEngine(args)
 
 
+class ScriptedGateway:
+    """Pass-through, except: texts with [refuse] are refused, [offload] is offloaded."""
+
+    def __init__(self, args: AppArgs) -> None:
+        from mmo_serving.gateway_types import PassThroughGateway
+
+        self.inner = PassThroughGateway(args)
+
+    async def decide(self, info: Any) -> Any:
+        from mmo_serving.gateway_types import Decision
+
+        text = " ".join(info.texts)
+        if "[refuse]" in text:
+            return Decision("refuse", "sensitive", "sensitive data may not leave (test)")
+        if "[offload]" in text:
+            response = {
+                "id": "chatcmpl-remote",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "remote",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "from the cloud"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+            return Decision("offload", "public", "offload", status=200, response=response)
+        return await self.inner.decide(info)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,7 +166,6 @@ def server() -> Iterator[Server]:
     from ray import cloudpickle
 
     from mmo_serving.app import build_app
-    from mmo_serving.gateway_types import PassThroughGateway
 
     # The fake engine lives in this test module, which Ray workers cannot import.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -152,12 +183,17 @@ def server() -> Iterator[Server]:
         app = build_app(
             ARGS,
             engine_factory=make_fake_engine,
-            gateway_factory=PassThroughGateway,
+            gateway_factory=ScriptedGateway,
             # a fixed code version: a later serve.run that changes only user_config is a
             # lightweight update (reconfigure), as with serveConfigV2 under KubeRay
             options={"version": "test"},
         )
         serve.run(app, name="mmo", route_prefix="/")
+        # the same app with the default gateway (mmo_serving.gateway via load_gateway)
+        gw_args = {**ARGS, "name": "gw"}
+        serve.run(
+            build_app(gw_args, engine_factory=make_fake_engine), name="gw", route_prefix="/gw"
+        )
         yield Server(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         serve.shutdown()
@@ -299,6 +335,37 @@ def test_app_error_responses(server: Server) -> None:
     _error(r, 400, "invalid_schema", "input: must not be empty")
 
 
+def test_app_gateway_refuses_and_offloads(server: Server) -> None:
+    err = _error(server.chat("my card [refuse]"), 403, "policy_refused", "may not leave (test)")
+    assert err["type"] == "policy_error"
+    r = server.chat("hello [offload]")
+    assert r.status_code == 200 and r.headers["x-mmo-cache"] == "offload"
+    assert r.json()["choices"][0]["message"]["content"] == "from the cloud"
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "[offload]"}]}
+    with server.http.stream("POST", "/v1/chat/completions", json=body) as s:
+        lines = [ln for ln in s.iter_lines() if ln]
+    text = "".join(
+        json.loads(ln[6:])["choices"][0]["delta"].get("content") or "" for ln in lines[:-1]
+    )
+    assert text == "from the cloud" and lines[-1] == "data: [DONE]"
+
+
+def test_app_default_gateway_is_the_isolation_gateway(server: Server) -> None:
+    def ask(content: Any, **headers: str) -> httpx.Response:
+        body = {"model": "gw", "messages": [{"role": "user", "content": content}]}
+        return server.http.post("/gw/v1/chat/completions", json=body, headers=headers)
+
+    remote = [
+        {"type": "text", "text": "what colour?"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+    ]
+    err = _error(ask(remote), 403, "policy_refused", "remote image")
+    assert err["type"] == "policy_error"
+    ok = ask(_ask("red"))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["choices"][0]["message"]["content"].startswith("red")
+
+
 # ------------------------------------------------------------------------- cache, batching
 
 
@@ -342,13 +409,12 @@ def test_app_concurrent_requests_are_batched(server: Server) -> None:
 
 def test_app_reconfigure_changes_batch_size_without_restart(server: Server) -> None:
     from mmo_serving.app import build_app
-    from mmo_serving.gateway_types import PassThroughGateway
 
     pid_before = server.http.get("/readyz").json()
     app = build_app(
         ARGS,
         engine_factory=make_fake_engine,
-        gateway_factory=PassThroughGateway,
+        gateway_factory=ScriptedGateway,
         options={
             "version": "test",
             "user_config": {"batching": {"maxBatchSize": 1, "batchWaitTimeoutS": 0.0}},
