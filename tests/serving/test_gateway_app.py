@@ -1,0 +1,258 @@
+"""The real Serve app with the real gateway (loaded through ``load_gateway``), real HTTP,
+and a fake OpenAI-compatible cloud endpoint on loopback that records what it receives.
+
+Two applications on one private Ray: a hybrid one (offload to the fake endpoint) and a
+private one (same endpoint configured nowhere: it must receive nothing from it).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mmo_serving.config import AppArgs
+from mmo_serving.engine.types import (
+    EmbeddingRequest,
+    ExpertLoad,
+    GenerationRequest,
+    GenerationResult,
+)
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+MODEL = "shapes"
+KEY_ENV = "MMO_GW_TEST_KEY"
+PII = ["noor.haddad@example.net", "4000 0566 5566 5556", "NL91 ABNA 0417 1643 00", "10.77.1.2"]
+
+
+class TinyEngine:
+    def __init__(self, args: AppArgs) -> None:
+        self.args = args
+
+    async def generate(self, items: list[GenerationRequest]) -> list[GenerationResult]:
+        return [GenerationResult(text="local answer", tokens=2) for _ in items]
+
+    async def embed(self, items: list[EmbeddingRequest]) -> list[list[float]]:
+        return [[0.0, 1.0] for _ in items]
+
+    async def expert_load(self) -> ExpertLoad:
+        return ExpertLoad(num_layers=1, num_experts=1, num_ranks=1, tokens=[[[0]]], window=[[[0]]])
+
+    async def update_plan(self, plan: Any) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def make_engine(args: AppArgs) -> TinyEngine:
+    return TinyEngine(args)
+
+
+class Cloud:
+    """A fake cloud endpoint (stdlib HTTP server in a thread) recording every request."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.fail = False
+        cloud = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                cloud.received.append(body)
+                status = 500 if cloud.fail else 200
+                answer = {
+                    "id": "chatcmpl-cloud",
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "cloud-model",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "cloud answer"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+                data = json.dumps(answer if status == 200 else {"error": "down"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def text(self) -> str:
+        return "\n".join(b.decode() for b in self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Env:
+    def __init__(self, url: str, cloud: Cloud, audit: dict[str, Path]) -> None:
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.cloud = cloud
+        self.audit = audit
+
+    def chat(self, app: str, text: str, headers: dict[str, str], **extra: Any) -> httpx.Response:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
+        return self.http.post(f"/{app}/v1/chat/completions", json=body, headers=headers)
+
+    def audit_lines(self, app: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.audit[app].read_text().splitlines()]
+
+
+def _args(mode: str, cloud_url: str, audit: Path) -> dict[str, Any]:
+    isolation: dict[str, Any] = {"mode": mode, "auditPath": str(audit)}
+    if mode == "hybrid":
+        isolation["hybrid"] = {
+            "endpoint": cloud_url,
+            "offloadDataClasses": ["public"],
+            "redactPii": True,
+            "credentialsEnv": KEY_ENV,
+            "timeoutS": 2,
+            "retries": 0,
+            "queueThreshold": 1000,
+        }
+    return {
+        "name": MODEL,
+        "modelSource": "builtin://shapes-moe",
+        "numGpus": 1,
+        "cache": {"enabled": True, "maxEntries": 16, "ttlSeconds": 600},
+        "isolation": isolation,
+    }
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    from ray import cloudpickle
+
+    from mmo_serving.app import build_app
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloud = Cloud()
+    tmp = tmp_path_factory.mktemp("audit")
+    audit = {"hybrid": tmp / "hybrid.jsonl", "private": tmp / "private.jsonl"}
+    port = _free_port()
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        actor = {"num_cpus": 0.1, "num_gpus": 1, "runtime_env": {"env_vars": {KEY_ENV: "sk-t"}}}
+        for app in ("hybrid", "private"):
+            built = build_app(
+                _args(app, cloud.url, audit[app]),
+                engine_factory=make_engine,
+                options={"ray_actor_options": actor},
+            )
+            serve.run(built, name=app, route_prefix=f"/{app}")
+        yield Env(f"http://127.0.0.1:{port}", cloud, audit)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            cloud.close()
+
+
+def _content(resp: httpx.Response) -> str:
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["choices"][0]["message"]["content"])
+
+
+def test_hybrid_offloads_public_with_pii_redacted(env: Env) -> None:
+    before = len(env.cloud.received)
+    text = "summarise: customer " + " / ".join(PII)
+    resp = env.chat("hybrid", text, {"X-Data-Class": "public", "X-Route": "cloud"})
+    assert _content(resp) == "cloud answer"
+    assert resp.headers["x-mmo-cache"] == "offload"
+    sent = env.cloud.received[before:]
+    assert len(sent) == 1
+    for value in PII:
+        assert value not in env.cloud.text()
+    assert "[EMAIL]" in sent[0].decode() and "[CARD]" in sent[0].decode()
+
+
+def test_hybrid_keeps_sensitive_internal_and_queue_below_threshold_local(env: Env) -> None:
+    before = len(env.cloud.received)
+    for headers in (
+        {"X-Data-Class": "sensitive", "X-Route": "cloud"},
+        {"X-Data-Class": "internal", "X-Route": "cloud"},
+        {"X-Data-Class": "public"},  # auto route, queue far below the threshold
+        {"X-Data-Class": "public", "X-Route": "local"},
+    ):
+        assert _content(env.chat("hybrid", "what is 2+2", headers)) == "local answer"
+    assert env.cloud.received[before:] == []
+
+
+def test_hybrid_stream_of_an_offloaded_answer(env: Env) -> None:
+    resp = env.chat("hybrid", "hello", {"X-Data-Class": "public", "X-Route": "cloud"}, stream=True)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert "cloud" in resp.text and resp.text.rstrip().endswith("data: [DONE]")
+
+
+def test_hybrid_endpoint_down_serves_locally(env: Env) -> None:
+    env.cloud.fail = True
+    try:
+        resp = env.chat("hybrid", "hi there", {"X-Data-Class": "public", "X-Route": "cloud"})
+    finally:
+        env.cloud.fail = False
+    assert _content(resp) == "local answer"
+    last = env.audit_lines("hybrid")[-1]
+    assert last["decision"] == "fallback" and "HTTP 500" in last["reason"]
+
+
+def test_private_sends_nothing_and_refuses_cloud_and_remote_images(env: Env) -> None:
+    before = len(env.cloud.received)
+    assert _content(env.chat("private", "hello " + PII[0], {"X-Data-Class": "public"})) == (
+        "local answer"
+    )
+    resp = env.chat("private", "hello", {"X-Route": "cloud"})
+    assert resp.status_code == 403
+    assert "mode private has no cloud endpoint" in resp.json()["error"]["message"]
+    remote = [
+        {"type": "text", "text": "what colour?"},
+        {"type": "image_url", "image_url": {"url": "https://images.example.com/cat.png"}},
+    ]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": remote}]}
+    resp = env.http.post("/private/v1/chat/completions", json=body)
+    assert resp.status_code == 403
+    assert "remote image URLs" in resp.json()["error"]["message"]
+    assert env.cloud.received[before:] == []
+
+
+def test_audit_lines_have_no_raw_content(env: Env) -> None:
+    for app in ("hybrid", "private"):
+        raw = env.audit[app].read_text()
+        assert raw.strip()
+        for value in PII:
+            assert value not in raw
+        assert "summarise" not in raw and "what is 2+2" not in raw
+        for line in env.audit_lines(app):
+            assert line["mode"] == app and len(line["payloadSha256"]) == 64
