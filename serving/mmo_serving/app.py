@@ -201,7 +201,7 @@ class _Outcome:
 @serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress(api)
 class MmoIngress:
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         args: dict[str, Any],
         engine_factory: EngineFactory | None = None,
@@ -257,9 +257,10 @@ class MmoIngress:
         log.info("placement plan applied (balancedness %.3f)", plan.balancedness)
 
     def _apply_batching(self, max_batch_size: int, wait_s: float) -> None:
-        for fn in (self._generate_batch, self._embed_batch):
-            fn.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
-            fn.set_batch_wait_timeout_s(wait_s)  # type: ignore[attr-defined]
+        batched: tuple[Any, ...] = (self._generate_batch, self._embed_batch)
+        for fn in batched:  # @serve.batch adds these setters to the wrapped method
+            fn.set_max_batch_size(max_batch_size)
+            fn.set_batch_wait_timeout_s(wait_s)
 
     async def __del__(self) -> None:
         self._poller.cancel()
@@ -712,6 +713,7 @@ def build_app(
     app_args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     opts = deployment_options(app_args)
     opts.update(options or {})
-    return MmoIngress.options(**opts).bind(
+    deployment: Any = MmoIngress  # a serve.Deployment once decorated
+    return deployment.options(**opts).bind(
         app_args.to_json_dict(), engine_factory=engine_factory, gateway_factory=gateway_factory
     )

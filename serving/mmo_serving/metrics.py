@@ -13,7 +13,7 @@ experts and ranks are bounded by the model; never request ids or user text.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 REQUEST_LATENCY = "mmo_request_latency_seconds"
 REQUESTS = "mmo_requests_total"
@@ -44,8 +44,23 @@ SERVING_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     PII_REDACTIONS: ("counter", ("kind",)),
 }
 
-LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
-BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+LATENCY_BUCKETS_S: list[float] = [
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+]
+BATCH_SIZE_BUCKETS: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 _DESCRIPTIONS = {
     REQUEST_LATENCY: "End-to-end latency of API requests in the ingress replica.",
@@ -70,8 +85,9 @@ class ServingMetrics:
         from ray.serve import metrics as sm
 
         self.objects: dict[str, Any] = {}
-        for name, (kind, labels) in SERVING_METRICS.items():
+        for name, (kind, label_tuple) in SERVING_METRICS.items():
             desc = _DESCRIPTIONS[name]
+            labels = cast("tuple[str]", label_tuple)  # Ray's stubs say tuple[str]
             if kind == "counter":
                 obj: Any = sm.Counter(name, description=desc, tag_keys=labels)
             elif kind == "gauge":
