@@ -214,3 +214,10 @@ def test_render_yaml_is_plain_data() -> None:
     for sample in MODES.values():
         text = yaml.safe_dump(build_network_policies(model(sample)))
         assert yaml.safe_load(text) == build_network_policies(model(sample))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_policies_validate_against_the_kubernetes_schema(mode: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    for policy in build_network_policies(model(MODES[mode])):
+        kv.validate(policy, kv.latest_version(), strict=True)
