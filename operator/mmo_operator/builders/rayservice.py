@@ -1,0 +1,344 @@
+"""The KubeRay ``ray.io/v1`` RayService of a MultimodalModel (pure).
+
+Layout:
+
+- a head group without GPUs (``num-cpus: 0``: no Serve replica lands there; the Serve
+  controller and the head's HTTP proxy do);
+- one worker group ``gpu`` whose pods take ``gpusPerNode`` GPUs of the requested type
+  (``nvidia.com/gpu.product`` node label), tolerate the GPU taint, mount a
+  memory-backed ``/dev/shm``, advertise a Ray custom resource naming the accelerator,
+  and run under the restricted Pod Security Standard;
+- ``serveConfigV2``: one application ``import_path: mmo_serving.app:build_app``.
+
+What changes in place and what rolls the cluster:
+
+- ``args`` carries the AppArgs fields that need a replica restart (model, precision,
+  modalities, cache, isolation, ...); a change redeploys the application on the same
+  Ray cluster.
+- ``user_config`` carries what the ingress's ``reconfigure`` applies without a restart:
+  batching and the placement plan (rebalances too). ``autoscaling_config`` and
+  ``max_ongoing_requests`` are Serve's lightweight deployment updates. These fields are
+  left out of ``args`` so that changing them never restarts a replica.
+- ``rayClusterConfig`` changes (GPU type or count, nodes, image, Ray version, port,
+  credentials) need a new Ray cluster. Worker ``replicas``/``minReplicas``/
+  ``maxReplicas`` do not: KubeRay updates them in place.
+
+The upgrade strategy is ``NewCluster`` (blue/green: KubeRay starts a second cluster,
+moves traffic when it is ready, then deletes the old one; zero downtime, but twice the
+GPUs until then). The annotation ``serving.mmo.dev/upgrade-strategy: Recreate`` on the
+MultimodalModel selects the other trade-off: ``upgradeStrategy: None`` and the operator
+deletes and recreates the RayService (no extra GPUs, downtime while the new cluster
+starts and loads the model).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import yaml
+
+from mmo_operator.api.v1alpha1 import MultimodalModel
+from mmo_serving.config import AppArgs, RuntimeConfig
+from mmo_serving.engine.resources import (
+    PLACEMENT_STRATEGY,
+    placement_group_bundles,
+    replica_actor_options,
+)
+
+from .common import (
+    CLIENT_PORT,
+    CLUSTER_HASH_ANNOTATION,
+    DASHBOARD_PORT,
+    GCS_PORT,
+    METRICS_PORT,
+    MODEL_LABEL,
+    UPGRADE_ANNOTATION,
+    Obj,
+    digest,
+    metadata,
+    rayservice_name,
+)
+
+IMPORT_PATH = "mmo_serving.app:build_app"
+INGRESS_DEPLOYMENT = "mmo-ingress"  # mmo_serving.app.INGRESS_DEPLOYMENT
+WORKER_GROUP = "gpu"
+PVC_ROOT = "/mnt/models"
+HYBRID_KEY_ENV = "MMO_CLOUD_API_KEY"
+HYBRID_SECRET_KEY = "api-key"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# nvidia.com/gpu.product values published by GPU feature discovery for the 8-GPU
+# (SXM/HGX) boards of each type.
+GPU_PRODUCTS: dict[str, str] = {
+    "A100-40GB": "NVIDIA-A100-SXM4-40GB",
+    "A100-80GB": "NVIDIA-A100-SXM4-80GB",
+    "H100-80GB": "NVIDIA-H100-80GB-HBM3",
+    "H200-141GB": "NVIDIA-H200",
+    "L40S-48GB": "NVIDIA-L40S",
+}
+
+# Fields of AppArgs that go to user_config / deployment options instead of args.
+IN_PLACE_ARGS = {"placement", "batching", "autoscaling"}
+
+# Hub and telemetry off in every mode (issue 7); PYTHONUNBUFFERED for the audit lines.
+BASE_ENV: dict[str, str] = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+UpgradeStrategy = Literal["NewCluster", "Recreate"]
+
+
+def upgrade_strategy(model: MultimodalModel) -> UpgradeStrategy:
+    value = (model.metadata.annotations or {}).get(UPGRADE_ANNOTATION, "NewCluster")
+    return "Recreate" if value == "Recreate" else "NewCluster"
+
+
+def accelerator_resource(model: MultimodalModel) -> str:
+    """The Ray custom resource that names the accelerator of the worker nodes."""
+    return f"mmo-accelerator-{model.spec.resources.gpu_type}"
+
+
+def restricted_container_context() -> Obj:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_pod_context() -> Obj:
+    # The Ray images run as the `ray` user (uid 1000, group 100).
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 100,
+        "fsGroup": 100,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env(model: MultimodalModel, *, worker: bool) -> list[Obj]:
+    env: list[Obj] = [{"name": k, "value": v} for k, v in BASE_ENV.items()]
+    source = model.spec.model.source
+    if source.startswith("pvc://"):
+        env.append({"name": "MMO_PVC_ROOT", "value": PVC_ROOT})
+    if not worker:
+        return env
+    hybrid = model.spec.isolation.hybrid
+    if model.spec.isolation.mode == "hybrid" and hybrid is not None:
+        ref = {"name": hybrid.credentials_secret, "key": HYBRID_SECRET_KEY}
+        env.append({"name": HYBRID_KEY_ENV, "valueFrom": {"secretKeyRef": ref}})
+    s3 = model.spec.model.s3
+    if source.startswith("s3://") and s3 is not None:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = {"name": s3.credentials_secret, "key": key}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def _ports(model: MultimodalModel, *, head: bool) -> list[Obj]:
+    ports = []
+    if head:
+        ports += [
+            {"name": "gcs", "containerPort": GCS_PORT},
+            {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+            {"name": "client", "containerPort": CLIENT_PORT},
+        ]
+    ports += [
+        {"name": "serve", "containerPort": model.spec.serving.port},
+        {"name": "metrics", "containerPort": METRICS_PORT},
+    ]
+    return ports
+
+
+def _pod_labels(model: MultimodalModel, role: str) -> dict[str, str]:
+    return {MODEL_LABEL: model.name, "serving.mmo.dev/role": role}
+
+
+def _head_template(model: MultimodalModel) -> Obj:
+    return {
+        "metadata": {"labels": _pod_labels(model, "head")},
+        "spec": {
+            "securityContext": restricted_pod_context(),
+            "containers": [
+                {
+                    "name": "ray-head",
+                    "image": model.spec.serving.image,
+                    "ports": _ports(model, head=True),
+                    "env": _env(model, worker=False),
+                    "resources": {
+                        "requests": {"cpu": "2", "memory": "8Gi"},
+                        "limits": {"memory": "8Gi"},
+                    },
+                    "securityContext": restricted_container_context(),
+                    "volumeMounts": [
+                        {"name": "shm", "mountPath": "/dev/shm"},
+                        {"name": "ray-tmp", "mountPath": "/tmp/ray"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+                {"name": "ray-tmp", "emptyDir": {}},
+            ],
+        },
+    }
+
+
+def _worker_template(model: MultimodalModel) -> Obj:
+    res = model.spec.resources
+    gpus = res.gpus_per_node
+    mounts: list[Obj] = [
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "ray-tmp", "mountPath": "/tmp/ray"},
+    ]
+    volumes: list[Obj] = [
+        # Ray's object store and NCCL use shared memory; the default 64 MiB is far too small.
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{8 * gpus}Gi"}},
+        {"name": "ray-tmp", "emptyDir": {}},
+    ]
+    source = model.spec.model.source
+    if source.startswith("pvc://"):
+        claim = source[len("pvc://") :].split("/", 1)[0]
+        mounts.append({"name": "model", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+    memory = f"{16 * gpus}Gi"
+    return {
+        "metadata": {"labels": _pod_labels(model, "worker")},
+        "spec": {
+            "securityContext": restricted_pod_context(),
+            "nodeSelector": {GPU_PRODUCT_LABEL: GPU_PRODUCTS[res.gpu_type]},
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [
+                {
+                    "name": "ray-worker",
+                    "image": model.spec.serving.image,
+                    "ports": _ports(model, head=False),
+                    "env": _env(model, worker=True),
+                    "resources": {
+                        "requests": {
+                            "cpu": str(4 * gpus),
+                            "memory": memory,
+                            GPU_RESOURCE: str(gpus),
+                        },
+                        "limits": {"memory": memory, GPU_RESOURCE: str(gpus)},
+                    },
+                    "securityContext": restricted_container_context(),
+                    "volumeMounts": mounts,
+                }
+            ],
+            "volumes": volumes,
+        },
+    }
+
+
+def build_cluster_config(model: MultimodalModel) -> Obj:
+    spec = model.spec
+    nodes = spec.resources.nodes_per_replica
+    min_workers = spec.autoscaling.min_replicas * nodes
+    max_workers = max(spec.autoscaling.max_replicas * nodes, min_workers, 1)
+    return {
+        "rayVersion": spec.serving.ray_version,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {
+            "upscalingMode": "Default",
+            "idleTimeoutSeconds": 60,
+            "securityContext": restricted_container_context(),
+        },
+        "headGroupSpec": {
+            "rayStartParams": {
+                "dashboard-host": "0.0.0.0",
+                "num-cpus": "0",
+                "metrics-export-port": str(METRICS_PORT),
+            },
+            "template": _head_template(model),
+        },
+        "workerGroupSpecs": [
+            {
+                "groupName": WORKER_GROUP,
+                "replicas": min_workers,
+                "minReplicas": min_workers,
+                "maxReplicas": max_workers,
+                "numOfHosts": 1,
+                "rayStartParams": {"metrics-export-port": str(METRICS_PORT)},
+                "resources": {accelerator_resource(model): str(spec.resources.gpus_per_node)},
+                "template": _worker_template(model),
+            }
+        ],
+    }
+
+
+def cluster_hash(cluster: Obj) -> str:
+    """Hash of what needs a new Ray cluster (worker replica counts excluded, as KubeRay)."""
+    groups = [
+        {k: v for k, v in g.items() if k not in ("replicas", "minReplicas", "maxReplicas")}
+        for g in cluster.get("workerGroupSpecs", [])
+    ]
+    return digest({**cluster, "workerGroupSpecs": groups})
+
+
+def deployment_config(model: MultimodalModel, args: AppArgs) -> Obj:
+    auto = args.autoscaling
+    bundles: list[dict[str, float]] = placement_group_bundles(args.num_gpus)
+    accel = accelerator_resource(model)
+    bundles = [{**b, accel: 1.0} for b in bundles]
+    strategy = PLACEMENT_STRATEGY if model.spec.resources.nodes_per_replica == 1 else "PACK"
+    runtime = RuntimeConfig(batching=args.batching, placement=args.placement)
+    return {
+        "name": INGRESS_DEPLOYMENT,
+        "max_ongoing_requests": auto.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": auto.min_replicas,
+            "initial_replicas": max(auto.min_replicas, 1),
+            "max_replicas": max(auto.max_replicas, auto.min_replicas, 1),
+            "target_ongoing_requests": auto.target_ongoing_requests,
+            "upscale_delay_s": auto.upscale_delay_s,
+            "downscale_delay_s": auto.downscale_delay_s,
+        },
+        "user_config": runtime.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "ray_actor_options": dict(replica_actor_options()),
+        "placement_group_bundles": bundles,
+        "placement_group_strategy": strategy,
+        "health_check_period_s": 10,
+    }
+
+
+def build_serve_config(model: MultimodalModel, args: AppArgs) -> Obj:
+    """The Serve config (``ServeDeploySchema``) as a dict."""
+    app_args = args.model_dump(mode="json", by_alias=True, exclude=IN_PLACE_ARGS)
+    return {
+        "http_options": {"host": "0.0.0.0", "port": model.spec.serving.port},
+        "applications": [
+            {
+                "name": model.name,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "args": app_args,
+                "deployments": [deployment_config(model, args)],
+            }
+        ],
+    }
+
+
+def build_rayservice(model: MultimodalModel, args: AppArgs, uid: str | None = None) -> Obj:
+    cluster = build_cluster_config(model)
+    serve = build_serve_config(model, args)
+    strategy = upgrade_strategy(model)
+    meta = metadata(model, rayservice_name(model), uid)
+    meta["annotations"] = {CLUSTER_HASH_ANNOTATION: cluster_hash(cluster)}
+    spec: dict[str, Any] = {
+        "upgradeStrategy": {"type": "NewCluster" if strategy == "NewCluster" else "None"},
+        "serveConfigV2": yaml.safe_dump(serve, sort_keys=False, default_flow_style=None, width=100),
+        "rayClusterConfig": cluster,
+    }
+    return {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": meta, "spec": spec}

@@ -1,0 +1,217 @@
+"""Thin kopf handlers: every one of them calls ``Reconciler`` (reconcile.py).
+
+``build_registry(options)`` registers the handlers in a fresh registry instead of at
+import time, so that ``--no-webhook`` runs without the validating handler (kopf refuses
+to start with one and no webhook server).
+
+- create / update / resume and a resync timer: ``reconcile`` (idempotent);
+- delete: remove the children, then kopf releases the finalizer;
+- RayService events (KubeRay reporting): refresh the owner's status from the event;
+- CRD events (KubeRay or prometheus-operator installed later): reconcile every model;
+- validating admission: exactly the checks of ``mmo validate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from mmo_operator import metrics
+from mmo_operator.api.problems import InvalidResource
+from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from mmo_operator.api.validation import validate
+from mmo_operator.builders.common import MANAGER, MODEL_LABEL
+from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
+from mmo_operator.reconcile import Outcome, Reconciler, model_document
+
+log = logging.getLogger("mmo_operator")
+
+FINALIZER = "serving.mmo.dev/finalizer"
+WATCHED_CRDS = {"rayservices.ray.io", "podmonitors.monitoring.coreos.com"}
+WEBHOOK_ID = "validate"  # the webhook URL path is /validate
+
+
+@dataclass
+class Options:
+    webhook: bool = True
+    webhook_port: int = 9443
+    webhook_host: str | None = None
+    webhook_cert: str | None = None
+    webhook_key: str | None = None
+    webhook_insecure: bool = False
+    resync_seconds: float = 60.0
+    metrics_port: int | None = 8080
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _key(body: Any) -> str:
+    return f"{body['metadata'].get('namespace')}/{body['metadata']['name']}"
+
+
+def _post_events(body: Any, outcome: Outcome | None) -> None:
+    for ev in (outcome.events if outcome else [])[:10]:
+        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+
+
+def _reconciler(memo: Any) -> Reconciler:
+    rec: Reconciler = memo.reconciler
+    return rec
+
+
+async def run_reconcile(body: Any, memo: Any, logger: logging.Logger | Any) -> None:
+    """Reconcile one model, with metrics, events and error reasons."""
+    rec = _reconciler(memo)
+    key = _key(body)
+    with metrics.timed():
+        try:
+            outcome = await asyncio.to_thread(rec.reconcile, _plain(body))
+        except (KubeTemporaryError, KubePermanentError) as e:
+            metrics.count_error(e.reason)
+            metrics.set_ready(key, False)
+            if isinstance(e, KubePermanentError):
+                kopf.event(body, type="Warning", reason=e.reason, message=str(e)[:1000])
+            raise
+    metrics.set_ready(key, outcome.ready)
+    _post_events(body, outcome)
+    if outcome.writes:
+        logger.info(f"reconciled with {outcome.writes} write(s); ready={outcome.ready}")
+
+
+def build_registry(options: Options) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="serving.mmo.dev"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="serving.mmo.dev", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING  # our own events say what happened
+        settings.networking.error_backoffs = [1, 2, 4, 8]
+        if options.webhook:
+            settings.admission.server = kopf.WebhookServer(
+                port=options.webhook_port,
+                host=options.webhook_host,
+                certfile=options.webhook_cert,
+                pkeyfile=options.webhook_key,
+                insecure=options.webhook_insecure,
+            )
+        memo.reconciler = Reconciler(Kube(), webhook=options.webhook)
+        if options.metrics_port:
+            metrics.serve(options.metrics_port)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The standard login: the in-cluster service account, else KUBECONFIG.
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+            **kwargs
+        ) or kopf.login_with_kubeconfig(**kwargs)
+        return info
+
+    @kopf.index(*resource, registry=registry)
+    def models(namespace: str, name: str, body: Any, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): _plain(body)}
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, registry=registry)
+    async def reconcile(body: Any, memo: Any, logger: Any, **_: Any) -> None:
+        await run_reconcile(body, memo, logger)
+
+    @kopf.timer(
+        *resource,
+        interval=options.resync_seconds,
+        initial_delay=options.resync_seconds,
+        registry=registry,
+    )
+    async def resync(body: Any, memo: Any, logger: Any, **_: Any) -> None:
+        rec = _reconciler(memo)
+        generation = body["metadata"].get("generation") or 0
+        if rec.failed_generation.get(_key(body)) == generation:
+            return  # permanent until the spec changes
+        if body["metadata"].get("deletionTimestamp"):
+            return
+        await run_reconcile(body, memo, logger)
+
+    @kopf.on.delete(*resource, registry=registry)
+    async def delete(body: Any, memo: Any, logger: Any, **_: Any) -> None:
+        rec = _reconciler(memo)
+        try:
+            deleted = await asyncio.to_thread(rec.cleanup, _plain(body))
+        except KubeTemporaryError as e:
+            metrics.count_error(e.reason)
+            raise
+        metrics.forget(_key(body))
+        logger.info(f"deleted {deleted} child object(s); releasing the finalizer")
+
+    @kopf.on.event(
+        "ray.io",
+        "v1",
+        "rayservices",
+        labels={"app.kubernetes.io/managed-by": MANAGER},
+        registry=registry,
+    )
+    async def rayservice_changed(
+        body: Any, type: str, memo: Any, models: kopf.Index, **_: Any
+    ) -> None:
+        owner = (body.get("metadata", {}).get("labels") or {}).get(MODEL_LABEL)
+        namespace = body["metadata"].get("namespace")
+        if not owner or (namespace, owner) not in models:
+            return
+        model_body = next(iter(models[(namespace, owner)]))
+        rayservice = None if type == "DELETED" else _plain(body)
+        rec = _reconciler(memo)
+        try:
+            outcome = await asyncio.to_thread(rec.refresh, model_body, rayservice)
+        except KubeTemporaryError:
+            return  # a newer model version is on its way; the next event refreshes
+        except Exception as e:  # keep the watch alive; the resync timer catches up
+            log.warning(f"status refresh of {namespace}/{owner} failed: {e}")
+            return
+        if outcome is not None:
+            metrics.set_ready(f"{namespace}/{owner}", outcome.ready)
+
+    @kopf.on.event(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        when=lambda name, **_: name in WATCHED_CRDS,
+        registry=registry,
+    )
+    async def crd_changed(name: str, memo: Any, models: kopf.Index, **_: Any) -> None:
+        rec = _reconciler(memo)
+        rec.kube.forget_discovery()
+        for key in list(models):
+            for body in models[key]:
+                try:
+                    await asyncio.to_thread(rec.reconcile, body)
+                except (KubeTemporaryError, KubePermanentError) as e:
+                    log.info(f"after CRD {name} changed, {key}: {e}")
+
+    if options.webhook:
+
+        @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
+        def admit(body: Any, **_: Any) -> None:
+            admission_check(_plain(body))
+
+    return registry
+
+
+def admission_check(body: dict[str, Any]) -> None:
+    """Reject a MultimodalModel with the messages of ``mmo validate``."""
+    try:
+        validate(model_document(body))
+    except InvalidResource as e:
+        raise kopf.AdmissionError("\n".join(str(p) for p in e.problems), code=422) from e

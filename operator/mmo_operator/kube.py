@@ -1,0 +1,257 @@
+"""The only module that talks to the Kubernetes API (official ``kubernetes`` client).
+
+Children are written with server-side apply (field manager ``mmo-operator``, forced: the
+operator owns what it builds); status goes through the status subresource with the
+object's resourceVersion as a precondition. API errors become ``kopf`` errors:
+
+- missing resources (CRDs not installed), conflicts (409), throttling (429), server
+  errors (5xx), timeouts and refused connections are temporary (retried with backoff);
+- 400/422 (an object the API server refuses) are permanent until the spec changes;
+- 403 is temporary with a long delay (RBAC can be fixed without touching the model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import urllib3
+from kubernetes import client, config
+
+from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+FIELD_MANAGER = "mmo-operator"
+Obj = dict[str, Any]
+
+# apiVersion, kind -> plural, for every kind the operator reads or writes.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Secret"): "secrets",
+    ("v1", "Event"): "events",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("ray.io/v1", "RayService"): "rayservices",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
+    (f"{GROUP}/{VERSION}", "MultimodalModel"): PLURAL,
+}
+
+REASONS = {
+    409: "Conflict",
+    429: "Throttled",
+    422: "Unprocessable",
+    400: "Unprocessable",
+    403: "Forbidden",
+    404: "NotFound",
+}
+
+
+class KubeTemporaryError(kopf.TemporaryError):
+    """Retried by kopf after ``delay``; ``reason`` is a bounded metrics label."""
+
+    def __init__(self, message: str, *, reason: str, delay: float) -> None:
+        super().__init__(message, delay=delay)
+        self.reason = reason
+
+
+class KubePermanentError(kopf.PermanentError):
+    """Not retried until the spec changes; ``reason`` is a bounded metrics label."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ApiFailure(Exception):
+    status: int
+    message: str
+    retry_after: float | None = None
+
+
+def plural_of(api_version: str, kind: str) -> str:
+    return PLURALS.get((api_version, kind), kind.lower() + "s")
+
+
+def path_of(
+    api_version: str, kind: str, namespace: str | None, name: str | None = None, sub: str = ""
+) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    base += f"/{plural_of(api_version, kind)}"
+    if name:
+        base += f"/{name}"
+    if sub:
+        base += f"/{sub}"
+    return base
+
+
+def load_config() -> client.ApiClient:
+    """The standard login: in-cluster service account, else ``KUBECONFIG``/~/.kube/config."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Kube:
+    """Thin synchronous API access used by ``reconcile`` (run in a worker thread)."""
+
+    def __init__(self, api: client.ApiClient | None = None, *, discovery_ttl: float = 15.0):
+        self.api = api or load_config()
+        self.discovery_ttl = discovery_ttl
+        self._discovery: dict[str, tuple[float, set[str]]] = {}
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    # ------------------------------------------------------------------ raw requests
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        url = path + ("?" + urllib.parse.urlencode(query) if query else "")
+        _method, full_url, hdrs, data, _post = self.api.param_serialize(
+            method=method,
+            resource_path=url,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        self.calls += 1
+        try:
+            resp = self.api.call_api(
+                method, full_url, header_params=hdrs, body=data, _request_timeout=(5, 30)
+            )
+            raw = resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise ApiFailure(503, f"{method} {path}: API server unreachable: {e}") from e
+        if resp.status >= 400:
+            message = raw.decode(errors="replace")[:500]
+            with contextlib.suppress(ValueError, AttributeError):
+                message = json.loads(raw).get("message") or message
+            retry = resp.getheader("Retry-After")
+            raise ApiFailure(
+                resp.status, f"{method} {path}: {message}", float(retry) if retry else None
+            )
+        return json.loads(raw) if raw else None
+
+    # ------------------------------------------------------------------ discovery
+
+    def served_resources(self, api_version: str, *, fresh: bool = False) -> set[str]:
+        """Plural names served for a group/version (cached for ``discovery_ttl``)."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._discovery.get(api_version)
+        if cached and not fresh and now - cached[0] < self.discovery_ttl:
+            return cached[1]
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            doc = self.request("GET", path)
+            names = {r["name"] for r in doc.get("resources", []) if "/" not in r["name"]}
+        except ApiFailure as e:
+            if e.status != 404:
+                raise
+            names = set()
+        with self._lock:
+            self._discovery[api_version] = (now, names)
+        return names
+
+    def forget_discovery(self) -> None:
+        with self._lock:
+            self._discovery.clear()
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        return plural_of(api_version, kind) in self.served_resources(api_version)
+
+    # ------------------------------------------------------------------ objects
+
+    def list(self, api_version: str, kind: str, namespace: str, labels: str) -> list[Obj]:
+        doc = self.request(
+            "GET", path_of(api_version, kind, namespace), query={"labelSelector": labels}
+        )
+        items: list[Obj] = doc.get("items", [])
+        for item in items:  # list items carry no apiVersion/kind
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            obj: Obj = self.request("GET", path_of(api_version, kind, namespace, name))
+        except ApiFailure as e:
+            if e.status == 404:
+                return None
+            raise
+        return obj
+
+    def apply(self, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        path = path_of(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        result: Obj = self.request(
+            "PATCH",
+            path,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        try:
+            self.request(
+                "DELETE",
+                path_of(api_version, kind, namespace, name),
+                body={"propagationPolicy": "Background"},
+                content_type="application/json",
+            )
+        except ApiFailure as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def patch_status(self, namespace: str, name: str, status: Obj, resource_version: str) -> Obj:
+        """Replace the model's status (merge patch, optimistic concurrency)."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        result: Obj = self.request(
+            "PATCH",
+            path_of(f"{GROUP}/{VERSION}", "MultimodalModel", namespace, name, "status"),
+            body=body,
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+
+def to_kopf_error(err: ApiFailure, what: str) -> kopf.TemporaryError | kopf.PermanentError:
+    """Map an API failure to the kopf error that retries it (or not)."""
+    reason = REASONS.get(err.status, "ServerError" if err.status >= 500 else "Other")
+    message = f"{what}: {err.message}"
+    if err.status in (400, 422):
+        return KubePermanentError(message, reason=reason)
+    if err.status == 409:
+        return KubeTemporaryError(message, reason=reason, delay=1)
+    if err.status == 429:
+        return KubeTemporaryError(message, reason=reason, delay=err.retry_after or 5)
+    if err.status == 403:
+        return KubeTemporaryError(message, reason=reason, delay=30)
+    if err.status == 503:
+        return KubeTemporaryError(message, reason="Unavailable", delay=5)
+    return KubeTemporaryError(message, reason=reason, delay=5)

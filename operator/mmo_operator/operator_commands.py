@@ -1,0 +1,149 @@
+"""``mmo render`` and ``mmo operator`` (registered by ``mmo_operator.cli``).
+
+``render`` needs only the core (pydantic, PyYAML); ``operator`` imports kopf and the
+kubernetes client when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import yaml
+
+from mmo_operator.api.problems import InvalidResource
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from mmo_operator.api.validation import validate_file
+    from mmo_operator.builders import build_children
+    from mmo_operator.builders.app_args import plan_and_app_args
+
+    try:
+        validated = validate_file(args.file)
+        plan, app_args = plan_and_app_args(validated, loads=_loads(args.loads))
+    except InvalidResource as e:
+        for p in e.problems:
+            print(f"{args.file}: {p}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return 1
+    children = build_children(
+        validated.model, plan, args=app_args, pod_monitor=not args.no_pod_monitor
+    )
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": children}, indent=2))
+    else:
+        header = (
+            f"# Children of MultimodalModel {validated.model.name} as the operator creates "
+            "them\n# (the operator also sets ownerReferences to the MultimodalModel's uid).\n"
+        )
+        sys.stdout.write(header + yaml.safe_dump_all(children, sort_keys=False))
+    return 0
+
+
+def _loads(path: str | None) -> Any:
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from mmo_operator.handlers import Options, build_registry
+
+    if args.namespace and args.all_namespaces:
+        print("mmo operator: give --namespace or --all-namespaces, not both", file=sys.stderr)
+        return 2
+    if args.webhook_cert and not args.webhook_key:
+        print("mmo operator: --webhook-cert needs --webhook-key", file=sys.stderr)
+        return 2
+    options = Options(
+        webhook=not args.no_webhook,
+        webhook_port=args.webhook_port,
+        webhook_host=args.webhook_host,
+        webhook_cert=args.webhook_cert,
+        webhook_key=args.webhook_key,
+        webhook_insecure=args.webhook_insecure,
+        resync_seconds=args.resync_seconds,
+        metrics_port=args.metrics_port or None,
+    )
+    kopf.configure(verbose=args.verbose, debug=args.debug)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    kopf.run(
+        registry=build_registry(options),
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=True if args.standalone else None,
+        peering_name=args.peering,
+        priority=args.priority,
+        liveness_endpoint=liveness,
+    )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "render", help="print every child object the operator creates for a MultimodalModel"
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    p.add_argument("--loads", metavar="LOADS.json", help="plan the placement from these loads")
+    p.add_argument(
+        "--no-pod-monitor",
+        action="store_true",
+        help="render as for a cluster without the monitoring CRDs",
+    )
+    p.set_defaults(func=cmd_render)
+
+    p = subparsers.add_parser(
+        "operator",
+        help="run the operator (in-cluster login, or KUBECONFIG)",
+        description="Run the mmo operator (kopf) in this process; the container's entry point.",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeat for several; globs as in kopf)",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
+    )
+    p.add_argument(
+        "--no-webhook",
+        action="store_true",
+        help="do not serve the validating admission webhook (cluster without the webhook "
+        "configuration, tests)",
+    )
+    p.add_argument("--webhook-port", type=int, default=9443)
+    p.add_argument("--webhook-host", default=None, help="host name in the webhook's URL")
+    p.add_argument("--webhook-cert", default=None, metavar="PEM", help="TLS certificate")
+    p.add_argument("--webhook-key", default=None, metavar="PEM", help="TLS private key")
+    p.add_argument(
+        "--webhook-insecure", action="store_true", help="serve the webhook over plain HTTP"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)"
+    )
+    p.add_argument("--liveness-port", type=int, default=0, help="/healthz port (0: off)")
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=60.0,
+        help="reconcile every model this often even without changes",
+    )
+    p.add_argument("--peering", default=None, help="kopf peering object (several replicas)")
+    p.add_argument("--standalone", action="store_true", help="no peering")
+    p.add_argument("--priority", type=int, default=None, help="peering priority")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_operator)

@@ -1,0 +1,426 @@
+"""One reconcile of a MultimodalModel: validate -> plan -> build -> apply -> observe -> status.
+
+Called by every kopf handler and timer (in a worker thread: the kubernetes client is
+synchronous). Idempotent: a child is applied only when what the API server holds differs
+from what the builders produce (the ``spec-hash`` annotation, and every desired field
+present with the same value), and the status only when it changed, so reconciling an
+unchanged object writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmo_operator.api.problems import InvalidResource
+from mmo_operator.api.v1alpha1 import MultimodalModel
+from mmo_operator.api.validation import (
+    Validated,
+    capacity_of,
+    parse_model,
+    resolve_architecture,
+    validate,
+)
+from mmo_operator.builders import build_children
+from mmo_operator.builders.app_args import build_app_args
+from mmo_operator.builders.common import (
+    CLUSTER_HASH_ANNOTATION,
+    HASH_ANNOTATION,
+    MANAGER,
+    MODEL_LABEL,
+    placement_configmap_name,
+)
+from mmo_operator.builders.configmap import PLACEMENT_KEY
+from mmo_operator.builders.rayservice import upgrade_strategy
+from mmo_operator.kube import (
+    ApiFailure,
+    Kube,
+    KubePermanentError,
+    KubeTemporaryError,
+    to_kopf_error,
+)
+from mmo_operator.planning import plan_for_model
+from mmo_operator.status import Observation, compute_status
+from mmo_serving.config import PlacementPlan
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+# Kinds the operator may create for a model (pruned when no longer desired).
+MANAGED_KINDS: tuple[tuple[str, str], ...] = (
+    ("v1", "ConfigMap"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("apps/v1", "Deployment"),
+    ("ray.io/v1", "RayService"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+)
+OPTIONAL_KINDS = {("ray.io/v1", "RayService"), ("monitoring.coreos.com/v1", "PodMonitor")}
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: Obj
+    writes: int = 0
+    events: list[Event] = field(default_factory=list)
+    ready: bool = False
+    observation: Observation | None = None
+
+
+# ---------------------------------------------------------------------- pure helpers
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def contains(desired: Any, observed: Any) -> bool:
+    """Every field of ``desired`` is in ``observed`` with the same value (defaults and
+    fields other managers own may be extra in ``observed``)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(
+            k in observed and contains(v, observed[k]) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(contains(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    if isinstance(desired, bool) or isinstance(observed, bool):
+        return desired is observed
+    if isinstance(desired, int | float) and isinstance(observed, int | float):
+        return float(desired) == float(observed)
+    return bool(desired == observed)
+
+
+def needs_apply(desired: Obj, observed: Obj | None) -> bool:
+    if observed is None:
+        return True
+    want = desired["metadata"].get("annotations", {}).get(HASH_ANNOTATION)
+    have = (observed.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+    return want != have or not contains(desired, observed)
+
+
+def model_document(body: Obj) -> Obj:
+    """The parts of an API object that validation reads (status and server fields left out)."""
+    meta = body.get("metadata", {})
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "generation", "labels", "annotations")
+            if k in meta
+        },
+        "spec": body.get("spec"),
+    }
+
+
+def current_plan(configmap: Obj | None, fresh: PlacementPlan) -> PlacementPlan:
+    """Keep the plan in the ConfigMap (a rebalance may have changed it) while it still
+    matches the spec's shape; otherwise the freshly computed one."""
+    if not configmap:
+        return fresh
+    raw = (configmap.get("data") or {}).get(PLACEMENT_KEY)
+    try:
+        plan = PlacementPlan.model_validate(json.loads(raw)) if raw else None
+    except ValueError:
+        return fresh
+    if plan is None:
+        return fresh
+    same_shape = (
+        plan.strategy == fresh.strategy
+        and plan.num_gpus == fresh.num_gpus
+        and plan.num_nodes == fresh.num_nodes
+        and plan.slots_per_gpu == fresh.slots_per_gpu
+        and plan.num_experts == fresh.num_experts
+        and plan.redundant_experts == fresh.redundant_experts
+        and len(plan.layers) == len(fresh.layers)
+    )
+    return plan if same_shape else fresh
+
+
+def status_patch(old: Obj | None, new: Obj) -> Obj | None:
+    """The merge patch turning ``old`` into ``new`` (None: nothing to write)."""
+    old = old or {}
+    if old == new:
+        return None
+    patch: Obj = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
+
+
+def _describe(kind: str, name: str) -> str:
+    return f"{kind} {name}"
+
+
+# ---------------------------------------------------------------------- the reconcile
+
+
+class Reconciler:
+    """Holds the API client and per-model state shared by handlers, timers and events."""
+
+    def __init__(self, kube: Kube, *, webhook: bool = True) -> None:
+        self.kube = kube
+        self.webhook = webhook
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.observations: dict[str, Observation] = {}
+        self.failed_generation: dict[str, int] = {}
+
+    def lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    # -- observe
+
+    def _observe(self, ns: str, name: str, kinds: list[tuple[str, str]]) -> dict[tuple, Obj]:
+        selector = f"{MODEL_LABEL}={name},app.kubernetes.io/managed-by={MANAGER}"
+        seen: dict[tuple, Obj] = {}
+        for api_version, kind in kinds:
+            for obj in self.kube.list(api_version, kind, ns, selector):
+                seen[(api_version, kind, obj["metadata"]["name"])] = obj
+        return seen
+
+    # -- main entry
+
+    def reconcile(self, body: Obj) -> Outcome:
+        meta = body["metadata"]
+        key = f"{meta.get('namespace')}/{meta['name']}"
+        with self.lock(key):
+            return self._reconcile(body, key)
+
+    def _reconcile(self, body: Obj, key: str) -> Outcome:
+        meta = body["metadata"]
+        obs = Observation(generation=meta.get("generation"), webhook=self.webhook)
+        outcome = Outcome(status={}, observation=obs)
+        doc = model_document(body)
+        model: MultimodalModel | None = None
+        try:
+            try:
+                validated = validate(doc)
+            except InvalidResource as e:
+                return self._invalid(body, doc, e, obs, outcome)
+            self.failed_generation.pop(key, None)
+            model = validated.model
+            return self._deploy(body, model, validated, obs, outcome)
+        except ApiFailure as e:
+            err = to_kopf_error(e, f"reconciling {key}")
+            if isinstance(err, KubePermanentError) and model is not None:
+                obs.apply_error = str(err)
+                try:
+                    self._write_status(body, model, obs, outcome)
+                except ApiFailure:
+                    log.warning("could not record the error in the status of %s", key)
+            raise err from e
+
+    def _invalid(
+        self, body: Obj, doc: Obj, err: InvalidResource, obs: Observation, outcome: Outcome
+    ) -> Outcome:
+        obs.problems = [str(p) for p in err.problems]
+        reason = "InvalidSpec"
+        try:
+            model = parse_model(doc)
+        except InvalidResource:
+            model = None
+        if model is not None:
+            try:
+                obs.capacity = capacity_of(model, resolve_architecture(model))
+                if not obs.capacity.fits:
+                    reason = "DoesNotFit"
+            except InvalidResource:
+                pass
+            self._write_status(body, model, obs, outcome)
+        meta = body["metadata"]
+        self.failed_generation[f"{meta.get('namespace')}/{meta['name']}"] = (
+            meta.get("generation") or 0
+        )
+        outcome.events.append(Event("Warning", reason, "; ".join(obs.problems)[:1000]))
+        raise KubePermanentError("invalid spec: " + "; ".join(obs.problems), reason=reason)
+
+    def _deploy(
+        self,
+        body: Obj,
+        model: MultimodalModel,
+        validated: Validated,
+        obs: Observation,
+        outcome: Outcome,
+    ) -> Outcome:
+        kube = self.kube
+        ns, name, uid = model.namespace, model.name, body["metadata"].get("uid")
+        obs.capacity = validated.capacity
+        obs.kuberay_installed = kube.has_kind("ray.io/v1", "RayService")
+        obs.monitoring_installed = kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")
+        kinds = [
+            k
+            for k in MANAGED_KINDS
+            if k not in OPTIONAL_KINDS
+            or (k[1] == "RayService" and obs.kuberay_installed)
+            or (k[1] == "PodMonitor" and obs.monitoring_installed)
+        ]
+        seen = self._observe(ns, name, kinds)
+        fresh = plan_for_model(model, validated.architecture, validated.capacity)
+        cm = seen.get(("v1", "ConfigMap", placement_configmap_name(model)))
+        plan = current_plan(cm, fresh)
+        obs.plan = plan
+        previous = self.observations.get(f"{ns}/{name}")
+        if previous is not None and previous.plan == plan:
+            obs.balancedness_before = previous.balancedness_before
+            obs.moved_experts = previous.moved_experts
+            obs.last_rebalance_time = previous.last_rebalance_time
+        args = build_app_args(model, plan)
+        desired = build_children(
+            model, plan, args=args, uid=uid, pod_monitor=obs.monitoring_installed
+        )
+        desired = [d for d in desired if d["kind"] != "RayService" or obs.kuberay_installed]
+        wanted = {(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in desired}
+        obs.network_policies = sum(1 for d in desired if d["kind"] == "NetworkPolicy")
+
+        for child in desired:
+            ckey = (child["apiVersion"], child["kind"], child["metadata"]["name"])
+            observed = seen.get(ckey)
+            if child["kind"] == "RayService" and observed is not None:
+                self._recreate_if_needed(model, child, observed, outcome)
+            if not needs_apply(child, observed):
+                continue
+            applied = kube.apply(child)
+            outcome.writes += 1
+            seen[ckey] = applied
+            outcome.events.append(self._applied_event(child, observed))
+        for ckey in list(seen):
+            if ckey not in wanted:
+                kube.delete(ckey[0], ckey[1], ns, ckey[2])
+                outcome.writes += 1
+                del seen[ckey]
+                outcome.events.append(
+                    Event("Normal", "Deleted", f"deleted {_describe(ckey[1], ckey[2])}")
+                )
+        obs.rayservice = seen.get(("ray.io/v1", "RayService", name))
+        self._write_status(body, model, obs, outcome)
+        self.observations[f"{ns}/{name}"] = obs
+        if not obs.kuberay_installed:
+            raise KubeTemporaryError(
+                "KubeRay CRDs not installed (ray.io/v1 RayService); waiting for them",
+                reason="KubeRayNotInstalled",
+                delay=15,
+            )
+        return outcome
+
+    def _recreate_if_needed(
+        self, model: MultimodalModel, child: Obj, observed: Obj, outcome: Outcome
+    ) -> None:
+        """With the Recreate strategy, delete a RayService whose cluster must change."""
+        if upgrade_strategy(model) != "Recreate":
+            return
+        want = child["metadata"]["annotations"].get(CLUSTER_HASH_ANNOTATION)
+        have = (observed["metadata"].get("annotations") or {}).get(CLUSTER_HASH_ANNOTATION)
+        if have is None or want == have:
+            return
+        self.kube.delete("ray.io/v1", "RayService", model.namespace, model.name)
+        outcome.writes += 1
+        outcome.events.append(
+            Event(
+                "Normal",
+                "RecreatingCluster",
+                f"cluster change with upgrade strategy Recreate: deleted RayService "
+                f"{model.name}; a new one is created once it is gone",
+            )
+        )
+        raise KubeTemporaryError(
+            "waiting for the old RayService to be deleted", reason="Conflict", delay=2
+        )
+
+    @staticmethod
+    def _applied_event(child: Obj, observed: Obj | None) -> Event:
+        kind, name = child["kind"], child["metadata"]["name"]
+        if observed is None:
+            return Event("Normal", "Created", f"created {_describe(kind, name)}")
+        if kind == "RayService":
+            want = child["metadata"]["annotations"].get(CLUSTER_HASH_ANNOTATION)
+            have = (observed["metadata"].get("annotations") or {}).get(CLUSTER_HASH_ANNOTATION)
+            if want != have:
+                return Event(
+                    "Normal",
+                    "ClusterUpgrade",
+                    f"Ray cluster config of RayService {name} changed: KubeRay starts a "
+                    "new cluster (blue/green) and moves traffic when it is ready",
+                )
+            return Event(
+                "Normal",
+                "ServeConfigUpdated",
+                f"serveConfigV2 of RayService {name} updated in place (same Ray cluster)",
+            )
+        return Event("Normal", "Updated", f"updated {_describe(kind, name)}")
+
+    def _write_status(
+        self, body: Obj, model: MultimodalModel, obs: Observation, outcome: Outcome
+    ) -> None:
+        old = body.get("status") or {}
+        status = compute_status(model, obs, previous=old, now=now_iso())
+        outcome.status = status
+        outcome.ready = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"]
+        )
+        patch = status_patch(old, status)
+        if patch is None:
+            return
+        meta = body["metadata"]
+        self.kube.patch_status(
+            meta.get("namespace") or "default", meta["name"], patch, meta["resourceVersion"]
+        )
+        outcome.writes += 1
+
+    # -- status-only refresh from a RayService event
+
+    def refresh(self, body: Obj, rayservice: Obj | None) -> Outcome | None:
+        """Recompute the status with a new RayService observation (no reads)."""
+        meta = body["metadata"]
+        key = f"{meta.get('namespace')}/{meta['name']}"
+        with self.lock(key):
+            previous = self.observations.get(key)
+            if previous is None or previous.generation != meta.get("generation"):
+                return None
+            try:
+                model = MultimodalModel.model_validate(model_document(body))
+            except ValueError:
+                return None
+            obs = Observation(**{**previous.__dict__, "rayservice": rayservice})
+            outcome = Outcome(status={}, observation=obs)
+            self._write_status(body, model, obs, outcome)
+            self.observations[key] = obs
+            return outcome
+
+    # -- deletion
+
+    def cleanup(self, body: Obj) -> int:
+        """Delete every child of the model; returns how many were deleted."""
+        meta = body["metadata"]
+        ns, name = meta.get("namespace") or "default", meta["name"]
+        key = f"{ns}/{name}"
+        kinds = [
+            k for k in MANAGED_KINDS if k not in OPTIONAL_KINDS or self.kube.has_kind(k[0], k[1])
+        ]
+        deleted = 0
+        with self.lock(key):
+            try:
+                for (api_version, kind, child), _obj in self._observe(ns, name, kinds).items():
+                    deleted += self.kube.delete(api_version, kind, ns, child)
+            except ApiFailure as e:
+                raise to_kopf_error(e, f"deleting the children of {key}") from e
+            self.observations.pop(key, None)
+            self.failed_generation.pop(key, None)
+        return deleted

@@ -1,0 +1,245 @@
+"""Run ``mmo operator`` as a subprocess against the strict emulator, and play KubeRay."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kube_emulator import EmulatorThread
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
+DATA = Path(__file__).parent / "data"
+
+MMM = "serving.mmo.dev/v1alpha1/multimodalmodels"
+RAYSERVICES = "ray.io/v1/rayservices"
+PODMONITORS = "monitoring.coreos.com/v1/podmonitors"
+CONFIGMAPS = "v1/configmaps"
+PDBS = "policy/v1/poddisruptionbudgets"
+NETPOLS = "networking.k8s.io/v1/networkpolicies"
+EVENTS = "v1/events"
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def load_crd(path: Path) -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs[0]
+
+
+def mmm_crd() -> dict[str, Any]:
+    return load_crd(REPO / "manifests" / "crds" / "serving.mmo.dev_multimodalmodels.yaml")
+
+
+def kuberay_crd() -> dict[str, Any]:
+    return load_crd(SHARED_SCHEMAS / "ray.io_rayservices.v1.7.0.yaml")
+
+
+def podmonitor_crd() -> dict[str, Any]:
+    return load_crd(SHARED_SCHEMAS / "monitoring.coreos.com_podmonitors.yaml")
+
+
+def peering_crds() -> list[dict[str, Any]]:
+    out = []
+    for scope, plural, kind in (
+        ("Cluster", "clusterkopfpeerings", "ClusterKopfPeering"),
+        ("Namespaced", "kopfpeerings", "KopfPeering"),
+    ):
+        out.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "group": "kopf.dev",
+                    "scope": scope,
+                    "names": {"plural": plural, "kind": kind, "singular": kind.lower()},
+                    "versions": [{"name": "v1", "served": True, "storage": True}],
+                },
+            }
+        )
+    return out
+
+
+def model_doc(name: str = "tiny", namespace: str = "ns1", **spec_changes: Any) -> dict[str, Any]:
+    doc = yaml.safe_load((DATA / "tiny.yaml").read_text())
+    doc["metadata"] = {"name": name, "namespace": namespace}
+    for path, value in spec_changes.items():
+        cur = doc["spec"]
+        parts = path.split("__")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = value
+    return doc
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+class Cluster:
+    """The emulator with the CRDs installed, and helpers for scenarios."""
+
+    def __init__(self, thread: EmulatorThread) -> None:
+        self.thread = thread
+        self.emu = thread.emulator
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.thread.call(fn, *args, **kwargs)
+
+    def install(self, crd: dict[str, Any]) -> None:
+        self.call(self.emu.create, CRDS, copy.deepcopy(crd))
+
+    def uninstall(self, crd: dict[str, Any]) -> None:
+        self.call(self.emu.delete, CRDS, None, crd["metadata"]["name"])
+
+    def get(self, resource: str, name: str, namespace: str | None = "ns1") -> Any:
+        return self.call(self.emu.get, resource, namespace, name)
+
+    def list(self, resource: str, namespace: str | None = "ns1") -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call(self.emu.list, resource, namespace)
+        return result
+
+    def create(self, resource: str, obj: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(self.emu.create, resource, copy.deepcopy(obj))
+        return result
+
+    def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: dict[str, Any],
+        namespace: str = "ns1",
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            self.emu.patch, resource, namespace, name, patch, subresource=subresource
+        )
+        return result
+
+    def delete(self, resource: str, name: str, namespace: str = "ns1") -> None:
+        self.call(self.emu.delete, resource, namespace, name)
+
+    def children(self, name: str = "tiny", namespace: str = "ns1") -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for res in (CONFIGMAPS, PDBS, NETPOLS, RAYSERVICES, PODMONITORS):
+            if self.call(lambda r=res: r in self.emu.resources):
+                items = [
+                    o["metadata"]["name"]
+                    for o in self.list(res, namespace)
+                    if (o["metadata"].get("labels") or {}).get("serving.mmo.dev/model") == name
+                ]
+                if items:
+                    out[res] = sorted(items)
+        return out
+
+    def condition(self, name: str, ctype: str, namespace: str = "ns1") -> dict[str, Any] | None:
+        obj = self.get(MMM, name, namespace)
+        for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+            if cond["type"] == ctype:
+                return dict(cond)
+        return None
+
+    def play_kuberay(
+        self, name: str, *, ready: bool = True, app_status: str = "RUNNING", namespace: str = "ns1"
+    ) -> None:
+        """Report on a RayService as KubeRay does (status subresource)."""
+        status = {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "reason": "NonZeroServeEndpoints" if ready else "ZeroServeEndpoints",
+                    "message": "" if ready else "no Serve endpoint is ready",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+            "activeServiceStatus": {
+                "rayClusterName": f"{name}-raycluster-abcde",
+                "applicationStatuses": {name: {"status": app_status, "message": ""}},
+            },
+            "numServeEndpoints": 1 if ready else 0,
+        }
+        self.patch(RAYSERVICES, name, {"status": status}, namespace, subresource="status")
+
+    def request_mark(self) -> int:
+        count: int = self.call(lambda: self.emu.request_count)
+        return count
+
+    def writes_since(self, mark: int, *, exclude_events: bool = True) -> list[str]:
+        reqs = self.call(self.emu.writes, mark)
+        out = []
+        for r in reqs:
+            if exclude_events and r.resource is not None and r.resource.plural == "events":
+                continue
+            out.append(f"{r.method.value} {r.url.path}")
+        return out
+
+    def requests_since(self, mark: int) -> list[str]:
+        reqs = self.call(lambda: self.emu.request_log[mark:])
+        return [f"{r.method.value} {r.url.path}?{r.url.query_string}" for r in reqs]
+
+    def events(self, namespace: str = "ns1") -> list[dict[str, Any]]:
+        return self.list(EVENTS, namespace)
+
+
+class OperatorProcess:
+    """``mmo operator`` in a subprocess with a kubeconfig pointing at the emulator."""
+
+    def __init__(
+        self, kubeconfig: str, log_path: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.log_path = log_path
+        cmd = [
+            sys.executable,
+            "-m",
+            "mmo_operator.cli",
+            "operator",
+            "-A",
+            "--no-webhook",
+            "--metrics-port",
+            "0",
+            "--resync-seconds",
+            "3",
+            *extra,
+        ]
+        if "--peering" not in extra:
+            cmd.append("--standalone")
+        full_env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
