@@ -313,6 +313,9 @@ def test_endpoint_must_be_https_except_loopback() -> None:
     check_endpoint("http://localhost:9000/v1")
     with pytest.raises(ValueError, match=r"must be an https:// URL"):
         check_endpoint("http://api.example.com/v1")
+    bad = IsolationArgs(mode="hybrid", hybrid=HybridArgs(endpoint="http://api.example.com/v1"))
+    with pytest.raises(ValueError, match=r"hybrid endpoint 'http://api.example.com/v1'"):
+        Gateway(bad)  # refused when the replica starts, not on the first offload
 
 
 @pytest.fixture(scope="module")

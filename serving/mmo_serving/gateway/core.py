@@ -88,6 +88,10 @@ class Gateway:
     ) -> None:
         self.args = args
         self.metrics = metrics
+        if cloud is None and args.mode == "hybrid" and args.hybrid is not None:
+            from mmo_serving.gateway.cloud import check_endpoint
+
+            check_endpoint(args.hybrid.endpoint)  # fail at start, not on the first offload
         self.audit = audit or AuditLog(args.audit_path, enabled=args.audit_enabled)
         self._cloud = cloud
 
