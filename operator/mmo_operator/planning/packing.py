@@ -14,6 +14,10 @@ import numpy as np
 
 # Improvements smaller than this fraction of the total load are noise.
 _REL_EPS = 1e-9
+# Refinement stops once the heaviest bin is within this fraction of the mean.
+GOOD_ENOUGH = 1e-3
+# Two-for-two swaps look at this many of the lightest bins.
+_PAIR_PARTNERS = 4
 
 
 def replicate(load: np.ndarray, redundant: int, max_copies: int) -> np.ndarray:
@@ -44,6 +48,31 @@ def expand(load: np.ndarray, copies: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return experts[order], weights[order]
 
 
+def lower_bound(weights: np.ndarray, num_bins: int, *, equal: bool = True) -> float:
+    """A lower bound on the heaviest bin's load, over every way to pack ``weights``.
+
+    Among the ``k`` heaviest items some bin holds at least ``c = ceil(k / num_bins)``;
+    its load is at least the lightest ``c`` of them plus, when every bin holds exactly
+    ``len / num_bins`` items (``equal``), the lightest of the other items to fill it.
+    The bound is the largest of these over ``k``, and the mean.
+    """
+    arr = np.sort(np.asarray(weights, dtype=np.float64))[::-1]
+    n = len(arr)
+    cum = np.concatenate(([0.0], np.cumsum(arr)))
+    k = np.arange(1, n + 1)
+    c = -(-k // num_bins)
+    bound = cum[k] - cum[k - c]
+    if equal:
+        need = n // num_bins - c
+        rest = n - k
+        tail = cum[n] - cum[np.clip(n - need, 0, n)]
+        short = np.clip(need - rest, 0, None)
+        borrowed = cum[k - c] - cum[np.clip(k - c - short, 0, None)]
+        filler = np.where(rest >= need, tail, cum[n] - cum[k] + borrowed)
+        bound = bound + np.where(need >= 0, filler, 0.0)
+    return float(max(bound.max(), cum[n] / num_bins))
+
+
 def _counts(experts: np.ndarray, bins: np.ndarray, num_bins: int, num_experts: int) -> np.ndarray:
     counts = np.zeros((num_bins, num_experts), dtype=np.int64)
     np.add.at(counts, (bins, experts), 1)
@@ -61,24 +90,50 @@ def pack(
 ) -> np.ndarray:
     """Assign items (sorted heaviest first) to ``num_bins`` bins of equal size.
 
-    Round by round, the heaviest remaining items go to the lightest bins; conflicts
-    (more than ``max_same`` copies of an expert in a bin) are repaired by swaps, then
-    swaps that lower the heaviest bin are applied until none helps. Returns the bin of
-    each item.
+    A balanced largest-differencing start (see ``_differencing``), then swaps that
+    repair conflicts (more than ``max_same`` copies of an expert in a bin), then swaps
+    that lower the heaviest bin until none helps. Returns the bin of each item.
     """
     n = len(experts)
     if n % num_bins:
         raise ValueError(f"{n} items do not split evenly over {num_bins} bins")
-    bins = np.empty(n, dtype=np.int64)
-    loads = np.zeros(num_bins)
-    for start in range(0, n, num_bins):
-        lightest = np.argsort(loads, kind="stable")
-        bins[start : start + num_bins] = lightest
-        loads[lightest] += weights[start : start + num_bins]
+    bins = _differencing(weights, num_bins)
+    loads = np.bincount(bins, weights=weights, minlength=num_bins)
     counts = _counts(experts, bins, num_bins, num_experts)
     eps = _REL_EPS * float(weights.sum())
     _repair(experts, weights, bins, loads, counts, max_same)
     refine(experts, weights, bins, loads, counts, max_same, eps, max_iter or 4 * n)
+    return bins
+
+
+def _differencing(weights: np.ndarray, num_bins: int) -> np.ndarray:
+    """Balanced largest differencing (Karmarkar-Karp for bins of equal size).
+
+    Items, heaviest first, form rounds of ``num_bins``: each round is a partial
+    partition with one item per bin. The two partial partitions whose bins differ the
+    most are merged, heaviest bin of one with the lightest of the other, until one is
+    left; every bin then holds one item of every round.
+    """
+    rounds = len(weights) // num_bins
+    ids = np.arange(len(weights)).reshape(rounds, num_bins)
+    heap: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+    for r in range(rounds):
+        sums = weights[ids[r]]
+        heap.append((-float(sums[0] - sums[-1]), r, sums, ids[r][:, None]))
+    heapq.heapify(heap)
+    tick = rounds
+    while len(heap) > 1:
+        _, _, sums_a, members_a = heapq.heappop(heap)
+        _, _, sums_b, members_b = heapq.heappop(heap)
+        up = np.argsort(sums_a, kind="stable")
+        down = np.argsort(-sums_b, kind="stable")
+        sums = sums_a[up] + sums_b[down]
+        members = np.concatenate((members_a[up], members_b[down]), axis=1)
+        heapq.heappush(heap, (-float(sums.max() - sums.min()), tick, sums, members))
+        tick += 1
+    members = heap[0][3]
+    bins = np.empty(len(weights), dtype=np.int64)
+    bins[members] = np.arange(num_bins)[:, None]
     return bins
 
 
@@ -139,9 +194,18 @@ def refine(
     eps: float,
     max_iter: int,
 ) -> None:
-    """Best-improvement swaps out of the heaviest bin until none lowers it."""
+    """Best-improvement swaps out of the heaviest bin until none lowers it.
+
+    Swaps of one item for one come first; when none helps, two items for two with one
+    of the lightest bins (a few times at most: they cost more) before giving up. Stops
+    early within ``GOOD_ENOUGH`` of the lower bound.
+    """
+    good = lower_bound(weights, len(loads)) * (1 + GOOD_ENOUGH)
+    pair_tries = len(loads)
     for _ in range(max_iter):
         b = int(np.argmax(loads))
+        if loads[b] <= good:
+            return
         mine = np.flatnonzero(bins == b)
         ei = experts[mine][:, None]
         delta = weights[mine][:, None] - weights[None, :]
@@ -155,7 +219,53 @@ def refine(
             & (counts[b, experts] < max_same)[None, :]
         )
         if not ok.any():
+            pair_tries -= 1
+            if pair_tries >= 0 and _pair_swap(
+                experts, weights, bins, loads, counts, max_same, eps, b
+            ):
+                continue
             return
         flat = int(np.argmin(np.where(ok, score, np.inf)))
         row, j = divmod(flat, len(experts))
         _swap(experts, weights, bins, loads, counts, int(mine[row]), j)
+
+
+def _pair_swap(
+    experts: np.ndarray,
+    weights: np.ndarray,
+    bins: np.ndarray,
+    loads: np.ndarray,
+    counts: np.ndarray,
+    max_same: int,
+    eps: float,
+    b: int,
+) -> bool:
+    """Apply the best exchange of two items of bin ``b`` for two of a light bin."""
+    num_bins = len(loads)
+    cap = len(experts) // num_bins
+    if cap < 2 or num_bins < 2:
+        return False
+    grid = np.argsort(bins, kind="stable").reshape(num_bins, cap)  # items of each bin
+    partners = np.argsort(loads, kind="stable")[: _PAIR_PARTNERS + 1]
+    partners = partners[partners != b][:_PAIR_PARTNERS]
+    first, second = np.triu_indices(cap, 1)
+    out1, out2 = grid[b, first], grid[b, second]  # pairs leaving b: [pair]
+    in1, in2 = grid[partners][:, first], grid[partners][:, second]  # [partner, pair]
+    delta = (weights[out1] + weights[out2])[:, None, None] - (weights[in1] + weights[in2])
+    score = np.maximum(loads[b] - delta, loads[partners][None, :, None] + delta)
+    x1, x2 = experts[out1], experts[out2]
+    y1, y2 = experts[in1], experts[in2]
+    fits_there = (counts[partners][:, x1] < max_same) & (counts[partners][:, x2] < max_same)
+    fits_here = (counts[b, y1] < max_same) & (counts[b, y2] < max_same) & (y1 != y2)
+    ok = (
+        (delta > eps)
+        & (score < loads[b] - eps)
+        & (fits_there.T & (x1 != x2)[:, None])[:, :, None]
+        & fits_here[None, :, :]
+    )
+    if not ok.any():
+        return False
+    mine, c, theirs = np.unravel_index(int(np.argmin(np.where(ok, score, np.inf))), ok.shape)
+    _swap(experts, weights, bins, loads, counts, int(out1[mine]), int(in1[c, theirs]))
+    _swap(experts, weights, bins, loads, counts, int(out2[mine]), int(in2[c, theirs]))
+    return True

@@ -160,7 +160,7 @@ def _oblivious_slots(
     slots = np.full(num_gpus * slots_per_gpu, EMPTY_SLOT, dtype=np.int64)
     for g in range(num_gpus):
         mine = experts[bins == g]
-        order = sorted(mine, key=lambda e: (e != home[e], e))  # primary first
+        order = sorted(mine, key=lambda e: (home[e] != g, e))  # primaries first
         slots[g * slots_per_gpu : g * slots_per_gpu + len(order)] = order
     return slots
 
@@ -203,6 +203,20 @@ def balancedness(gpu_load: Any) -> float:
     arr = np.asarray(gpu_load, dtype=np.float64)
     mean = float(arr.mean()) if arr.size else 0.0
     return float(arr.max() / mean) if mean > 0 else 1.0
+
+
+def best_balancedness_without_copies(load: Any, num_gpus: int) -> float:
+    """A lower bound on the balancedness of any one-copy-per-expert plan of one layer.
+
+    See ``packing.lower_bound``; with ``num_experts % num_gpus != 0`` only the
+    pigeonhole part applies (GPUs may hold different numbers of experts).
+    """
+    arr = np.asarray(load, dtype=np.float64)
+    total = float(arr.sum())
+    if total <= 0:
+        return 1.0
+    mean = total / num_gpus
+    return packing.lower_bound(arr, num_gpus, equal=len(arr) % num_gpus == 0) / mean
 
 
 def _plan(
@@ -394,7 +408,9 @@ def plan_placement(
         now = np.asarray(current.layers[i].slots, dtype=np.int64)
         before = _present(now, num_gpus, num_experts)
         if strategy == "balanced" and len(now) == len(slots):
-            slots = _relabel(slots, now, num_gpus, num_nodes, num_experts)
+            renumbered = _relabel(slots, now, num_gpus, num_nodes, num_experts)
+            if _moves(renumbered, before, num_gpus) <= _moves(slots, before, num_gpus):
+                slots = renumbered
         fresh = _layer(i, load, slots, num_gpus, _moves(slots, before, num_gpus))
         if low_churn and strategy == "balanced" and _can_churn(now, spg, num_gpus, num_experts):
             fresh = _low_churn_layer(
