@@ -1,0 +1,1 @@
+"""Federated fine-tuning (issue 7, optional): update privacy now; the Flower apps to come."""
