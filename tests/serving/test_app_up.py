@@ -1,0 +1,162 @@
+"""``mmo up`` as a subprocess: starts, serves a chat with a picture, stops on SIGINT
+leaving no process behind (every descendant seen while it ran is gone)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "manifests/samples/private-vqa.yaml"
+MMO = Path(sys.executable).with_name("mmo")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def _descendants(pid: int) -> set[int]:
+    kids, out, todo = _children(), set(), [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            if k not in out:
+                out.add(k)
+                todo.append(k)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _builtin_available() -> bool:
+    from mmo_operator.api.builtin import checkpoint_dir
+
+    try:
+        checkpoint_dir("shapes-moe")
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture()
+def small_spec(tmp_path: Path) -> Path:
+    """The make-up sample on 2 GPUs (8 ranks would crowd a 2-core test machine)."""
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["spec"]["resources"]["gpusPerNode"] = 2
+    doc["spec"]["experts"]["redundantExperts"] = 0
+    out = tmp_path / "vqa-2gpu.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
+    if not _builtin_available():
+        pytest.skip("builtin://shapes-moe checkpoint not installed")
+    from mmo_serving.local import sample_request
+
+    port, metrics_port = _free_port(), _free_port()
+    cmd = [
+        str(MMO), "up", str(small_spec), "--port", str(port),
+        "--metrics-port", str(metrics_port), "--num-cpus", "4", "--timeout", "300",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    seen: set[int] = set()
+    out_lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out_lines.append(line)
+            seen |= _descendants(proc.pid)
+            if "Ctrl-C stops everything" in line:
+                break
+        output = "".join(out_lines)
+        assert "Ctrl-C stops everything" in output, output
+        assert re.search(r"\[\s*\d+\.\d+s\] application", output), output  # progress lines
+        assert f"endpoint:  http://127.0.0.1:{port}/v1" in output
+        assert f"metrics:   http://127.0.0.1:{metrics_port}/metrics" in output
+        assert "curl -s" in output and "data:image/png;base64," in output
+        seen |= _descendants(proc.pid)
+        assert len(seen) >= 3  # Ray's processes were started below mmo up
+
+        from mmo_serving.local import UpOptions, app_args_for
+
+        args = app_args_for(UpOptions(file=str(small_spec)))
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json=sample_request(args),
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"].strip() == "red"
+        seen |= _descendants(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        out_lines.append(rest or "")
+    output = "".join(out_lines)
+    assert proc.returncode == 0, output
+    assert "mmo up: stopped" in output
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in seen):
+        time.sleep(0.5)
+    left = sorted(p for p in seen if _alive(p))
+    assert not left, f"processes left behind: {left}\n{output}"
+
+
+def test_app_mmo_up_rejects_an_invalid_spec(tmp_path: Path) -> None:
+    doc = yaml.safe_load(SAMPLE.read_text())
+    doc["spec"]["batching"]["maxBatchSize"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    r = subprocess.run(
+        [str(MMO), "up", str(bad)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert r.returncode == 1
+    assert "spec.batching.maxBatchSize" in r.stderr, r.stderr
+    assert "starting a private Ray" not in r.stdout
