@@ -57,7 +57,7 @@ def load_matrix(loads: Any) -> np.ndarray:
         if len(bad):
             layer, expert = (int(i) for i in bad[0])
             raise ValueError(
-                f"loads: layer {layer} expert {expert} is {loads[layer, expert]!r}: "
+                f"loads: layer {layer} expert {expert} is {loads[layer, expert].item()!r}: "
                 "loads must be finite and >= 0"
             )
         return matrix
