@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shlex
 import signal
@@ -136,6 +137,10 @@ def _raise_stop(signum: int, _frame: Any) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
+def _name(status: Any) -> str:
+    return str(getattr(status, "value", status))
+
+
 def _progress(out: TextIO, t0: float, last: list[str]) -> None:
     from ray import serve
 
@@ -147,10 +152,10 @@ def _progress(out: TextIO, t0: float, last: list[str]) -> None:
     if app is None:
         line = "waiting for the Serve controller"
     else:
-        parts = [f"application {app.status.value}"]
+        parts = [f"application {_name(app.status)}"]
         for name, dep in app.deployments.items():
-            counts = ", ".join(f"{n} {s.value.lower()}" for s, n in dep.replica_states.items())
-            parts.append(f"{name}: {dep.status.value} ({counts or 'no replicas yet'})")
+            counts = ", ".join(f"{n} {_name(s).lower()}" for s, n in dep.replica_states.items())
+            parts.append(f"{name}: {_name(dep.status)} ({counts or 'no replicas yet'})")
         line = "; ".join(parts)
     if not last or line != last[0]:
         out.write(f"[{time.monotonic() - t0:6.1f}s] {line}\n")
@@ -175,10 +180,17 @@ def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
     )
     out.flush()
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # Quiet Ray's start-up: the logical GPUs are what we want (see ray_cluster fixture).
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
     from ray import serve
 
     from mmo_serving.app import build_app
+
+    if not opts.verbose:
+        # Serve warns that serve.run's default HTTP options differ from ours (ignored).
+        logging.getLogger("ray.serve").setLevel(logging.ERROR)
+        logging.getLogger("ray").setLevel(logging.WARNING)
 
     code = 0
     try:
@@ -219,29 +231,37 @@ def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
 def _deploy_and_wait(
     args: AppArgs, opts: UpOptions, out: TextIO, url: str, metrics_url: str, build_app: Any
 ) -> int:
+    """``serve.run`` in the main thread (Ctrl-C interrupts it); a helper thread prints
+    progress and interrupts the main thread when the readiness timeout passes."""
+    import _thread
+
     from ray import serve
 
-    failure: list[BaseException] = []
-
-    def deploy() -> None:
-        try:
-            serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-        except BaseException as exc:  # reported by the main thread
-            failure.append(exc)
-
-    worker = threading.Thread(target=deploy, name="mmo-up-deploy", daemon=True)
     t0 = time.monotonic()
-    worker.start()
+    stop = threading.Event()
+    timed_out = threading.Event()
     last: list[str] = []
-    while worker.is_alive():
-        _progress(out, t0, last)
-        if time.monotonic() - t0 > opts.timeout_s:
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            _progress(out, t0, last)
+            if time.monotonic() - t0 > opts.timeout_s:
+                timed_out.set()
+                _thread.interrupt_main()
+                return
+
+    poller = threading.Thread(target=poll, name="mmo-up-progress", daemon=True)
+    poller.start()
+    try:
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    except KeyboardInterrupt:
+        if timed_out.is_set():
             print(f"mmo up: not ready after {opts.timeout_s:.0f}s", file=sys.stderr)
             return 1
-        worker.join(timeout=1.0)
-    if failure:
-        print(f"mmo up: deployment failed: {failure[0]}", file=sys.stderr)
-        return 1
+        raise
+    finally:
+        stop.set()
+        poller.join()
     _progress(out, t0, last)
     out.write(banner(args, url, metrics_url))
     out.flush()
