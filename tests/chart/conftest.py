@@ -24,7 +24,7 @@ Obj = dict[str, Any]
 ALL_ON: Obj = {
     "commonLabels": {"team": "ml-platform"},
     "operator": {
-        "replicas": 2,
+        "replicas": 1,
         "image": {"digest": "sha256:" + "a" * 64, "pullPolicy": "IfNotPresent"},
         "imagePullSecrets": [{"name": "regcred"}],
         "extraArgs": ["--verbose"],

@@ -5,21 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 Obj = dict[str, Any]
-CRUD = {"get", "list", "watch", "create", "update", "patch", "delete"}
+APPLY = {"get", "list", "create", "patch", "delete"}  # server-side apply, list, prune
 
 # (apiGroup, resource) -> verbs: what `mmo operator` does (issue 6, kopf's own needs).
 NAMESPACED = {
-    ("serving.mmo.dev", "multimodalmodels"): {"get", "list", "watch", "patch", "update"},
-    ("serving.mmo.dev", "multimodalmodels/status"): {"get", "patch", "update"},
+    ("serving.mmo.dev", "multimodalmodels"): {"get", "list", "watch", "patch"},
+    ("serving.mmo.dev", "multimodalmodels/status"): {"patch"},
     ("serving.mmo.dev", "multimodalmodels/finalizers"): {"update"},
-    ("ray.io", "rayservices"): CRUD,
-    ("", "configmaps"): CRUD,
-    ("", "services"): CRUD,
-    ("networking.k8s.io", "networkpolicies"): CRUD,
-    ("policy", "poddisruptionbudgets"): CRUD,
-    ("monitoring.coreos.com", "podmonitors"): CRUD,
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("ray.io", "rayservices"): APPLY | {"watch"},
+    ("", "configmaps"): APPLY,
+    ("networking.k8s.io", "networkpolicies"): APPLY,
+    ("policy", "poddisruptionbudgets"): APPLY,
+    ("monitoring.coreos.com", "podmonitors"): APPLY,
+    ("", "events"): {"create"},
 }
 CLUSTER = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
 
@@ -47,12 +45,7 @@ def test_cluster_wide_rbac_is_exact(render: Any) -> None:
     docs = render()
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
     assert_no_wildcards_or_secrets(role)
-    expected = {
-        **NAMESPACED,
-        **CLUSTER,
-        ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
-    }
-    assert grants(role) == expected
+    assert grants(role) == {**NAMESPACED, **CLUSTER}
     assert [d for d in docs if d["kind"] in ("Role", "RoleBinding")] == []
     (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
     (sa,) = [d for d in docs if d["kind"] == "ServiceAccount"]
@@ -70,10 +63,7 @@ def test_namespaced_rbac_is_exact_per_namespace(render: Any, values_namespaced: 
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-a", "ml-b"]
     for role in roles:
         assert_no_wildcards_or_secrets(role)
-        assert grants(role) == {
-            **NAMESPACED,
-            ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
-        }
+        assert grants(role) == NAMESPACED
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["ml-a", "ml-b"]
     for b in bindings:

@@ -15,7 +15,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"operatr": {}}, "additional properties 'operatr' not allowed"),
     ({"operator": {"runAsUser": 0}}, "/operator/runAsUser"),
     ({"operator": {"replicas": "2"}}, "/operator/replicas"),
-    ({"operator": {"replicas": 0}}, "/operator/replicas"),
+    ({"operator": {"replicas": 2}}, "/operator/replicas"),
     ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, "/operator/image/pullPolicy"),
     ({"operator": {"image": {"digest": "sha256:xyz"}}}, "/operator/image/digest"),
     ({"operator": {"image": {"tag": "has space"}}}, "/operator/image/tag"),

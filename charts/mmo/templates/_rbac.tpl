@@ -1,39 +1,42 @@
-{{/* RBAC rule lists used by rbac.yaml. */}}
+{{/* RBAC rule lists used by rbac.yaml: exactly what `mmo operator` calls
+(operator/mmo_operator/kube.py and kopf 1.45), nothing more. */}}
 {{- define "mmo.namespacedRules" -}}
-# The MultimodalModel: watch it, keep its finalizer and kopf's annotations, write status.
+# The MultimodalModel: kopf watches it and patches its finalizer and annotations.
 - apiGroups: ["serving.mmo.dev"]
   resources: ["multimodalmodels"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is written through the status subresource (merge patch).
 - apiGroups: ["serving.mmo.dev"]
   resources: ["multimodalmodels/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Owner references with blockOwnerDeletion need update on the owner's finalizers.
 - apiGroups: ["serving.mmo.dev"]
   resources: ["multimodalmodels/finalizers"]
   verbs: ["update"]
-# Children the operator creates, reads back and removes.
+# The RayService: server-side apply (PATCH), read back, watched, removed.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The other children: server-side apply, list by label, delete what is no longer wanted.
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Kubernetes Events for what the operator did.
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# Kubernetes Events for what the operator did (kopf posts core/v1 Events).
+- apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 {{- define "mmo.clusterRules" -}}
-# Discovery of the CRDs the operator depends on (KubeRay, prometheus-operator).
+# kopf's resource observer, and reacting when the KubeRay/prometheus-operator CRDs appear.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
