@@ -90,19 +90,47 @@ def pack(
 ) -> np.ndarray:
     """Assign items (sorted heaviest first) to ``num_bins`` bins of equal size.
 
-    A balanced largest-differencing start (see ``_differencing``), then swaps that
+    A start that gives each dominant item its own bin filled with the lightest items,
+    then balanced largest differencing for the rest (``_peel_and_difference``), then
+    swaps that
     repair conflicts (more than ``max_same`` copies of an expert in a bin), then swaps
     that lower the heaviest bin until none helps. Returns the bin of each item.
     """
     n = len(experts)
     if n % num_bins:
         raise ValueError(f"{n} items do not split evenly over {num_bins} bins")
-    bins = _differencing(weights, num_bins)
+    bins = _peel_and_difference(weights, num_bins)
     loads = np.bincount(bins, weights=weights, minlength=num_bins)
     counts = _counts(experts, bins, num_bins, num_experts)
     eps = _REL_EPS * float(weights.sum())
     _repair(experts, weights, bins, loads, counts, max_same)
     refine(experts, weights, bins, loads, counts, max_same, eps, max_iter or 4 * n)
+    return bins
+
+
+def _peel_and_difference(weights: np.ndarray, num_bins: int) -> np.ndarray:
+    """Starting assignment: dominant items peeled off, the rest by differencing.
+
+    While the heaviest item plus the lightest ones that fill its bin weigh more than the
+    mean of the bins left, that bin is the bottleneck whatever else happens: it gets
+    exactly those items (the lower bound for it) and the rest is packed without it.
+    """
+    n = len(weights)
+    cap = n // num_bins
+    bins = np.empty(n, dtype=np.int64)
+    lo, hi = 0, n  # items lo..hi-1 (heaviest first) are left
+    left = num_bins
+    tail = np.concatenate(([0.0], np.cumsum(weights[::-1])))  # sums of the lightest
+    while left > 1:
+        rest = float(tail[n - lo] - tail[n - hi])
+        fill = float(tail[n - hi + cap - 1] - tail[n - hi]) if cap > 1 else 0.0
+        if weights[lo] + fill <= rest / left * (1 + _REL_EPS):
+            break
+        bin_id = num_bins - left
+        bins[lo] = bin_id
+        bins[hi - (cap - 1) : hi] = bin_id
+        lo, hi, left = lo + 1, hi - (cap - 1), left - 1
+    bins[lo:hi] = _differencing(weights[lo:hi], left) + (num_bins - left)
     return bins
 
 
@@ -112,28 +140,31 @@ def _differencing(weights: np.ndarray, num_bins: int) -> np.ndarray:
     Items, heaviest first, form rounds of ``num_bins``: each round is a partial
     partition with one item per bin. The two partial partitions whose bins differ the
     most are merged, heaviest bin of one with the lightest of the other, until one is
-    left; every bin then holds one item of every round.
+    left; every bin then holds one item of every round. (Plain lists: the partitions
+    are small, and numpy's per-call cost dominated here.)
     """
-    rounds = len(weights) // num_bins
-    ids = np.arange(len(weights)).reshape(rounds, num_bins)
-    heap: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+    w = weights.tolist()
+    rounds = len(w) // num_bins
+    heap: list[tuple[float, int, list[float], list[list[int]]]] = []
     for r in range(rounds):
-        sums = weights[ids[r]]
-        heap.append((-float(sums[0] - sums[-1]), r, sums, ids[r][:, None]))
+        base = r * num_bins
+        sums = w[base : base + num_bins]
+        heap.append((sums[-1] - sums[0], r, sums, [[base + g] for g in range(num_bins)]))
     heapq.heapify(heap)
     tick = rounds
+    order = range(num_bins)
     while len(heap) > 1:
         _, _, sums_a, members_a = heapq.heappop(heap)
         _, _, sums_b, members_b = heapq.heappop(heap)
-        up = np.argsort(sums_a, kind="stable")
-        down = np.argsort(-sums_b, kind="stable")
-        sums = sums_a[up] + sums_b[down]
-        members = np.concatenate((members_a[up], members_b[down]), axis=1)
-        heapq.heappush(heap, (-float(sums.max() - sums.min()), tick, sums, members))
+        up = sorted(order, key=sums_a.__getitem__)
+        down = sorted(order, key=sums_b.__getitem__, reverse=True)
+        sums = [sums_a[i] + sums_b[j] for i, j in zip(up, down, strict=True)]
+        members = [members_a[i] + members_b[j] for i, j in zip(up, down, strict=True)]
+        heapq.heappush(heap, (min(sums) - max(sums), tick, sums, members))
         tick += 1
-    members = heap[0][3]
-    bins = np.empty(len(weights), dtype=np.int64)
-    bins[members] = np.arange(num_bins)[:, None]
+    bins = np.empty(len(w), dtype=np.int64)
+    for b, items in enumerate(heap[0][3]):
+        bins[items] = b
     return bins
 
 

@@ -190,9 +190,9 @@ def _layer(
     gpu_load = np.bincount(np.arange(len(slots)) // spg, weights=weight, minlength=num_gpus)
     return LayerPlacement(
         layer=index,
-        slots=[int(e) for e in slots],
-        replicas=[int(c) for c in copies],
-        gpu_load=[float(x) for x in gpu_load],
+        slots=slots.tolist(),
+        replicas=copies.tolist(),
+        gpu_load=gpu_load.tolist(),
         balancedness=balancedness(gpu_load),
         moved=moved,
     )
