@@ -401,21 +401,31 @@ def test_app_concurrent_requests_are_batched(server: Server) -> None:
 
 def test_app_reconfigure_changes_batch_size_without_restart(server: Server) -> None:
     from mmo_serving.app import build_app
+    from mmo_serving.engine.routing import contiguous_plan
 
     pid_before = server.http.get("/readyz").json()
+    plan = contiguous_plan(FakeEngine.LAYERS, FakeEngine.EXPERTS, 2)
     app = build_app(
         ARGS,
         engine_factory=make_fake_engine,
         gateway_factory=ScriptedGateway,
         options={
             "version": "test",
-            "user_config": {"batching": {"maxBatchSize": 1, "batchWaitTimeoutS": 0.0}},
+            "user_config": {
+                "batching": {"maxBatchSize": 1, "batchWaitTimeoutS": 0.0},
+                "placement": plan.model_dump(mode="json", by_alias=True),
+            },
         },
     )
     serve.run(app, name="mmo", route_prefix="/")
     answers = asyncio.run(_concurrent_chats(server.url, 6, "batching off"))
     assert {a.split()[2] for a in answers} == {"batch1"}
-    assert server.http.get("/readyz").json() == pid_before
+    after = server.http.get("/readyz").json()
+    assert after["startedAt"] == pid_before["startedAt"]  # same replica: no restart
+    assert after["plansApplied"] == pid_before["plansApplied"] + 1
+    load = server.http.get("/v1/expert-load").json()
+    assert load["planVersion"] == 1  # the engine received the plan
+    assert load["placement"]["strategy"] == "contiguous"
 
 
 # -------------------------------------------------------------------- expert load, metrics
@@ -440,6 +450,7 @@ EXPECTED_SERIES = [
     "ray_mmo_expert_tokens_total",
     "ray_mmo_expert_balancedness",
     "ray_mmo_policy_decisions_total",
+    "ray_mmo_rebalances_total",
 ]
 
 

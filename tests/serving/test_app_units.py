@@ -262,3 +262,37 @@ def test_app_local_prometheus_renames_ray_mmo_series() -> None:
     for metric in SERVING_METRICS:
         assert relabel("ray_" + metric) == metric
     assert relabel("ray_serve_num_http_requests_total") == "ray_serve_num_http_requests_total"
+
+
+def test_app_deployment_options_from_app_args() -> None:
+    from mmo_serving.app import deployment_options
+
+    args = AppArgs.model_validate(
+        {
+            "name": "m",
+            "modelSource": "builtin://shapes-moe",
+            "numGpus": 8,
+            "batching": {"maxBatchSize": 16, "batchWaitTimeoutS": 0.02},
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetOngoingRequests": 12,
+                "maxOngoingRequests": 48,
+            },
+        }
+    )
+    opts = deployment_options(args)
+    assert opts["placement_group_strategy"] == "STRICT_PACK"
+    bundles = opts["placement_group_bundles"]
+    assert len(bundles) == 8 and all(b["GPU"] == 1 for b in bundles)
+    # the replica itself fits in bundle 0 and takes no GPU: the ranks do
+    assert opts["ray_actor_options"]["num_gpus"] == 0
+    assert opts["ray_actor_options"]["num_cpus"] <= bundles[0]["CPU"]
+    auto = opts["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"]) == (1, 3)
+    assert auto["target_ongoing_requests"] == 12
+    assert opts["max_ongoing_requests"] == 48
+    assert opts["user_config"] == {"batching": {"maxBatchSize": 16, "batchWaitTimeoutS": 0.02}}
+    one = deployment_options(args.model_copy(update={"num_gpus": 1}))
+    assert "placement_group_bundles" not in one
+    assert one["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
