@@ -1,0 +1,45 @@
+"""Serving engines: ``LocalEngine`` (one process) and ``ExpertParallelEngine`` (N ranks).
+
+Importing this package is light: the engines (torch, ray) load on first attribute access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mmo_serving.engine.types import (
+    EmbeddingRequest,
+    Engine,
+    ExpertLoad,
+    GenerationRequest,
+    GenerationResult,
+)
+
+if TYPE_CHECKING:
+    from mmo_serving.engine.local import LocalEngine
+    from mmo_serving.engine.parallel import ExpertParallelEngine, make_engine
+
+__all__ = [
+    "EmbeddingRequest",
+    "Engine",
+    "ExpertLoad",
+    "ExpertParallelEngine",
+    "GenerationRequest",
+    "GenerationResult",
+    "LocalEngine",
+    "make_engine",
+]
+
+_LAZY = {
+    "LocalEngine": "mmo_serving.engine.local",
+    "ExpertParallelEngine": "mmo_serving.engine.parallel",
+    "make_engine": "mmo_serving.engine.parallel",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mmo_serving.engine' has no attribute {name!r}")

@@ -1,0 +1,199 @@
+"""ExpertParallelEngine on a local Ray with 8 logical GPUs (compute on the CPU, gloo).
+
+One 8-rank engine is shared by the tests of this module, in order: placement and
+equality first, the live plan change last. Tolerance for float outputs: atol 1e-5 in
+float32 (expert rows are computed in different batch shapes on different ranks; the
+generated text must match exactly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from importlib.util import module_from_spec, spec_from_file_location
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from ray import cloudpickle
+
+from mmo_serving.config import AppArgs
+from mmo_serving.engine import EmbeddingRequest, ExpertParallelEngine, GenerationRequest
+
+ATOL = 1e-5
+
+
+def _load_toy() -> ModuleType:
+    """tests/serving/engine_toy.py as ``mmo_engine_toy``, pickled by value for Ray."""
+    if "mmo_engine_toy" not in sys.modules:
+        spec = spec_from_file_location("mmo_engine_toy", Path(__file__).with_name("engine_toy.py"))
+        assert spec is not None and spec.loader is not None
+        module = module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        cloudpickle.register_pickle_by_value(module)
+    return sys.modules["mmo_engine_toy"]
+
+
+toy = _load_toy()
+FACTORY = toy.ToyFactory(hidden=16, inner=24, experts=8, top_k=2, layers=2, seed=3)
+
+# Initial plan: 2 slots per GPU. Layer 0: every expert twice; layer 1: uneven copies.
+PLAN_A = toy.plan_from_gpus(
+    [
+        [[g, (g + 3) % 8] for g in range(8)],
+        [[0, 1], [0, 2], [0, 3], [1, 4], [1, 5], [2, 6], [3, 7], [4, 5]],
+    ],
+    experts=8,
+)
+# New plan: most experts move; layer 1 keeps one copy of each plus copies of 6 and 7.
+PLAN_B = toy.plan_from_gpus(
+    [
+        [[(g + 5) % 8, (g + 1) % 8] for g in range(8)],
+        [[7, 6], [6, 5], [5, 4], [4, 3], [3, 2], [2, 1], [1, 0], [0, 7]],
+    ],
+    experts=8,
+)
+
+PROMPTS = [("hello world", 6), ("a", 1), ("the blue square", 8), ("2 circles?", 3)]
+# 11 requests over 8 ranks: three ranks get two, five get one, of various lengths
+REQUESTS = [GenerationRequest(t, max_new_tokens=n) for t, n in (PROMPTS * 3)[:11]]
+EMBED = [EmbeddingRequest(text=t) for t, _ in PROMPTS]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    return FACTORY()
+
+
+@pytest.fixture(scope="module")
+def engine(ray_cluster: Any) -> Iterator[ExpertParallelEngine]:
+    args = AppArgs(name="toy", model_source="toy://", num_gpus=8, placement=PLAN_A)
+    eng = ExpertParallelEngine(args, FACTORY, rank_cpus=0.25)
+    try:
+        eng.wait_ready(timeout_s=300)
+        yield eng
+    finally:
+        run(eng.close())
+
+
+def reference_outputs() -> tuple[list[Any], list[list[float]], list[int]]:
+    """The single-process model's answers, and its MoE rows (tokens x top_k) per layer."""
+    reference = FACTORY()
+    rows = toy.count_moe_rows(reference.model)
+    with torch.inference_mode():
+        gen = reference.generate(REQUESTS)
+    gen_rows = list(rows)
+    with torch.inference_mode():
+        emb = reference.embed(EMBED)
+    return gen, emb, gen_rows
+
+
+def assert_held_as_planned(engine: ExpertParallelEngine, reference: Any, plan: Any) -> None:
+    infos = run(engine.rank_info())
+    sums = run(engine.expert_checksums())
+    for info, rank_sums in zip(infos, sums, strict=True):
+        r = info["rank"]
+        want = [sorted(set(plan.experts_on_gpu(layer, r))) for layer in range(2)]
+        assert [sorted(h) for h in info["heldExperts"]] == want
+        assert info["stackSizes"] == [len(w) for w in want]  # the other experts are freed
+        for layer, moe in enumerate(reference.model.moe):
+            for e, s in rank_sums[layer].items():  # the right weights, not just the ids
+                assert s == pytest.approx(float(moe.w_in[e].detach().double().sum()), abs=1e-9)
+
+
+def test_one_rank_without_a_group(ray_cluster: Any) -> None:
+    """Runs first: the module's 8-rank engine, once started, holds all 8 logical GPUs."""
+    args = AppArgs(name="toy", model_source="toy://", num_gpus=1)
+    eng = ExpertParallelEngine(args, FACTORY)
+    try:
+        [info] = eng.wait_ready(timeout_s=300)
+        assert info["world"] == 1 and info["backend"] is None
+        want_gen, _, rows = reference_outputs()
+        assert run(eng.generate(REQUESTS)) == want_gen
+        load = run(eng.expert_load())
+        assert load.num_ranks == 1 and [load.rank_loads(i)[0] for i in range(2)] == rows
+        [info] = run(eng.rank_info())
+        assert len(info["gpuIds"]) == 1 and info["heldExperts"] == [list(range(8))] * 2
+    finally:
+        run(eng.close())
+
+
+def test_eight_ranks_on_eight_distinct_gpus(engine: ExpertParallelEngine) -> None:
+    infos = run(engine.rank_info())
+    assert [i["rank"] for i in infos] == list(range(8))
+    assert all(i["world"] == 8 and i["backend"] == "gloo" for i in infos)
+    gpu_ids = [tuple(i["gpuIds"]) for i in infos]
+    assert all(len(g) == 1 for g in gpu_ids) and len(set(gpu_ids)) == 8
+    assert len({tuple(i["acceleratorIds"]) for i in infos}) == 8
+    assert len({i["pid"] for i in infos}) == 8
+    assert len({i["denseChecksum"] for i in infos}) == 1  # dense weights replicated
+
+
+def test_plan_honoured(engine: ExpertParallelEngine, reference: Any) -> None:
+    assert_held_as_planned(engine, reference, PLAN_A)
+
+
+def test_outputs_equal_single_process_and_tokens_counted_where_held(
+    engine: ExpertParallelEngine,
+) -> None:
+    want_gen, want_emb, rows = reference_outputs()
+    before = run(engine.expert_load())
+    got = run(engine.generate(REQUESTS))
+    after = run(engine.expert_load())
+    assert got == want_gen
+    assert after.num_ranks == 8 and after.num_experts == 8 and after.num_layers == 2
+    for layer in range(2):
+        delta = np.array(after.tokens[layer]) - np.array(before.tokens[layer])  # [expert, rank]
+        assert delta.sum() == rows[layer] > 0  # tokens * top_k, each pair counted once
+        for e, r in zip(*np.nonzero(delta), strict=True):
+            assert e in PLAN_A.experts_on_gpu(layer, int(r)), (layer, e, r)
+        # copies share the work: an expert with several copies is computed on several ranks
+        busy = [e for e in range(8) if delta[e].sum() >= 4 and PLAN_A.layers[layer].replicas[e] > 1]
+        assert any(np.count_nonzero(delta[e]) > 1 for e in busy)
+    emb = run(engine.embed(EMBED))
+    np.testing.assert_allclose(np.array(emb), np.array(want_emb), atol=ATOL, rtol=0)
+
+
+def test_error_on_one_rank_fails_the_batch_without_hanging_the_group(
+    engine: ExpertParallelEngine,
+) -> None:
+    bad = [GenerationRequest("ok", max_new_tokens=2), GenerationRequest(toy.FAIL)]
+    with pytest.raises(Exception, match="toy failure on purpose"):
+        run(engine.generate(bad))
+    assert len(run(engine.generate(REQUESTS[:3]))) == 3  # the group still works
+
+
+def test_bad_plan_is_refused_before_reaching_ranks(engine: ExpertParallelEngine) -> None:
+    wrong = toy.plan_from_gpus([[[g] for g in range(8)]], experts=8)
+    with pytest.raises(ValueError, match=r"covers MoE layers \[0\]; the model has 2 MoE layers"):
+        run(engine.update_plan(wrong))
+
+
+def test_new_plan_applied_without_restarting_ranks(
+    engine: ExpertParallelEngine, reference: Any
+) -> None:
+    ids_before = [(i["actorId"], i["pid"]) for i in run(engine.rank_info())]
+    run(engine.update_plan(PLAN_B))
+    ids_after = [(i["actorId"], i["pid"]) for i in run(engine.rank_info())]
+    assert ids_after == ids_before
+    assert_held_as_planned(engine, reference, PLAN_B)
+    load = run(engine.expert_load())
+    assert load.plan_version == 1 and load.total(window=True) == 0 and load.total() > 0
+    want_gen, want_emb, _ = reference_outputs()
+    assert run(engine.generate(REQUESTS)) == want_gen
+    np.testing.assert_allclose(np.array(run(engine.embed(EMBED))), want_emb, atol=ATOL, rtol=0)
+    load = run(engine.expert_load())
+    for layer in range(2):
+        window = np.array(load.window[layer])
+        for e, r in zip(*np.nonzero(window), strict=True):
+            assert e in PLAN_B.experts_on_gpu(layer, int(r)), (layer, e, r)
+        assert load.balancedness(layer) >= 1.0
