@@ -13,8 +13,9 @@ every layer. Balancedness is max/mean GPU load of the worst layer (1.0 is perfec
 2. drift: a balanced plan fitted on window A, scored on window B (same popularity, new
    sample) and on window C (20% of experts' popularity reshuffled), against plans
    re-fitted on B and C.
-3. churn: on window C, low-churn re-planning vs from-scratch re-planning (raw GPU
-   numbering, and GPUs renumbered to keep most experts home): experts moved and
+3. churn: on window C, low-churn re-planning (default tolerance 0.02, and 0.005) vs
+   from-scratch re-planning (raw GPU numbering, and GPUs renumbered to keep most
+   experts home): experts moved (an expert copied to a GPU that did not hold it) and
    balancedness.
 
     .venv/bin/python hack/bench/bench_placement.py --out /tmp/bench_placement.json
@@ -186,6 +187,7 @@ def drift_and_churn(tokens: int, repeats: int, seed: int) -> list[dict[str, Any]
             partial(plan_placement, c, current=fitted, **kw),
             repeats,
         )
+        tight = plan_placement(c, current=fitted, churn_tolerance=0.005, **kw)
         moved_scratch = sum(moved_experts(fitted, scratch))
         moved_renumbered = sum(moved_experts(fitted, renumbered))
         moved_churn = sum(lp.moved for lp in churned.layers)
@@ -203,6 +205,8 @@ def drift_and_churn(tokens: int, repeats: int, seed: int) -> list[dict[str, Any]
                 "moveRatioRenumbered": (
                     round(moved_churn / moved_renumbered, 4) if moved_renumbered else None
                 ),
+                "lowChurnTol0005": round(tight.balancedness, 4),
+                "movedLowChurnTol0005": sum(lp.moved for lp in tight.layers),
                 "msScratch": round(t_scratch * 1000, 2),
                 "msLowChurn": round(t_churn * 1000, 2),
             }

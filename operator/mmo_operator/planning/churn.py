@@ -85,7 +85,8 @@ def low_churn(
     return slots, moved
 
 
-_Options = tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# kind, first index, second index, resulting load, moves: one entry per valid action
+_Options = tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _swaps(
@@ -99,19 +100,19 @@ def _swaps(
     fresh: np.ndarray,
     eps: float,
 ) -> _Options:
-    """Every swap of a slot on GPU ``b`` with a slot elsewhere: (score, cost, ok)."""
-    spg = int(np.sum(gpu_of == b))
+    """Every useful swap of a slot on GPU ``b`` with a slot on a lighter GPU."""
+    spg = len(slots) // len(gpu_load)
     mine = np.arange(b * spg, (b + 1) * spg)
-    em = slots[mine][:, None]
-    ej = slots[None, :]
-    gj = gpu_of[None, :]
-    delta = weight[mine][:, None] - weight[None, :]
-    score = np.maximum(top - delta, gpu_load[gj] + delta)
-    cost = fresh[gj, em] + fresh[b, ej] - fresh[b, em] - fresh[gj, ej]
-    ok = (delta > eps) & (score < top - eps) & (gj != b) & ~present[gj, em] & ~present[b, ej]
-    rows = np.broadcast_to(mine[:, None], ok.shape)
-    cols = np.broadcast_to(np.arange(len(slots))[None, :], ok.shape)
-    return "swap", rows, cols, score, cost, ok
+    theirs = np.flatnonzero(gpu_load[gpu_of] < top - eps)
+    delta = weight[mine][:, None] - weight[theirs][None, :]
+    score = np.maximum(top - delta, gpu_load[gpu_of[theirs]][None, :] + delta)
+    r, c = np.nonzero((delta > eps) & (score < top - eps))
+    i, j = mine[r], theirs[c]
+    ei, ej, gj = slots[i], slots[j], gpu_of[j]
+    valid = ~present[gj, ei] & ~present[b, ej]
+    i, j, ei, ej, gj = i[valid], j[valid], ei[valid], ej[valid], gj[valid]
+    cost = fresh[gj, ei] + fresh[b, ej] - fresh[b, ei] - fresh[gj, ej]
+    return "swap", i, j, score[r, c][valid], cost
 
 
 def _transfers(
@@ -126,14 +127,14 @@ def _transfers(
     fresh: np.ndarray,
     eps: float,
 ) -> _Options:
-    """Every re-assignment of a spare copy (slot i) to an expert h on GPU ``b``."""
+    """Every useful re-assignment of a spare copy (slot i) to an expert h on GPU ``b``."""
     num_gpus = len(gpu_load)
     hot = np.unique(slots[gpu_of == b])
     hot = hot[(copies[hot] < num_gpus) & (load[hot] > 0)]
     donors = np.flatnonzero(copies[slots] >= 2)
     if not len(hot) or not len(donors):
-        empty = np.zeros((0, 0))
-        return "transfer", empty, empty, empty, empty, empty.astype(bool)
+        none = np.zeros(0, dtype=np.int64)
+        return "transfer", none, none, none.astype(float), none
     a = slots[donors]
     gi = gpu_of[donors]
     rh, lh = copies[hot], load[hot]
@@ -150,10 +151,9 @@ def _transfers(
     touched = touched | (np.arange(num_gpus)[None, None, :] == gi[None, :, None])
     score = np.where(touched, new, -np.inf).max(axis=2)
     ok = (hot[:, None] != a[None, :]) & ~present[gi[None, :], hot[:, None]] & (score < top - eps)
-    cost = fresh[gi[None, :], hot[:, None]] - fresh[gi, a][None, :]
-    rows = np.broadcast_to(donors[None, :], ok.shape)
-    experts = np.broadcast_to(hot[:, None], ok.shape)
-    return "transfer", rows, experts, score, cost, ok
+    r, c = np.nonzero(ok)
+    cost = fresh[gi[c], hot[r]] - fresh[gi[c], a[c]]
+    return "transfer", donors[c], hot[r], score[r, c], cost
 
 
 def _choose(
@@ -162,22 +162,21 @@ def _choose(
     """Cheapest action that reaches the limit, else the best gain per move."""
     best_key: tuple[float, float] | None = None
     best: tuple[str, int, int, int] | None = None
-    for kind, rows, cols, score, cost, ok in options:
-        ok = ok & (cost <= room)
+    for kind, first, second, score, cost in options:
+        ok = cost <= room
         if not ok.any():
             continue
         reach = ok & (score <= limit)
         if reach.any():
             # primary: fewest moves; secondary: lowest resulting load
             key_arr = np.where(reach, cost * 1e6 + score / top, np.inf)
-            flat = int(np.argmin(key_arr))
-            key = (0.0, float(key_arr.flat[flat]))
+            rank = 0.0
         else:
-            gain = (top - score) / np.maximum(cost, 0.5)
-            key_arr = np.where(ok, -gain, np.inf)
-            flat = int(np.argmin(key_arr))
-            key = (1.0, float(key_arr.flat[flat]))
+            key_arr = np.where(ok, -(top - score) / np.maximum(cost, 0.5), np.inf)
+            rank = 1.0
+        k = int(np.argmin(key_arr))
+        key = (rank, float(key_arr[k]))
         if best_key is None or key < best_key:
             best_key = key
-            best = (kind, int(rows.flat[flat]), int(cols.flat[flat]), int(cost.flat[flat]))
+            best = (kind, int(first[k]), int(second[k]), int(cost[k]))
     return best
