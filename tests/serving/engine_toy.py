@@ -12,6 +12,7 @@ Test modules load it by path as ``mmo_engine_toy`` and register it with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -183,15 +184,47 @@ def plan_from_gpus(per_layer: list[list[list[int]]], experts: int) -> PlacementP
 
 
 def count_moe_rows(model: nn.Module) -> list[int]:
-    """Install hooks adding each MoE call's (tokens x top_k) to the returned list."""
-    rows = [0] * len([m for m in model.modules() if isinstance(m, ToyMoE)])
+    """Install hooks adding each MoE call's (tokens x top_k) to the returned list.
+
+    Works for any MoE module with ``moe_layer_index`` and ``top_k`` (toy or real)."""
+    moe = [m for m in model.modules() if hasattr(m, "moe_layer_index") and hasattr(m, "top_k")]
+    rows = [0] * len(moe)
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         rows[module.moe_layer_index] += inputs[0].reshape(-1, inputs[0].shape[-1]).shape[0] * (
             module.top_k
         )
 
-    for m in model.modules():
-        if isinstance(m, ToyMoE):
-            m.register_forward_pre_hook(hook)
+    for m in moe:
+        m.register_forward_pre_hook(hook)
     return rows
+
+
+@dataclass
+class _FailingRunner:
+    inner: Any
+
+    @property
+    def model(self) -> nn.Module:
+        return self.inner.model
+
+    def to(self, device: torch.device) -> None:
+        self.inner.to(device)
+
+    def generate(self, items: list[GenerationRequest]) -> list[GenerationResult]:
+        if any(i.text == FAIL for i in items):
+            raise RuntimeError("toy failure on purpose")
+        return self.inner.generate(items)
+
+    def embed(self, items: list[EmbeddingRequest]) -> list[list[float]]:
+        return self.inner.embed(items)
+
+
+@dataclass(frozen=True)
+class FailOn:
+    """Wraps a runner factory: generating for the prompt ``FAIL`` raises on that rank."""
+
+    factory: Any
+
+    def __call__(self) -> _FailingRunner:
+        return _FailingRunner(self.factory())

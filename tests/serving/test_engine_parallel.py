@@ -1,9 +1,11 @@
 """ExpertParallelEngine on a local Ray with 8 logical GPUs (compute on the CPU, gloo).
 
-One 8-rank engine is shared by the tests of this module, in order: placement and
-equality first, the live plan change last. Tolerance for float outputs: atol 1e-5 in
-float32 (expert rows are computed in different batch shapes on different ranks; the
-generated text must match exactly).
+The model is the built-in architecture (``mmo_serving.model``) with random tiny weights.
+One 8-rank engine is shared by most tests of this module, in order: placement and
+equality first, the live plan change last; the one- and two-rank engines run before it
+(once started, it holds all 8 logical GPUs). Tolerance for float outputs (embeddings):
+atol 1e-5 in float32 (expert rows are computed in other batch shapes on other ranks);
+generated text must match exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ray import cloudpickle
 
 from mmo_serving.config import AppArgs
 from mmo_serving.engine import EmbeddingRequest, ExpertParallelEngine, GenerationRequest
+from mmo_serving.engine.experts import expert_leaves, leaf_tensor
+from mmo_serving.engine.model_runner import ModelSource
 
 ATOL = 1e-5
 
@@ -40,7 +44,19 @@ def _load_toy() -> ModuleType:
 
 
 toy = _load_toy()
-FACTORY = toy.ToyFactory(hidden=16, inner=24, experts=8, top_k=2, layers=2, seed=3)
+TINY = {
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "n_experts": 8,
+    "top_k": 2,
+    "d_expert": 32,
+    "image_size": 32,
+    "stem_channels": (8, 16),
+    "embed_dim": 16,
+}
+MODEL = ModelSource("tiny://", tiny=TINY, seed=3)
+FACTORY = toy.FailOn(MODEL)
 
 # Initial plan: 2 slots per GPU. Layer 0: every expert twice; layer 1: uneven copies.
 PLAN_A = toy.plan_from_gpus(
@@ -59,10 +75,20 @@ PLAN_B = toy.plan_from_gpus(
     experts=8,
 )
 
-PROMPTS = [("hello world", 6), ("a", 1), ("the blue square", 8), ("2 circles?", 3)]
-# 11 requests over 8 ranks: three ranks get two, five get one, of various lengths
-REQUESTS = [GenerationRequest(t, max_new_tokens=n) for t, n in (PROMPTS * 3)[:11]]
-EMBED = [EmbeddingRequest(text=t) for t, _ in PROMPTS]
+_rng = np.random.default_rng(7)
+IMAGES = [_rng.integers(0, 256, (s, s + 3, 3), dtype=np.uint8) for s in (32, 40, 57)]
+PROMPTS = [
+    ("what colour is the circle?", IMAGES[0], 6),
+    ("how many shapes?", None, 1),
+    ("is there a red square?", IMAGES[1], 8),
+    ("what shape is blue?", IMAGES[2], 3),
+]
+# 11 requests over 8 ranks: three ranks get two, five get one; images on some ranks only,
+# different max_new_tokens, so ranks run different numbers of decode steps
+REQUESTS = [GenerationRequest(t, im, n) for t, im, n in (PROMPTS * 3)[:11]]
+EMBED = [EmbeddingRequest(text=t) for t, _, _ in PROMPTS] + [
+    EmbeddingRequest(image=im) for im in IMAGES
+]
 
 
 def run(coro: Any) -> Any:
@@ -71,7 +97,7 @@ def run(coro: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def reference() -> Any:
-    return FACTORY()
+    return MODEL()
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +111,21 @@ def engine(ray_cluster: Any) -> Iterator[ExpertParallelEngine]:
         run(eng.close())
 
 
-def reference_outputs() -> tuple[list[Any], list[list[float]], list[int]]:
-    """The single-process model's answers, and its MoE rows (tokens x top_k) per layer."""
-    reference = FACTORY()
-    rows = toy.count_moe_rows(reference.model)
+def reference_outputs(
+    model: Any = MODEL, world: int = 8
+) -> tuple[list[Any], list[list[float]], list[int]]:
+    """The single-process model's answers to the whole batch, and the MoE rows
+    (tokens x top_k) per layer it computes for the shards the engine gives each rank
+    (a shard stops decoding when its own rows are done)."""
+    reference = model()
     with torch.inference_mode():
         gen = reference.generate(REQUESTS)
-    gen_rows = list(rows)
-    with torch.inference_mode():
         emb = reference.embed(EMBED)
-    return gen, emb, gen_rows
+    rows = toy.count_moe_rows(reference.model)
+    with torch.inference_mode():
+        for rank in range(world):
+            reference.generate(REQUESTS[rank::world])
+    return gen, emb, rows
 
 
 def assert_held_as_planned(engine: ExpertParallelEngine, reference: Any, plan: Any) -> None:
@@ -105,9 +136,10 @@ def assert_held_as_planned(engine: ExpertParallelEngine, reference: Any, plan: A
         want = [sorted(set(plan.experts_on_gpu(layer, r))) for layer in range(2)]
         assert [sorted(h) for h in info["heldExperts"]] == want
         assert info["stackSizes"] == [len(w) for w in want]  # the other experts are freed
-        for layer, moe in enumerate(reference.model.moe):
+        for layer, moe in enumerate(reference.model.moe_layers()):
+            stack = leaf_tensor(expert_leaves(moe)[0])  # w_in, or its int8 qweight
             for e, s in rank_sums[layer].items():  # the right weights, not just the ids
-                assert s == pytest.approx(float(moe.w_in[e].detach().double().sum()), abs=1e-9)
+                assert s == pytest.approx(float(stack[e].detach().double().sum()), abs=1e-9)
 
 
 def test_one_rank_without_a_group(ray_cluster: Any) -> None:
@@ -117,12 +149,34 @@ def test_one_rank_without_a_group(ray_cluster: Any) -> None:
     try:
         [info] = eng.wait_ready(timeout_s=300)
         assert info["world"] == 1 and info["backend"] is None
-        want_gen, _, rows = reference_outputs()
+        want_gen, _, rows = reference_outputs(world=1)
         assert run(eng.generate(REQUESTS)) == want_gen
         load = run(eng.expert_load())
         assert load.num_ranks == 1 and [load.rank_loads(i)[0] for i in range(2)] == rows
         [info] = run(eng.rank_info())
         assert len(info["gpuIds"]) == 1 and info["heldExperts"] == [list(range(8))] * 2
+    finally:
+        run(eng.close())
+
+
+def test_two_ranks_int8_equal_and_replanned(ray_cluster: Any) -> None:
+    """INT8 expert stacks (int8 weights + scales) are split and moved like float ones."""
+    int8 = ModelSource("tiny://", quantization="int8", tiny=TINY, seed=3)
+    args = AppArgs(name="toy", model_source="toy://", num_gpus=2, quantization="int8")
+    eng = ExpertParallelEngine(args, int8)
+    try:
+        infos = eng.wait_ready(timeout_s=300)
+        assert [i["heldExperts"] for i in infos] == [[[0, 1, 2, 3]] * 2, [[4, 5, 6, 7]] * 2]
+        want_gen, want_emb, _ = reference_outputs(int8)
+        assert run(eng.generate(REQUESTS)) == want_gen
+        new = toy.plan_from_gpus([[[4, 5, 6, 7, 0], [0, 1, 2, 3, 5]]] * 2, experts=8)
+        pids = [i["pid"] for i in infos]
+        run(eng.update_plan(new))
+        assert [i["pid"] for i in run(eng.rank_info())] == pids
+        assert_held_as_planned(eng, int8(), new)
+        assert run(eng.generate(REQUESTS)) == want_gen
+        emb = run(eng.embed(EMBED))
+        np.testing.assert_allclose(np.array(emb), np.array(want_emb), atol=ATOL, rtol=0)
     finally:
         run(eng.close())
 

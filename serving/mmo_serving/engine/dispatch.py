@@ -33,9 +33,10 @@ from torch import nn
 from mmo_serving.config import PlacementPlan
 from mmo_serving.engine.experts import (
     expert_function,
-    expert_tensor_names,
+    expert_leaves,
     layer_index,
-    set_expert_tensor,
+    leaf_tensor,
+    set_leaf,
 )
 from mmo_serving.engine.routing import LayerRoute, layer_routes, transfer_sources
 
@@ -216,7 +217,7 @@ class ExpertDispatcher:
         """Move expert weights to match ``plan`` (all ranks call this together).
 
         Weights a rank newly needs come from a rank that holds them now (one
-        ``all_to_all`` per layer and expert tensor); nothing is reloaded from the
+        ``all_to_all`` per layer and stacked tensor); nothing is reloaded from the
         checkpoint. Returns the number of expert copies this rank received.
         """
         new_routes = layer_routes(plan)
@@ -238,8 +239,8 @@ class ExpertDispatcher:
             for d in range(self.world)
         ]
         recv_lists = [[e for e in mine_new if sources.get((me, e)) == s] for s in range(self.world)]
-        for name in expert_tensor_names(module):
-            stack: torch.Tensor = getattr(module, name)
+        for leaf in expert_leaves(module):
+            stack = leaf_tensor(leaf)
             inner = tuple(stack.shape[1:])
             per = 1
             for d in inner:
@@ -262,5 +263,5 @@ class ExpertDispatcher:
                         offset += per
             rows = [stack[mine_old.index(e)] if e in mine_old else incoming[e] for e in mine_new]
             new_stack = torch.stack(rows) if rows else stack.new_empty((0, *inner))
-            set_expert_tensor(module, name, new_stack.contiguous())
+            set_leaf(leaf, new_stack.contiguous())
         return sum(len(lst) for lst in recv_lists)

@@ -1,18 +1,21 @@
 """What the engine needs from an MoE model, found by duck typing.
 
 Every MoE feed-forward module has ``moe_layer_index``, ``route()``, a ``dispatcher``
-attribute (None by default) and stacked expert tensors ``w_in [E, H, I]``,
-``w_out [E, I, H]`` (and optionally ``w_gate [E, H, I]``; a module can list other
-per-expert tensors, such as quantization scales, in ``expert_tensor_names``). When
-``dispatcher`` is set, the module's forward calls ``dispatcher(module, x2d, topk_ids,
-topk_w)`` instead of computing its experts itself.
+attribute (None by default) and stacked per-expert weights: ``w_in [E, H, I]``,
+``w_out [E, I, H]`` and, when present, ``b_in``, ``b_out``, ``w_gate`` (a module can
+name its own list in ``expert_tensor_names``). A stack is a tensor, or a module whose
+own buffers/parameters are all stacked along dimension 0 (the model's INT8 stacks:
+``qweight [E, K, N]`` and ``scale [E, N]``). When ``dispatcher`` is set, the module's
+forward calls ``dispatcher(module, x2d, topk_ids, topk_w)`` instead of computing its
+experts itself.
 
-On a rank, the stacks are replaced by *local* stacks holding only the experts the plan
+On a rank the stacks are replaced by *local* stacks holding only the experts the plan
 gives that rank; row ``j`` of a local stack is the rank's ``j``-th local expert.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-DEFAULT_EXPERT_TENSORS = ("w_in", "w_gate", "w_out")
+DEFAULT_EXPERT_TENSORS = ("w_in", "w_gate", "w_out", "b_in", "b_out")
+_OPTIONAL_ARGS = ("b_in", "b_out", "w_gate")
 
 
 def is_moe_layer(module: nn.Module) -> bool:
@@ -36,12 +40,12 @@ def find_moe_layers(model: nn.Module) -> list[nn.Module]:
     """The model's MoE layers ordered by ``moe_layer_index`` (which must be 0..L-1)."""
     layers = sorted((m for m in model.modules() if is_moe_layer(m)), key=layer_index)
     indices = [layer_index(m) for m in layers]
+    if not layers:
+        raise ValueError("the model has no MoE layer (no module with moe_layer_index)")
     if indices != list(range(len(layers))):
         raise ValueError(
             f"MoE layers have moe_layer_index {indices}, expected 0..{len(layers) - 1}"
         )
-    if not layers:
-        raise ValueError("the model has no MoE layer (no module with moe_layer_index)")
     return layers
 
 
@@ -52,26 +56,51 @@ def expert_tensor_names(module: nn.Module) -> list[str]:
     return list(names)
 
 
+Leaf = tuple[nn.Module, str]
+
+
+def expert_leaves(module: nn.Module) -> list[Leaf]:
+    """Every (owner, attribute) tensor stacked per expert, in a fixed order."""
+    leaves: list[Leaf] = []
+    for name in expert_tensor_names(module):
+        value = getattr(module, name)
+        if isinstance(value, torch.Tensor):
+            leaves.append((module, name))
+        elif isinstance(value, nn.Module):
+            own = [*value._parameters.items(), *value._buffers.items()]
+            leaves.extend((value, n) for n, t in own if t is not None)
+        else:
+            raise TypeError(f"expert stack {name!r} is a {type(value).__name__}")
+    return leaves
+
+
+def leaf_tensor(leaf: Leaf) -> torch.Tensor:
+    value = getattr(*leaf)
+    assert isinstance(value, torch.Tensor)
+    return value
+
+
 def num_experts(module: nn.Module) -> int:
-    return int(getattr(module, expert_tensor_names(module)[0]).shape[0])
+    return int(leaf_tensor(expert_leaves(module)[0]).shape[0])
 
 
-def set_expert_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Replace one stacked expert tensor (parameter or buffer) in place of the old one."""
-    if name in module._parameters:
-        module._parameters[name] = nn.Parameter(value, requires_grad=False)
-    elif name in module._buffers:
-        module._buffers[name] = value
+def set_leaf(leaf: Leaf, value: torch.Tensor) -> None:
+    """Replace one stacked tensor (parameter or buffer) by ``value``."""
+    owner, name = leaf
+    if name in owner._parameters:
+        owner._parameters[name] = nn.Parameter(value, requires_grad=False)
+    elif name in owner._buffers:
+        owner._buffers[name] = value
     else:
-        setattr(module, name, value)
+        setattr(owner, name, value)
 
 
 def keep_experts(module: nn.Module, experts: list[int]) -> None:
     """Keep only ``experts`` (logical ids, in local order); the rest is freed."""
     index = torch.tensor(experts, dtype=torch.long)
-    for name in expert_tensor_names(module):
-        full = getattr(module, name)
-        set_expert_tensor(module, name, full.index_select(0, index.to(full.device)).contiguous())
+    for leaf in expert_leaves(module):
+        full = leaf_tensor(leaf)
+        set_leaf(leaf, full.index_select(0, index.to(full.device)).contiguous())
 
 
 def _module_global(module: nn.Module, name: str) -> Any:
@@ -85,30 +114,22 @@ def _module_global(module: nn.Module, name: str) -> Any:
 def expert_function(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``f(x [N, H], ids [N]) -> [N, H]``: row ``i`` through local expert ``ids[i]``.
 
-    Uses the module's ``grouped_forward(x2d, topk_ids, topk_w)`` method when it has one,
-    else the ``grouped_expert_forward`` function of the module's own Python module, fed
-    with the module's (local) expert tensors.
+    Calls the ``grouped_expert_forward`` of the module's own Python module with the
+    module's (local) stacks, and with ``b_in``/``b_out``/``w_gate`` when the module has
+    them and the function takes them.
     """
-    method = getattr(module, "grouped_forward", None)
-    if method is not None:
-
-        def via_method(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-            ones = torch.ones(ids.shape[0], 1, dtype=x.dtype, device=x.device)
-            return method(x, ids.unsqueeze(1), ones)
-
-        return via_method
     fn = _module_global(module, "grouped_expert_forward")
     if fn is None:
         raise TypeError(
-            f"{type(module).__name__}: no grouped_forward method and no module-level "
-            "grouped_expert_forward to compute experts with"
+            f"{type(module).__name__}: no module-level grouped_expert_forward to compute "
+            "experts with"
         )
+    accepted = inspect.signature(fn).parameters
+    optional = [n for n in _OPTIONAL_ARGS if n in accepted]
 
-    def via_function(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def compute(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(ids.shape[0], 1, dtype=x.dtype, device=x.device)
-        kwargs: dict[str, Any] = {}
-        if getattr(module, "w_gate", None) is not None:
-            kwargs["w_gate"] = module.w_gate
+        kwargs = {n: getattr(module, n) for n in optional if getattr(module, n, None) is not None}
         return fn(x, ids.unsqueeze(1), ones, module.w_in, module.w_out, **kwargs)
 
-    return via_function
+    return compute

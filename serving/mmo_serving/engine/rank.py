@@ -28,9 +28,10 @@ import torch.distributed as dist
 from mmo_serving.config import PlacementPlan
 from mmo_serving.engine.dispatch import ExpertDispatcher
 from mmo_serving.engine.experts import (
-    expert_tensor_names,
+    expert_leaves,
     find_moe_layers,
     keep_experts,
+    leaf_tensor,
     num_experts,
 )
 from mmo_serving.engine.routing import contiguous_plan, layer_routes, validate_plan
@@ -45,9 +46,8 @@ T = TypeVar("T")
 
 
 def _w_in(module: torch.nn.Module) -> torch.Tensor:
-    w = getattr(module, "w_in")  # noqa: B009 (nn.Module attributes are untyped)
-    assert isinstance(w, torch.Tensor)
-    return w
+    """The first stacked expert tensor (``w_in``, or its int8 ``qweight``)."""
+    return leaf_tensor(expert_leaves(module)[0])
 
 
 def pick_device(use_cuda: bool) -> torch.device:
@@ -80,7 +80,7 @@ class RankWorker:
         self.num_experts = num_experts(self.moe[0])
         self.hidden_size = int(_w_in(self.moe[0]).shape[1])
         self.act_dtype = activation_dtype(self.model)
-        expert_ids = {id(getattr(m, n)) for m in self.moe for n in expert_tensor_names(m)}
+        expert_ids = {id(leaf_tensor(leaf)) for m in self.moe for leaf in expert_leaves(m)}
         self.checksum = dense_checksum(self.model, expert_ids)
         self.device = pick_device(use_cuda)
         self.backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -175,12 +175,12 @@ class RankWorker:
         return self.dispatcher.counts()
 
     def expert_checksums(self) -> list[dict[int, float]]:
-        """Per layer: logical expert -> sum of its ``w_in`` as held by this rank."""
+        """Per layer: logical expert -> sum of its first stacked tensor on this rank."""
         assert self.dispatcher is not None, "setup() first"
         out = []
         for module, held in zip(self.moe, self.dispatcher.held_experts(), strict=True):
             w_in = _w_in(module)
-            sums = w_in.double().sum(dim=tuple(range(1, w_in.dim())))
+            sums = w_in.detach().double().sum(dim=tuple(range(1, w_in.dim())))
             out.append({e: float(sums[j]) for j, e in enumerate(held)})
         return out
 
