@@ -228,3 +228,31 @@ class FailOn:
 
     def __call__(self) -> _FailingRunner:
         return _FailingRunner(self.factory())
+
+
+class ReplicaLike:
+    """Owns an engine from inside an actor, as a Serve replica does (make it a Ray actor
+    with ``ray.remote(ReplicaLike)``; it is pickled by value with this module)."""
+
+    def __init__(self, args: Any, factory: Any) -> None:
+        from mmo_serving.engine import ExpertParallelEngine
+
+        self.engine = ExpertParallelEngine(args, factory)
+
+    async def placement(self) -> dict[str, Any]:
+        import ray
+
+        infos = await self.engine.rank_info()
+        return {
+            "mine": ray.get_runtime_context().get_placement_group_id(),
+            "engine": self.engine.placement_group_id,
+            "ownsGroup": self.engine._own_pg,
+            "ranks": [i["placementGroupId"] for i in infos],
+            "gpus": [tuple(i["gpuIds"]) for i in infos],
+        }
+
+    async def generate(self, items: list[GenerationRequest]) -> list[GenerationResult]:
+        return await self.engine.generate(items)
+
+    async def close(self) -> None:
+        await self.engine.close()

@@ -22,11 +22,18 @@ import numpy as np
 import pytest
 import torch
 from ray import cloudpickle
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmo_serving.config import AppArgs
 from mmo_serving.engine import EmbeddingRequest, ExpertParallelEngine, GenerationRequest
 from mmo_serving.engine.experts import expert_leaves, leaf_tensor
 from mmo_serving.engine.model_runner import ModelSource
+from mmo_serving.engine.resources import (
+    PLACEMENT_STRATEGY,
+    placement_group_bundles,
+    replica_actor_options,
+)
 
 ATOL = 1e-5
 
@@ -157,6 +164,36 @@ def test_one_rank_without_a_group(ray_cluster: Any) -> None:
         assert len(info["gpuIds"]) == 1 and info["heldExperts"] == [list(range(8))] * 2
     finally:
         run(eng.close())
+
+
+def test_ranks_join_the_replicas_placement_group(ray_cluster: Any) -> None:
+    """Inside an actor scheduled like a Serve replica (bundle 0 of a STRICT_PACK group made
+    from ``placement_group_bundles``), the ranks take the group's GPU bundles."""
+    ray = ray_cluster
+    pg = placement_group(placement_group_bundles(2), strategy=PLACEMENT_STRATEGY)
+    ray.get(pg.ready(), timeout=60)
+    args = AppArgs(name="toy", model_source="toy://", num_gpus=2)
+    replica = (
+        ray.remote(toy.ReplicaLike)
+        .options(
+            **replica_actor_options(),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                placement_group=pg, placement_group_capture_child_tasks=True
+            ),
+        )
+        .remote(args, FACTORY)
+    )
+    try:
+        where = ray.get(replica.placement.remote(), timeout=300)
+        assert where["mine"] == pg.id.hex() == where["engine"]
+        assert where["ranks"] == [pg.id.hex()] * 2 and not where["ownsGroup"]
+        assert len(set(where["gpus"])) == 2
+        want_gen, _, _ = reference_outputs(world=2)
+        assert ray.get(replica.generate.remote(REQUESTS), timeout=300) == want_gen
+    finally:
+        ray.get(replica.close.remote(), timeout=60)
+        ray.kill(replica)
+        remove_placement_group(pg)
 
 
 def test_two_ranks_int8_equal_and_replanned(ray_cluster: Any) -> None:

@@ -21,6 +21,8 @@ from mmo_serving.engine import (
     GenerationResult,
     LocalEngine,
 )
+from mmo_serving.engine.experts import find_moe_layers
+from mmo_serving.engine.model_runner import ModelSource
 from mmo_serving.engine.resources import (
     placement_group_bundles,
     rank_bundles,
@@ -192,3 +194,62 @@ def test_local_engine_refuses_several_gpus() -> None:
     args = AppArgs(name="toy", model_source="toy://", num_gpus=2)
     with pytest.raises(ValueError, match="LocalEngine runs one rank; numGpus=2"):
         LocalEngine(args, toy.ToyFactory())
+
+
+# -- the built-in model through LocalEngine --------------------------------------------
+TINY = {
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "n_experts": 8,
+    "top_k": 2,
+    "d_expert": 32,
+    "image_size": 32,
+    "stem_channels": (8, 16),
+    "embed_dim": 16,
+}
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_local_engine_runs_the_builtin_architecture(quantization: str) -> None:
+    source = ModelSource("tiny://", quantization=quantization, tiny=TINY, seed=5)
+    img = np.random.default_rng(1).integers(0, 256, (36, 33, 3), dtype=np.uint8)
+    reqs = [
+        GenerationRequest("what colour is the circle?", img, 4),
+        GenerationRequest("hi", None, 2),
+    ]
+    embs = [EmbeddingRequest(text="a red circle"), EmbeddingRequest(image=img)]
+    ref = source()
+    want, want_emb = ref.generate(reqs), ref.embed(embs)
+    args = AppArgs(name="t", model_source="tiny://", num_gpus=1, quantization=quantization)
+    engine = LocalEngine(args, source)
+    assert asyncio.run(engine.generate(reqs)) == want
+    np.testing.assert_allclose(asyncio.run(engine.embed(embs)), want_emb, atol=1e-5, rtol=0)
+    assert asyncio.run(engine.expert_load()).total() > 0
+
+
+def test_model_source_refuses_unknown_quantization() -> None:
+    with pytest.raises(
+        ValueError, match="quantization='int4': this model supports 'none' and 'int8'"
+    ):
+        ModelSource("tiny://", quantization="int4", tiny=TINY)()
+
+
+def test_moe_layers_must_be_numbered_from_zero() -> None:
+    model = toy.ToyLM(8, 8, 4, 2, 2)
+    find_moe_layers(model)
+    model.moe[1].moe_layer_index = 5
+    with pytest.raises(ValueError, match=r"moe_layer_index \[0, 5\], expected 0..1"):
+        find_moe_layers(model)
+    with pytest.raises(ValueError, match="the model has no MoE layer"):
+        find_moe_layers(torch.nn.Linear(2, 2))
+
+
+def test_ranks_with_different_dense_weights_are_refused() -> None:
+    from mmo_serving.engine.parallel import ExpertParallelEngine
+
+    engine = ExpertParallelEngine.__new__(ExpertParallelEngine)
+    same = [{"rank": r, "denseChecksum": 1.5} for r in range(3)]
+    assert engine._check(same) == same
+    with pytest.raises(RuntimeError, match="rank 2 loaded different dense weights"):
+        engine._check([*same[:2], {"rank": 2, "denseChecksum": 1.25}])

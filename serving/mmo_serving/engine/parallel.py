@@ -85,6 +85,7 @@ class _RankActor(RankWorker):
             acceleratorIds=list(ctx.get_accelerator_ids().get("GPU", [])),
             actorId=ctx.get_actor_id(),
             nodeId=ctx.get_node_id(),
+            placementGroupId=ctx.get_placement_group_id(),
         )
         return out
 
@@ -115,6 +116,7 @@ class ExpertParallelEngine:
         self.plans_applied = 0
         factory = runner_factory or default_runner_factory(args)
         self._pg, self._own_pg, bundles = self._reserve(rank_cpus)
+        self.placement_group_id = self._pg.id.hex()
         self.ranks = [
             RankActor.options(
                 num_cpus=rank_cpus,
