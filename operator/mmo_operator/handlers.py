@@ -46,6 +46,7 @@ class Options:
     webhook_insecure: bool = False
     resync_seconds: float = 60.0
     metrics_port: int | None = 8080
+    peering_lifetime: int = 60
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -76,6 +77,8 @@ async def run_reconcile(body: Any, memo: Any, logger: logging.Logger | Any) -> N
         except (KubeTemporaryError, KubePermanentError) as e:
             metrics.count_error(e.reason)
             metrics.set_ready(key, False)
+            for ev in getattr(e, "events", [])[:10]:
+                kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
             if isinstance(e, KubePermanentError):
                 kopf.event(body, type="Warning", reason=e.reason, message=str(e)[:1000])
             raise
@@ -100,6 +103,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         )
         settings.posting.level = logging.WARNING  # our own events say what happened
         settings.networking.error_backoffs = [1, 2, 4, 8]
+        settings.peering.lifetime = options.peering_lifetime
         if options.webhook:
             settings.admission.server = kopf.WebhookServer(
                 port=options.webhook_port,
@@ -120,13 +124,13 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         ) or kopf.login_with_kubeconfig(**kwargs)
         return info
 
-    @kopf.index(*resource, registry=registry)
+    @kopf.index(*resource, id="models", registry=registry)
     def models(namespace: str, name: str, body: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _plain(body)}
 
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, registry=registry)
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", registry=registry)
     async def reconcile(body: Any, memo: Any, logger: Any, **_: Any) -> None:
         await run_reconcile(body, memo, logger)
 
@@ -134,6 +138,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         *resource,
         interval=options.resync_seconds,
         initial_delay=options.resync_seconds,
+        id="resync",
         registry=registry,
     )
     async def resync(body: Any, memo: Any, logger: Any, **_: Any) -> None:
@@ -145,7 +150,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
             return
         await run_reconcile(body, memo, logger)
 
-    @kopf.on.delete(*resource, registry=registry)
+    @kopf.on.delete(*resource, id="cleanup", registry=registry)
     async def delete(body: Any, memo: Any, logger: Any, **_: Any) -> None:
         rec = _reconciler(memo)
         try:
@@ -161,6 +166,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         "v1",
         "rayservices",
         labels={"app.kubernetes.io/managed-by": MANAGER},
+        id="rayservice-status",
         registry=registry,
     )
     async def rayservice_changed(
@@ -188,6 +194,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         "v1",
         "customresourcedefinitions",
         when=lambda name, **_: name in WATCHED_CRDS,
+        id="crd-changed",
         registry=registry,
     )
     async def crd_changed(name: str, memo: Any, models: kopf.Index, **_: Any) -> None:

@@ -72,6 +72,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         webhook_insecure=args.webhook_insecure,
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port or None,
+        peering_lifetime=args.peering_lifetime,
     )
     kopf.configure(verbose=args.verbose, debug=args.debug)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
@@ -144,6 +145,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--peering", default=None, help="kopf peering object (several replicas)")
     p.add_argument("--standalone", action="store_true", help="no peering")
     p.add_argument("--priority", type=int, default=None, help="peering priority")
+    p.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds after which a silent peer is considered gone",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_operator)

@@ -55,7 +55,6 @@ MANAGED_KINDS: tuple[tuple[str, str], ...] = (
     ("v1", "ConfigMap"),
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("policy/v1", "PodDisruptionBudget"),
-    ("apps/v1", "Deployment"),
     ("ray.io/v1", "RayService"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
 )
@@ -218,6 +217,9 @@ class Reconciler:
             self.failed_generation.pop(key, None)
             model = validated.model
             return self._deploy(body, model, validated, obs, outcome)
+        except (KubeTemporaryError, KubePermanentError) as e:
+            e.events = outcome.events  # type: ignore[attr-defined]
+            raise
         except ApiFailure as e:
             err = to_kopf_error(e, f"reconciling {key}")
             if isinstance(err, KubePermanentError) and model is not None:
@@ -288,6 +290,9 @@ class Reconciler:
         )
         desired = [d for d in desired if d["kind"] != "RayService" or obs.kuberay_installed]
         wanted = {(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in desired}
+        extra_kinds = sorted({(k[0], k[1]) for k in wanted} - set(kinds))
+        if extra_kinds:  # kinds the builders added beyond the usual set
+            seen.update(self._observe(ns, name, extra_kinds))
         obs.network_policies = sum(1 for d in desired if d["kind"] == "NetworkPolicy")
 
         for child in desired:
@@ -400,7 +405,21 @@ class Reconciler:
                 return None
             obs = Observation(**{**previous.__dict__, "rayservice": rayservice})
             outcome = Outcome(status={}, observation=obs)
-            self._write_status(body, model, obs, outcome)
+            try:
+                self._write_status(body, model, obs, outcome)
+            except ApiFailure as e:
+                if e.status != 409:
+                    raise
+                # the cached body was stale: read the model once and try again
+                fresh = self.kube.get(
+                    body["apiVersion"],
+                    body["kind"],
+                    meta.get("namespace") or "default",
+                    meta["name"],
+                )
+                if fresh is None or fresh["metadata"].get("generation") != obs.generation:
+                    return None
+                self._write_status(fresh, model, obs, outcome)
             self.observations[key] = obs
             return outcome
 

@@ -124,8 +124,20 @@ def restricted_pod_context() -> Obj:
     }
 
 
+def _base_env(model: MultimodalModel) -> list[Obj]:
+    """Offline/no-telemetry environment from the isolation layer (or a minimal one)."""
+    try:
+        from mmo_operator.policy.network import isolation_env
+    except ImportError:
+        return [{"name": k, "value": v} for k, v in BASE_ENV.items()]
+    env = list(isolation_env(model))
+    names = {e["name"] for e in env}
+    env += [{"name": k, "value": v} for k, v in BASE_ENV.items() if k not in names]
+    return env
+
+
 def _env(model: MultimodalModel, *, worker: bool) -> list[Obj]:
-    env: list[Obj] = [{"name": k, "value": v} for k, v in BASE_ENV.items()]
+    env: list[Obj] = _base_env(model)
     source = model.spec.model.source
     if source.startswith("pvc://"):
         env.append({"name": "MMO_PVC_ROOT", "value": PVC_ROOT})
