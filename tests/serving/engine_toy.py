@@ -100,7 +100,7 @@ class ToyLM(nn.Module):
         x = self.embed(ids)
         new_cache = []
         for i, (mix, norm, moe) in enumerate(zip(self.mix, self.norms, self.moe, strict=True)):
-            prev_sum, prev_len = cache[i] if cache else (torch.zeros(x.shape[-1]), 0)
+            prev_sum, prev_len = cache[i] if cache else (x.new_zeros(x.shape[-1]), 0)
             csum = prev_sum + torch.cumsum(x, dim=0)
             n = prev_len + torch.arange(1, x.shape[0] + 1).unsqueeze(1)
             x = x + torch.tanh(mix(csum / n))
@@ -151,10 +151,15 @@ class ToyFactory:
     top_k: int = 2
     layers: int = 2
     seed: int = 0
+    dtype: str = "float32"
 
     def __call__(self) -> ToyRunner:
         torch.manual_seed(self.seed)
-        return ToyRunner(ToyLM(self.hidden, self.inner, self.experts, self.top_k, self.layers))
+        model = ToyLM(self.hidden, self.inner, self.experts, self.top_k, self.layers)
+        model.to(getattr(torch, self.dtype))
+        for moe in model.moe:
+            moe.router.float()  # routers stay float32 (as in the real model)
+        return ToyRunner(model)
 
 
 def plan_from_gpus(per_layer: list[list[list[int]]], experts: int) -> PlacementPlan:

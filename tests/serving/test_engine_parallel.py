@@ -64,6 +64,7 @@ TINY = {
 }
 MODEL = ModelSource("tiny://", tiny=TINY, seed=3)
 FACTORY = toy.FailOn(MODEL)
+BF16_TOY = toy.ToyFactory(experts=8, seed=2, dtype="bfloat16")
 
 # Initial plan: 2 slots per GPU. Layer 0: every expert twice; layer 1: uneven copies.
 PLAN_A = toy.plan_from_gpus(
@@ -168,7 +169,8 @@ def test_one_rank_without_a_group(ray_cluster: Any) -> None:
 
 def test_ranks_join_the_replicas_placement_group(ray_cluster: Any) -> None:
     """Inside an actor scheduled like a Serve replica (bundle 0 of a STRICT_PACK group made
-    from ``placement_group_bundles``), the ranks take the group's GPU bundles."""
+    from ``placement_group_bundles``), the ranks take the group's GPU bundles. The model
+    is the toy in bfloat16 (expert ids then travel in a collective of their own)."""
     ray = ray_cluster
     pg = placement_group(placement_group_bundles(2), strategy=PLACEMENT_STRATEGY)
     ray.get(pg.ready(), timeout=60)
@@ -181,15 +183,17 @@ def test_ranks_join_the_replicas_placement_group(ray_cluster: Any) -> None:
                 placement_group=pg, placement_group_capture_child_tasks=True
             ),
         )
-        .remote(args, FACTORY)
+        .remote(args, BF16_TOY)
     )
     try:
         where = ray.get(replica.placement.remote(), timeout=300)
         assert where["mine"] == pg.id.hex() == where["engine"]
         assert where["ranks"] == [pg.id.hex()] * 2 and not where["ownsGroup"]
         assert len(set(where["gpus"])) == 2
-        want_gen, _, _ = reference_outputs(world=2)
-        assert ray.get(replica.generate.remote(REQUESTS), timeout=300) == want_gen
+        requests = [GenerationRequest(t, None, n) for t, _, n in PROMPTS]
+        with torch.inference_mode():
+            want = BF16_TOY().generate(requests)
+        assert ray.get(replica.generate.remote(requests), timeout=300) == want
     finally:
         ray.get(replica.close.remote(), timeout=60)
         ray.kill(replica)

@@ -4,8 +4,8 @@ Protocol (one *round* per MoE-layer call, on every rank of the group):
 
 1. header ``all_to_all``: each rank tells each other rank how many (token, expert) rows
    it sends it, for which MoE layer, and whether it is *done* (has no more work);
-2. payload ``all_to_all``: the rows (hidden vectors) and, separately, the index of the
-   expert in the receiver's local stack;
+2. payload ``all_to_all``: the rows (hidden vectors) with the index of the expert in the
+   receiver's local stack (an extra column in float32, a second collective otherwise);
 3. the receiver computes its rows with the model's grouped expert forward, on its own
    experts of the layer each sender named, and counts them per (layer, expert);
 4. result ``all_to_all`` back (the reverse split), and the sender combines the rows with
@@ -86,6 +86,9 @@ class ExpertDispatcher:
         self._total = torch.zeros(shape, dtype=torch.long, device=device)
         self._window = torch.zeros(shape, dtype=torch.long, device=device)
         self.plan_version = 0
+        self.rounds = 0  # dispatch rounds run (collective exchanges), for benchmarks
+        # float32/64 hold every local expert index exactly: send it inside the payload
+        self._pack_ids = act_dtype in (torch.float32, torch.float64)
         self._pending: BaseException | None = None
         self._install(plan)
 
@@ -143,6 +146,7 @@ class ExpertDispatcher:
         *,
         done: bool,
     ) -> tuple[torch.Tensor, bool]:
+        self.rounds += 1
         header = torch.empty(self.world, 3, dtype=torch.long, device=self.device)
         header[:, _COUNT] = counts
         header[:, _LAYER] = layer
@@ -154,10 +158,16 @@ class ExpertDispatcher:
             return rows, True
         send = counts.tolist()
         recv = [h[_COUNT] for h in got_list]
-        in_rows = rows.new_empty(sum(recv), self.hidden_size)
-        dist.all_to_all_single(in_rows, rows, recv, send)
-        in_ids = ids.new_empty(sum(recv))
-        dist.all_to_all_single(in_ids, ids, recv, send)
+        if self._pack_ids:  # one collective: the local expert index rides as a column
+            packed = torch.cat([rows, ids.to(rows.dtype).unsqueeze(1)], 1)
+            got_rows = rows.new_empty(sum(recv), self.hidden_size + 1)
+            dist.all_to_all_single(got_rows, packed, recv, send)
+            in_rows, in_ids = got_rows[:, :-1], got_rows[:, -1].long()
+        else:
+            in_rows = rows.new_empty(sum(recv), self.hidden_size)
+            dist.all_to_all_single(in_rows, rows, recv, send)
+            in_ids = ids.new_empty(sum(recv))
+            dist.all_to_all_single(in_ids, ids, recv, send)
         src_layers = [h[_LAYER] for h in got_list]
         out = self._compute_received(in_rows, in_ids, recv, src_layers)
         back = rows.new_empty(sum(send), self.hidden_size)

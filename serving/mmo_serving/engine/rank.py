@@ -196,6 +196,7 @@ class RankWorker:
             "numExperts": self.num_experts,
             "heldExperts": held,
             "stackSizes": [int(_w_in(m).shape[0]) for m in self.moe],
+            "dispatchRounds": self.dispatcher.rounds if self.dispatcher is not None else 0,
             "denseChecksum": self.checksum,
         }
 
