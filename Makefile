@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint format crd docs up clean-venv checkov-venv chart-generate
+.PHONY: help venv test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv
 
 help:
 	@echo "make test   - create .venv if missing, install everything, run the test suite"
@@ -54,6 +54,11 @@ clean-venv:
 # checkov's pins clash with the main venv: it lives in its own (tests/chart creates it too).
 checkov-venv:
 	test -x .venv-checkov/bin/checkov || ($(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet checkov==3.3.30)
+
+# Flower's pins clash with Ray Serve's: federated mode lives in its own venv (the
+# federated tests create it too). torch first and pinned, as for .venv.
+federated-venv:
+	test -x .venv-federated/bin/flwr || ($(PYTHON) -m venv .venv-federated && .venv-federated/bin/pip install --quiet torch==2.13.0 && .venv-federated/bin/pip install --quiet -e '.[federated]')
 
 # Regenerate the Grafana dashboards and the kustomize base from their sources.
 chart-generate: $(STAMP)
