@@ -318,3 +318,51 @@ def _words(text: str) -> list[str]:
     import re
 
     return re.findall(r"[a-z]+|[0-9]+", text.lower())
+
+
+def _inside(shape: Shape, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Boolean mask: which points (pixel coordinates of the scene) the shape covers."""
+    dx, dy = x - shape.cx, y - shape.cy
+    if shape.kind == "circle":
+        return dx * dx + dy * dy <= shape.radius**2
+    t = math.radians(shape.angle)
+    c, s = math.cos(t), math.sin(t)
+    u, v = dx * c + dy * s, -dx * s + dy * c  # into the shape's own frame
+    if shape.kind == "square":
+        h = shape.radius * 0.9
+        return (np.abs(u) <= h) & (np.abs(v) <= h)
+    r = shape.radius * 1.15
+    pts = [(r * math.cos(a), r * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    inside = np.ones_like(u, dtype=bool)
+    for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1], strict=True):
+        inside &= (x2 - x1) * (v - y1) - (y2 - y1) * (u - x1) >= 0
+    return inside
+
+
+def cell_labels(scene: Scene, grid: int, sub: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense training targets for the model's ``grid x grid`` image tokens, in the frame
+    the model sees (the drawing padded to a centred square): per cell, the colour index
+    (0 = background, else 1 + COLOURS index) and kind index (0 = background, else 1 +
+    SHAPES index) of the shape covering most of it (at least a quarter), and whether a
+    shape's centre lies in the cell."""
+    side = max(scene.width, scene.height)
+    ox, oy = (side - scene.width) // 2, (side - scene.height) // 2
+    step = side / grid
+    offs = (np.arange(sub) + 0.5) / sub
+    gx = (np.arange(grid)[:, None] + offs[None, :]).reshape(-1) * step - ox  # grid*sub
+    gy = (np.arange(grid)[:, None] + offs[None, :]).reshape(-1) * step - oy
+    xx, yy = np.meshgrid(gx, gy)  # [grid*sub (y), grid*sub (x)]
+    colour = np.zeros(grid * grid, dtype=np.int64)
+    kind = np.zeros(grid * grid, dtype=np.int64)
+    centre = np.zeros(grid * grid, dtype=np.float32)
+    best = np.full(grid * grid, 0.25)
+    for s in scene.shapes:
+        cover = _inside(s, xx, yy).reshape(grid, sub, grid, sub).mean(axis=(1, 3)).reshape(-1)
+        win = cover >= best
+        colour[win] = 1 + COLOURS.index(s.colour)
+        kind[win] = 1 + SHAPES.index(s.kind)
+        best = np.maximum(best, cover)
+        cx = min(grid - 1, int((s.cx + ox) / step))
+        cy = min(grid - 1, int((s.cy + oy) / step))
+        centre[cy * grid + cx] = 1.0
+    return colour, kind, centre

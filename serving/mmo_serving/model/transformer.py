@@ -96,6 +96,7 @@ class ShapesMoE(nn.Module):
             nn.GELU(),
             nn.Conv2d(c2, d, 3, stride=2, padding=1),
         )
+        self.stem_norm = nn.LayerNorm(d)
         self.img_pos = nn.Parameter(torch.randn(cfg.n_image_tokens, d) * 0.02)
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.txt_pos = nn.Embedding(cfg.max_text_len, d)
@@ -121,7 +122,7 @@ class ShapesMoE(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> image token embeddings [B, grid*grid, D]."""
         f = self.stem(images)
-        return f.flatten(2).transpose(1, 2) + self.img_pos
+        return self.stem_norm(f.flatten(2).transpose(1, 2)) + self.img_pos
 
     @staticmethod
     def attention_mask(
@@ -149,13 +150,17 @@ class ShapesMoE(nn.Module):
         valid: torch.Tensor,
         is_img: torch.Tensor,
         past: KVCache | None = None,
+        collect: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """All blocks, then the final norm. ``collect`` receives each block's output."""
         keys, values = [], []
         for i, blk in enumerate(self.blocks):
             p = (past.keys[i], past.values[i]) if past is not None else None
             x, (k, v) = blk(x, mask, valid, is_img, p)
             keys.append(k)
             values.append(v)
+            if collect is not None:
+                collect.append(x)
         return self.ln_f(x), keys, values
 
     def forward_packed(
@@ -166,9 +171,11 @@ class ShapesMoE(nn.Module):
         pos: torch.Tensor,
         sees_image: torch.Tensor,
         text_valid: torch.Tensor,
+        collect: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Training / scoring forward. text tensors [B, T]; segment ids of text >= 1.
-        Returns final hidden states (image [B, N, D] or None, text [B, T, D])."""
+        Returns final hidden states (image [B, N, D] or None, text [B, T, D]);
+        ``collect`` receives every block's output (image tokens first)."""
         b = text_ids.shape[0]
         dev = text_ids.device
         tx = self.tok_emb(text_ids) + self.txt_pos(pos.clamp(max=self.config.max_text_len - 1))
@@ -192,7 +199,7 @@ class ShapesMoE(nn.Module):
                 text_valid,
             )
         mask = self.attention_mask(is_img, seg_all, sees & (n > 0), valid)
-        h, _, _ = self.run(x, mask, valid, is_img)
+        h, _, _ = self.run(x, mask, valid, is_img, collect=collect)
         return (h[:, :n] if n else None), h[:, n:]
 
     def aux_loss(self) -> torch.Tensor:

@@ -1,0 +1,143 @@
+"""Generation and embeddings on a tiny random model: the KV cache changes nothing,
+padding changes nothing, images of any size/mode are accepted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmo_serving.model import tasks
+from mmo_serving.model.config import ConfigError, ModelConfig
+from mmo_serving.model.inference import answer, answer_batch, embed_image, embed_text, generate_ids
+from mmo_serving.model.preprocess import ImageError, preprocess
+from mmo_serving.model.tokenizer import default_tokenizer
+from mmo_serving.model.transformer import build_model
+
+TOK = default_tokenizer()
+
+
+def tiny_config(**over) -> ModelConfig:
+    base = dict(
+        vocab_size=len(TOK),
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_experts=8,
+        top_k=2,
+        d_expert=16,
+        image_size=16,
+        stem_channels=(8, 8),
+        embed_dim=16,
+        max_text_len=24,
+    )
+    base.update(over)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = build_model(tiny_config(), seed=1)
+    with torch.no_grad():  # spread the logits so that greedy choices differ between rows
+        m.lm_head.weight.mul_(40)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return list(tasks.iter_samples(6, seed=9, split="val"))
+
+
+def test_kv_cache_generation_equals_full_recompute(model, samples) -> None:
+    images = [s.image for s in samples] + [None, None]
+    questions = [s.qas[0].question for s in samples] + [
+        "how many shapes?",
+        "is there a red circle in the image?",
+    ]
+    cached = generate_ids(model, TOK, images, questions, max_new_tokens=6, use_cache=True)
+    full = generate_ids(model, TOK, images, questions, max_new_tokens=6, use_cache=False)
+    assert cached == full
+    assert any(len(c) > 1 for c in cached)  # the test really decoded several steps
+
+
+def test_decode_step_logits_match_prefill_of_the_longer_prompt(model, samples) -> None:
+    from mmo_serving.model.inference import _images_tensor, encode_questions
+
+    x, has = _images_tensor(model, [samples[0].image, samples[1].image])
+    ids, valid = encode_questions(TOK, ["what colour is the circle?", "how many shapes?"], 24)
+    with torch.no_grad():
+        logits, cache = model.prefill(x, has, ids, valid)
+        nxt = logits.argmax(-1)
+        step_logits, _ = model.decode_step(nxt, cache)
+        ref, _ = model.prefill(
+            x, has, torch.cat([ids, nxt[:, None]], 1), torch.cat([valid, valid[:, :1] | True], 1)
+        )
+    torch.testing.assert_close(step_logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_batched_answers_equal_single_answers(model, samples) -> None:
+    """Left padding and rows without images do not leak into other rows."""
+    images = [samples[0].image, None, samples[2].image]
+    questions = ["what shape is the red one in the image?", "how many?", "is there a blue square?"]
+    batched = answer_batch(model, TOK, images, questions)
+    single = [answer(model, TOK, im, q) for im, q in zip(images, questions, strict=True)]
+    assert batched == single
+
+
+def test_generation_input_errors(model) -> None:
+    with pytest.raises(ValueError, match="got 2 images but 1 questions"):
+        answer_batch(model, TOK, [None, None], ["how many shapes?"])
+    assert answer_batch(model, TOK, [], []) == []
+
+
+def test_embeddings_are_unit_vectors(model, samples) -> None:
+    ie = embed_image(model, [s.image for s in samples])
+    te = embed_text(model, TOK, [s.caption for s in samples])
+    assert ie.shape == (6, 16) and te.shape == (6, 16)
+    torch.testing.assert_close(ie.norm(dim=-1), torch.ones(6))
+    torch.testing.assert_close(te.norm(dim=-1), torch.ones(6))
+    # batching does not change a text embedding (right padding is masked)
+    torch.testing.assert_close(
+        embed_text(model, TOK, [samples[0].caption])[0], te[0], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_preprocess_accepts_any_size_and_mode() -> None:
+    rgba = Image.new("RGBA", (100, 40), (255, 0, 0, 0))  # fully transparent -> white
+    x = preprocess(rgba, 16)
+    assert x.shape == (3, 16, 16)
+    torch.testing.assert_close(x, torch.ones(3, 16, 16))
+    gray = np.full((33, 500), 7, dtype=np.uint8)
+    assert preprocess(gray, 16).shape == (3, 16, 16)
+    arr = np.zeros((512, 300, 3), dtype=np.uint8)
+    assert preprocess(arr, 16).shape == (3, 16, 16)
+    assert preprocess(Image.new("P", (32, 32)), 16).shape == (3, 16, 16)
+
+
+def test_preprocess_errors_name_the_problem() -> None:
+    with pytest.raises(ImageError, match="must be uint8, got dtype float32"):
+        preprocess(np.zeros((8, 8, 3), dtype=np.float32), 16)
+    with pytest.raises(ImageError, match=r"HxW, HxWx3 or HxWx4, got shape \(8, 8, 2\)"):
+        preprocess(np.zeros((8, 8, 2), dtype=np.uint8), 16)
+    with pytest.raises(ImageError, match="got str"):
+        preprocess("cat.png", 16)
+
+
+def test_config_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"d_model \(30\) must be divisible by n_heads \(4\)"):
+        tiny_config(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match=r"top_k \(9\) must be <= n_experts \(8\)"):
+        tiny_config(top_k=9)
+    with pytest.raises(ConfigError, match="n_layers must be a positive integer, got 0"):
+        tiny_config(n_layers=0)
+
+
+def test_moe_layers_are_discoverable(model) -> None:
+    layers = model.moe_layers()
+    assert [m.moe_layer_index for m in layers] == [0, 1]
+    assert all(
+        m.n_experts == 8 and m.w_in.shape == (8, 32, 16) and m.w_out.shape == (8, 16, 32)
+        for m in layers
+    )
+    assert all(m.router.weight.dtype == torch.float32 and m.dispatcher is None for m in layers)
