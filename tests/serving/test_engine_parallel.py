@@ -201,7 +201,8 @@ def test_ranks_join_the_replicas_placement_group(ray_cluster: Any) -> None:
 
 
 def test_two_ranks_int8_equal_and_replanned(ray_cluster: Any) -> None:
-    """INT8 expert stacks (int8 weights + scales) are split and moved like float ones."""
+    """INT8 expert stacks (int8 weights + scales) are split and moved like float ones;
+    a lost rank fails the health check."""
     int8 = ModelSource("tiny://", quantization="int8", tiny=TINY, seed=3)
     args = AppArgs(name="toy", model_source="toy://", num_gpus=2, quantization="int8")
     eng = ExpertParallelEngine(args, int8)
@@ -218,6 +219,10 @@ def test_two_ranks_int8_equal_and_replanned(ray_cluster: Any) -> None:
         assert run(eng.generate(REQUESTS)) == want_gen
         emb = run(eng.embed(EMBED))
         np.testing.assert_allclose(np.array(emb), np.array(want_emb), atol=ATOL, rtol=0)
+        run(eng.check_health())
+        ray_cluster.kill(eng.ranks[1])
+        with pytest.raises(ray_cluster.exceptions.RayActorError):
+            run(eng.check_health())
     finally:
         run(eng.close())
 

@@ -235,6 +235,15 @@ def test_model_source_refuses_unknown_quantization() -> None:
         ModelSource("tiny://", quantization="int4", tiny=TINY)()
 
 
+def test_model_source_says_when_dtype_is_not_applied(caplog: pytest.LogCaptureFixture) -> None:
+    args = AppArgs(name="t", model_source="builtin://shapes-moe", dtype="bfloat16")
+    assert ModelSource.from_args(args).dtype == "bfloat16"
+    with caplog.at_level("WARNING"):
+        runner = ModelSource("tiny://", tiny=TINY, dtype="bfloat16")()
+    assert "dtype=bfloat16: the built-in model runs in float32" in caplog.text
+    assert next(runner.model.parameters()).dtype == torch.float32
+
+
 def test_moe_layers_must_be_numbered_from_zero() -> None:
     model = toy.ToyLM(8, 8, 4, 2, 2)
     find_moe_layers(model)

@@ -90,6 +90,9 @@ class LocalEngine:
         validate_plan(plan, num_layers=w.num_layers, num_experts=w.num_experts, world=1)
         await self._call(w.update_plan, plan)
 
+    async def check_health(self) -> None:
+        """Nothing to check: the model lives in this process."""
+
     async def rank_info(self) -> list[dict[str, Any]]:
         return [self.worker.info()]
 

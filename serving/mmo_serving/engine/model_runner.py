@@ -3,8 +3,9 @@
 ``ModelSource`` is the picklable factory each rank calls: it loads the checkpoint named
 by ``AppArgs.model_source`` on the CPU (every rank reads the same files, so the dense
 weights are equal everywhere), applies INT8 when ``AppArgs.quantization == "int8"``, and
-wraps the model. ``tiny`` builds a random model instead (tests and benchmarks of the
-engine alone, no checkpoint needed).
+wraps the model. ``AppArgs.dtype`` other than float32 is logged and not applied: the
+built-in model's image path and KV cache run in float32 only. ``tiny`` builds a random
+model instead (tests and benchmarks of the engine alone, no checkpoint needed).
 
 A shard of generation requests runs as one batch through the model's reference greedy
 loop (prefill, then one KV-cached decode step per token) with the shard's largest
@@ -14,6 +15,7 @@ independent, so this equals running each request alone).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,8 @@ from torch import nn
 
 from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import EmbeddingRequest, GenerationRequest, GenerationResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,10 +80,11 @@ class ModelSource:
     quantization: str = "none"
     tiny: dict[str, Any] | None = field(default=None, hash=False)
     seed: int = 0
+    dtype: str = "float32"
 
     @classmethod
     def from_args(cls, args: AppArgs) -> ModelSource:
-        return cls(source=args.model_source, quantization=args.quantization)
+        return cls(source=args.model_source, quantization=args.quantization, dtype=args.dtype)
 
     def __call__(self) -> ShapesRunner:
         from mmo_serving.model import build_model, default_tokenizer, load_model, quantize_int8
@@ -92,6 +97,9 @@ class ModelSource:
         else:
             model, tokenizer, _ = load_model(self.source, "cpu")
         model.eval()
+        if self.dtype != "float32":
+            # The built-in model's image path and KV cache are float32 only.
+            log.warning("dtype=%s: the built-in model runs in float32", self.dtype)
         if self.quantization == "int8":
             quantize_int8(model)
         elif self.quantization != "none":

@@ -231,6 +231,13 @@ class ExpertParallelEngine:
         calls = [getattr(r, method).options(concurrency_group=_STATS) for r in self.ranks]
         return list(await asyncio.gather(*[c.remote() for c in calls]))
 
+    async def check_health(self, timeout_s: float = 30.0) -> None:
+        """Raise if a rank is dead or does not answer (Serve's ``check_health`` can call
+        this, so that a replica with a lost rank is replaced with fresh ranks)."""
+        if self._closed:
+            raise RuntimeError("engine is closed")
+        await asyncio.wait_for(self._report("info"), timeout=timeout_s)
+
     async def rank_info(self) -> list[dict[str, Any]]:
         await self.ready()
         return await self._report("info")
