@@ -19,6 +19,7 @@ from .configmap import build_placement_configmap
 from .pdb import build_worker_pdb
 from .podmonitor import build_podmonitor
 from .rayservice import build_rayservice
+from .supernode import build_supernode
 
 
 def _network_policy_builder() -> Callable[[MultimodalModel], list[Obj]] | None:
@@ -65,6 +66,9 @@ def build_children(
         children += _own(network(model), model, uid)
     children.append(build_worker_pdb(model, uid))
     children.append(build_rayservice(model, args, uid))
+    supernode = build_supernode(model, uid)  # federated mode only
+    if supernode is not None:
+        children.append(supernode)
     if pod_monitor and model.spec.monitoring.pod_monitor:
         children.append(build_podmonitor(model, uid))
     return [stamp(child) for child in children]

@@ -1,1 +1,11 @@
-"""Federated fine-tuning (issue 7, optional): update privacy now; the Flower apps to come."""
+"""Federated fine-tuning of the answer head with Flower (issue 7, the ``federated`` extra).
+
+- :mod:`.dp` clipping and Gaussian noise of a site's update (numpy);
+- :mod:`.data` each site's skewed share of the synthetic task; :mod:`.head` the tuned
+  part (answer rows of ``lm_head``) and its features (torch); :mod:`.site` one round on
+  a site; :mod:`.aggregate` the aggregator's checks and mean (numpy);
+- :mod:`.client` / :mod:`.server` the Flower ClientApp and ServerApp (need ``flwr``,
+  which cannot share a venv with Ray Serve: ``make federated-venv``);
+- :mod:`.local` / ``python -m mmo_serving.federated local DIR``: SuperLink and SuperNodes
+  as processes on loopback, one ``flwr run``.
+"""

@@ -1,0 +1,72 @@
+"""The site's Flower SuperNode Deployment (federated mode only)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mmo_operator.api.validation import parse_model
+from mmo_operator.builders.supernode import PARTITION_ANNOTATION, build_supernode
+
+SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
+
+
+def _doc(name: str) -> dict[str, Any]:
+    return yaml.safe_load((SAMPLES / name).read_text())
+
+
+def test_none_outside_federated_mode() -> None:
+    for sample in ("private-vqa.yaml", "hybrid-vqa.yaml"):
+        assert build_supernode(parse_model(_doc(sample))) is None
+
+
+def test_supernode_deployment() -> None:
+    model = parse_model(_doc("federated-vqa.yaml"))
+    dep = build_supernode(model, uid="u-1")
+    assert dep is not None
+    labels = dep["metadata"]["labels"]
+    assert labels["serving.mmo.dev/model"] == "federated-vqa"
+    assert labels["app.kubernetes.io/managed-by"] == "mmo-operator"
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    pod = dep["spec"]["template"]
+    # the model label puts the pod under the model's NetworkPolicies (egress: aggregator)
+    assert pod["metadata"]["labels"]["serving.mmo.dev/model"] == "federated-vqa"
+    assert dep["spec"]["selector"]["matchLabels"] == pod["metadata"]["labels"]
+    c = pod["spec"]["containers"][0]
+    args = c["args"]
+    assert args[args.index("--superlink") + 1] == model.spec.isolation.federated.aggregator
+    assert "--insecure" not in args
+    node = args[args.index("--node-config") + 1]
+    assert "clip-norm=1.0" in node and "noise-multiplier=1.1" in node
+    assert "partition-id=0 num-partitions=1" in node
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0" and env["HF_HUB_OFFLINE"] == "1"
+    assert len(env) == len(c["env"])  # no duplicates
+
+
+def test_validates_against_the_kubernetes_schema() -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    dep = build_supernode(parse_model(_doc("federated-vqa.yaml")))
+    kv.validate(dep, kv.latest_version(), strict=True)
+
+
+def test_partition_annotation() -> None:
+    doc = _doc("federated-vqa.yaml")
+    doc["metadata"]["annotations"] = {PARTITION_ANNOTATION: "2/3"}
+    dep = build_supernode(parse_model(doc))
+    assert dep is not None
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "partition-id=2 num-partitions=3" in args[args.index("--node-config") + 1]
+    bad = copy.deepcopy(doc)
+    bad["metadata"]["annotations"] = {PARTITION_ANNOTATION: "3/3"}
+    with pytest.raises(ValueError, match="expected 'I/N' with 0 <= I < N"):
+        build_supernode(parse_model(bad))
