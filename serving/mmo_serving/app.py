@@ -274,10 +274,23 @@ class MmoIngress:
                     await res
 
     async def check_health(self) -> None:
+        """Serve's replica health check: a lost engine rank makes Serve replace us."""
         if self._poller.done() and not self._poller.cancelled():
             exc = self._poller.exception()
             if exc is not None:
                 raise RuntimeError(f"expert-load poller died: {exc!r}")
+        engine_check = getattr(self.engine, "check_health", None)
+        if engine_check is not None:
+            res = engine_check()
+            if inspect.isawaitable(res):
+                await res
+
+    async def _ranks(self) -> list[dict[str, Any]] | None:
+        info = getattr(self.engine, "rank_info", None)
+        if info is None:
+            return None
+        keep = ("rank", "gpuIds", "device", "backend", "heldExperts")
+        return [{k: r[k] for k in keep if k in r} for r in await info()]
 
     # ------------------------------------------------------------------ batching
 
@@ -406,6 +419,7 @@ class MmoIngress:
                 "mode": self.mode,
                 "plansApplied": self.plans_applied,
                 "startedAt": self.started_at,
+                "ranks": await self._ranks(),
             }
         )
 
