@@ -176,6 +176,8 @@ def test_held_out_accuracy_improves(federation: dict[str, Any]) -> None:
     labels = np.array([it.label for it in items])
     acc_before = head.accuracy(before, feats, labels)
     acc_after = head.accuracy(after, feats, labels)
+    majority = float(np.bincount(labels).max() / len(labels))
+    print(f"held-out accuracy {acc_before:.3f} -> {acc_after:.3f} (majority {majority:.3f})")
     assert acc_after >= acc_before + 0.05, (acc_before, acc_after)
 
 

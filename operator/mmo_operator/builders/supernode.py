@@ -112,10 +112,10 @@ def build_supernode(model: MultimodalModel, uid: str | None = None) -> Obj | Non
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     # de-duplicate env names (FLWR_TELEMETRY_ENABLED may already come from the policy)
-    seen: set[str] = set()
-    container["env"] = [
-        e for e in container["env"] if not (e["name"] in seen or seen.add(e["name"]))
-    ]
+    env: dict[str, Obj] = {}
+    for entry in container["env"]:
+        env.setdefault(entry["name"], entry)
+    container["env"] = list(env.values())
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

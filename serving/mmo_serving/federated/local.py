@@ -192,7 +192,7 @@ class LocalFederation:
         """``flwr run APP mmo-local --stream``: returns when the run has ended."""
         for proc in self.procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[0]} exited early ({proc.returncode}); see logs")
+                raise RuntimeError(f"{_name(proc)} exited early ({proc.returncode}); see logs")
         return subprocess.run(
             [_bin("flwr"), "run", str(app_dir), FEDERATION, "--stream"],
             env=self._env(),
@@ -217,6 +217,11 @@ class LocalFederation:
         self.close()
 
 
+def _name(proc: subprocess.Popen[bytes]) -> str:
+    args = proc.args
+    return str(args[0]) if isinstance(args, list) else str(args)
+
+
 def _end_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)  # the group the process leads (start_new_session)
@@ -227,7 +232,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+            raise RuntimeError(f"{_name(proc)} exited with {proc.returncode} before listening")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(1)
             if s.connect_ex(("127.0.0.1", port)) == 0:
