@@ -197,11 +197,15 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         id="crd-changed",
         registry=registry,
     )
-    async def crd_changed(name: str, memo: Any, models: kopf.Index, **_: Any) -> None:
+    async def crd_changed(
+        name: str, type: str | None, memo: Any, models: kopf.Index, **_: Any
+    ) -> None:
         rec = _reconciler(memo)
         rec.kube.forget_discovery()
-        for key in list(models):
-            for body in models[key]:
+        if type is None:
+            return  # the initial listing: resume/create handlers reconcile anyway
+        for key in list(models.keys()):
+            for body in list(models.get(key, [])):
                 try:
                     await asyncio.to_thread(rec.reconcile, body)
                 except (KubeTemporaryError, KubePermanentError) as e:

@@ -207,6 +207,8 @@ class Reconciler:
         meta = body["metadata"]
         obs = Observation(generation=meta.get("generation"), webhook=self.webhook)
         outcome = Outcome(status={}, observation=obs)
+        if meta.get("deletionTimestamp"):
+            return outcome  # being deleted: cleanup() owns it now
         doc = model_document(body)
         model: MultimodalModel | None = None
         try:

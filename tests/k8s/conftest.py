@@ -51,8 +51,11 @@ def start_operator(emu: EmulatorThread, tmp_path: Path) -> Iterator[Callable[...
     kubeconfig = emu.write_kubeconfig(str(tmp_path / "kubeconfig"))
     procs: list[OperatorProcess] = []
 
-    def start(*extra: str, env: dict[str, str] | None = None) -> OperatorProcess:
-        proc = OperatorProcess(kubeconfig, tmp_path / f"operator-{len(procs)}.log", *extra, env=env)
+    def start(
+        *extra: str, env: dict[str, str] | None = None, webhook: bool = False
+    ) -> OperatorProcess:
+        log = tmp_path / f"operator-{len(procs)}.log"
+        proc = OperatorProcess(kubeconfig, log, *extra, env=env, webhook=webhook)
         procs.append(proc)
         return proc
 

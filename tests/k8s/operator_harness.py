@@ -201,7 +201,12 @@ class OperatorProcess:
     """``mmo operator`` in a subprocess with a kubeconfig pointing at the emulator."""
 
     def __init__(
-        self, kubeconfig: str, log_path: Path, *extra: str, env: dict[str, str] | None = None
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        webhook: bool = False,
     ) -> None:
         self.log_path = log_path
         cmd = [
@@ -210,13 +215,14 @@ class OperatorProcess:
             "mmo_operator.cli",
             "operator",
             "-A",
-            "--no-webhook",
             "--metrics-port",
             "0",
             "--resync-seconds",
             "3",
             *extra,
         ]
+        if not webhook:
+            cmd.append("--no-webhook")
         if "--peering" not in extra:
             cmd.append("--standalone")
         full_env = {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONUNBUFFERED": "1", **(env or {})}
