@@ -49,7 +49,7 @@ from mmo_serving.gateway_types import (
     RequestInfo,
     load_gateway,
 )
-from mmo_serving.images import DecodedImage, decode_data_url
+from mmo_serving.images import RawImage, parse_data_url
 from mmo_serving.metrics import ServingMetrics, serving_metrics
 
 log = logging.getLogger("mmo_serving.app")
@@ -90,8 +90,19 @@ def _at(tokens: list[list[list[int]]], layer: int, expert: int, rank: int) -> in
         return 0
 
 
-def _bind(fn: Callable[[Any], Awaitable[Any]], arg: Any) -> Callable[[], Awaitable[Any]]:
-    return lambda: fn(arg)
+def _bind(
+    fn: Callable[[Any], Awaitable[Any]], make: Callable[[], Any]
+) -> Callable[[], Awaitable[Any]]:
+    """``fn(make())`` later: the argument is built only when the cache misses."""
+    return lambda: fn(make())
+
+
+def _image_embedding(image: RawImage) -> Callable[[], EmbeddingRequest]:
+    return lambda: EmbeddingRequest(image=image.to_array())
+
+
+def _text_embedding(text: str) -> Callable[[], EmbeddingRequest]:
+    return lambda: EmbeddingRequest(text=text)
 
 
 def _b64_floats(values: list[float]) -> str:
@@ -388,7 +399,7 @@ class MmoIngress:
     def _scope(self, decision: Decision, tenant: str) -> CacheScope:
         return CacheScope(self.args.model_version, decision.data_class, tenant)
 
-    def _image(self, url: str, param: str) -> DecodedImage:
+    def _image(self, url: str, param: str) -> RawImage:
         if "image" not in self.args.modalities:
             raise oa.ApiError(
                 400,
@@ -397,7 +408,7 @@ class MmoIngress:
                 code="unsupported_modality",
                 param=param,
             )
-        return decode_data_url(url, max_bytes=self.args.max_image_bytes, param=param)
+        return parse_data_url(url, max_bytes=self.args.max_image_bytes, param=param)
 
     # ------------------------------------------------------------------ routes
 
@@ -499,21 +510,19 @@ class MmoIngress:
         max_new = min(req.requested_tokens() or self.args.max_new_tokens, self.args.max_new_tokens)
         canonical = {
             "prompt": prompt,
-            "image": image.sha256 if image is not None else None,
+            "image": [image.mime, image.sha256] if image is not None else None,
             "max_new_tokens": max_new,
         }
+
+        def generate() -> Awaitable[GenerationResult]:
+            # pixels are decoded only on a cache miss
+            pixels = image.to_array() if image is not None else None
+            return self._generate_batch(
+                GenerationRequest(text=prompt, image=pixels, max_new_tokens=max_new)
+            )
+
         result = await self._cached(
-            out,
-            CHAT_ROUTE,
-            canonical,
-            self._scope(decision, tenant),
-            lambda: self._generate_batch(
-                GenerationRequest(
-                    text=prompt,
-                    image=image.array if image is not None else None,
-                    max_new_tokens=max_new,
-                )
-            ),
+            out, CHAT_ROUTE, canonical, self._scope(decision, tenant), generate
         )
         finish = "length" if result.tokens >= max_new else "stop"
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -619,15 +628,15 @@ class MmoIngress:
             if url is not None:
                 image = self._image(url, f"{param}.image_url.url")
                 out.modality = "image"
-                canonical: dict[str, Any] = {"image": image.sha256}
-                ereq = EmbeddingRequest(image=image.array)
+                canonical: dict[str, Any] = {"image": [image.mime, image.sha256]}
+                make = _image_embedding(image)
             else:
                 canonical = {"text": text}
-                ereq = EmbeddingRequest(text=text)
+                make = _text_embedding(text or "")
             sub = _Outcome(EMBED_ROUTE)
             subs.append(sub)
             jobs.append(
-                self._cached(sub, EMBED_ROUTE, canonical, scope, _bind(self._embed_batch, ereq))
+                self._cached(sub, EMBED_ROUTE, canonical, scope, _bind(self._embed_batch, make))
             )
         vectors = await asyncio.gather(*jobs)
         if self.cache is None:

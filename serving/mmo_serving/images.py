@@ -29,10 +29,24 @@ MAX_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
+class RawImage:
+    """A checked data URL: its type and bytes, not yet decoded into pixels."""
+
+    mime: str
+    raw: bytes
+    sha256: str  # of the bytes: what the cache key uses (a hit skips the pixel decode)
+    param: str
+
+    def to_array(self) -> np.ndarray:
+        """Decode into uint8 H x W x 3 (RGB); ApiError if the bytes are not that image."""
+        return _to_rgb(self.raw, SUPPORTED_TYPES[self.mime], self.mime, self.param)
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     array: np.ndarray  # uint8, H x W x 3 (RGB)
     mime: str
-    sha256: str  # of the decoded bytes: what the cache key uses
+    sha256: str
     nbytes: int
 
 
@@ -42,6 +56,12 @@ def _supported() -> str:
 
 def decode_data_url(url: str, *, max_bytes: int, param: str) -> DecodedImage:
     """Decode ``data:image/<type>;base64,<payload>`` into an RGB uint8 array."""
+    img = parse_data_url(url, max_bytes=max_bytes, param=param)
+    return DecodedImage(img.to_array(), img.mime, img.sha256, len(img.raw))
+
+
+def parse_data_url(url: str, *, max_bytes: int, param: str) -> RawImage:
+    """Check ``data:image/<type>;base64,<payload>``: scheme, type, base64 and size."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme != "data":
         shown = scheme or url[:16]
@@ -88,12 +108,7 @@ def decode_data_url(url: str, *, max_bytes: int, param: str) -> DecodedImage:
         ) from exc
     if len(raw) > max_bytes:
         raise _too_large(param, len(raw), max_bytes)
-    return DecodedImage(
-        array=_to_rgb(raw, SUPPORTED_TYPES[mime], mime, param),
-        mime=mime,
-        sha256=hashlib.sha256(raw).hexdigest(),
-        nbytes=len(raw),
-    )
+    return RawImage(mime=mime, raw=raw, sha256=hashlib.sha256(raw).hexdigest(), param=param)
 
 
 def _too_large(param: str, size: int, max_bytes: int) -> ApiError:
