@@ -157,10 +157,12 @@ def _progress(out: TextIO, t0: float, last: list[str]) -> None:
             counts = ", ".join(f"{n} {_name(s).lower()}" for s, n in dep.replica_states.items())
             parts.append(f"{name}: {_name(dep.status)} ({counts or 'no replicas yet'})")
         line = "; ".join(parts)
-    if not last or line != last[0]:
-        out.write(f"[{time.monotonic() - t0:6.1f}s] {line}\n")
+    now = time.monotonic()
+    # a new state, or the same one again every 10 s so that a long start shows it is alive
+    if not last or line != last[0] or now - float(last[1]) >= 10:
+        out.write(f"[{now - t0:6.1f}s] {line}\n")
         out.flush()
-        last[:] = [line]
+        last[:] = [line, str(now)]
 
 
 def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
