@@ -1,0 +1,154 @@
+"""Pure builders of the operator's children, and the reconcile's comparison helpers."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmo_operator.api.validation import validate
+from mmo_operator.builders import build_children
+from mmo_operator.builders.app_args import plan_and_app_args
+from mmo_operator.builders.common import HASH_ANNOTATION
+from mmo_operator.builders.rayservice import cluster_hash
+from mmo_operator.reconcile import contains, current_plan, needs_apply, status_patch
+
+TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"
+UID = "11111111-2222-3333-4444-555555555555"
+
+
+def _doc(**spec: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(TINY.read_text())
+    for path, value in spec.items():
+        cur = doc["spec"]
+        *parents, last = path.split("__")
+        for part in parents:
+            cur = cur.setdefault(part, {})
+        cur[last] = value
+    return doc
+
+
+def _children(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    v = validate(doc)
+    plan, args = plan_and_app_args(v)
+    return {
+        c["kind"] + "/" + c["metadata"]["name"]: c
+        for c in build_children(v.model, plan, args=args, uid=UID)
+    }
+
+
+def _worker(children: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    rs = children["RayService/tiny"]
+    pod: dict[str, Any] = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
+    return pod
+
+
+def test_every_child_is_labelled_owned_and_hashed() -> None:
+    for key, child in _children(_doc()).items():
+        meta = child["metadata"]
+        assert meta["labels"]["serving.mmo.dev/model"] == "tiny", key
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "mmo-operator", key
+        assert meta["ownerReferences"][0]["uid"] == UID, key
+        assert meta["annotations"][HASH_ANNOTATION], key
+
+
+def test_gpu_workers_and_head() -> None:
+    children = _children(_doc())
+    cluster = children["RayService/tiny"]["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head["resources"].get("limits", {})
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    pod = _worker(children)["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
+        pod["tolerations"]
+    )
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert cluster["workerGroupSpecs"][0]["resources"] == {"mmo-accelerator-A100-80GB": "8"}
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert any(m["mountPath"] == "/mnt/models/models" for m in container["volumeMounts"])
+
+
+def test_serve_only_fields_leave_the_cluster_config_alone() -> None:
+    base = _children(_doc())["RayService/tiny"]
+    changed = _children(
+        _doc(batching__maxBatchSize=64, autoscaling__maxReplicas=4, cache__ttlSeconds=60)
+    )["RayService/tiny"]
+    assert cluster_hash(changed["spec"]["rayClusterConfig"]) == cluster_hash(
+        base["spec"]["rayClusterConfig"]
+    )
+    assert changed["spec"]["serveConfigV2"] != base["spec"]["serveConfigV2"]
+    gpu = _children(_doc(resources__gpuType="H100-80GB"))["RayService/tiny"]
+    assert cluster_hash(gpu["spec"]["rayClusterConfig"]) != cluster_hash(
+        base["spec"]["rayClusterConfig"]
+    )
+
+
+def test_batching_and_placement_travel_in_user_config_not_args() -> None:
+    rs = _children(_doc(batching__maxBatchSize=64))["RayService/tiny"]
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    assert "batching" not in app["args"] and "placement" not in app["args"]
+    user_config = app["deployments"][0]["user_config"]
+    assert user_config["batching"]["maxBatchSize"] == 64
+    assert user_config["placement"]["numGpus"] == 8
+
+
+def test_hybrid_workers_read_the_api_key_from_the_secret() -> None:
+    doc = _doc(
+        isolation={
+            "mode": "hybrid",
+            "hybrid": {
+                "endpoint": "https://llm.example.com/v1",
+                "cidrs": ["203.0.113.0/24"],
+                "credentialsSecret": "cloud-key",
+            },
+        }
+    )
+    env = _worker(_children(doc))["spec"]["containers"][0]["env"]
+    key = next(e for e in env if e["name"] == "MMO_CLOUD_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "cloud-key", "key": "api-key"}
+
+
+def test_pdb_protects_the_min_replicas_floor_and_podmonitor_is_optional() -> None:
+    children = _children(_doc(autoscaling__minReplicas=2, autoscaling__maxReplicas=3))
+    assert children["PodDisruptionBudget/tiny-workers"]["spec"]["minAvailable"] == 2
+    assert "PodMonitor/tiny" in children
+    assert "PodMonitor/tiny" not in _children(_doc(monitoring__podMonitor=False))
+
+
+def test_needs_apply_ignores_server_defaults_but_sees_changes() -> None:
+    desired = _children(_doc())["ConfigMap/tiny-placement"]
+    observed = copy.deepcopy(desired)
+    observed["metadata"].update(resourceVersion="7", uid="x", managedFields=[{}])
+    assert not needs_apply(desired, observed)
+    assert needs_apply(desired, None)
+    drifted = copy.deepcopy(observed)
+    drifted["data"]["placement.json"] = "{}"
+    assert needs_apply(desired, drifted), "a hand edit is reverted"
+    assert contains({"ports": [{"port": 1}]}, {"ports": [{"port": 1, "protocol": "TCP"}]})
+    assert not contains({"a": True}, {"a": 1})
+
+
+def test_current_plan_keeps_a_rebalanced_plan_of_the_same_shape() -> None:
+    v = validate(_doc())
+    plan, _ = plan_and_app_args(v)
+    cm = _children(_doc())["ConfigMap/tiny-placement"]
+    rebalanced = plan.model_copy(update={"balancedness": 1.01})
+    cm_rebalanced = copy.deepcopy(cm)
+    cm_rebalanced["data"]["placement.json"] = rebalanced.model_dump_json(by_alias=True)
+    assert current_plan(cm_rebalanced, plan).balancedness == 1.01
+    other = plan.model_copy(update={"strategy": "contiguous"})
+    assert current_plan(cm_rebalanced, other) is other
+    assert current_plan(None, plan) is plan
+
+
+def test_status_patch_nulls_removed_keys_and_is_none_when_equal() -> None:
+    assert status_patch({"a": 1}, {"a": 1}) is None
+    assert status_patch({"a": 1, "endpoint": "x"}, {"a": 2}) == {"a": 2, "endpoint": None}

@@ -1,0 +1,88 @@
+"""Status conditions computed from observations (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmo_operator.api.validation import validate
+from mmo_operator.builders.app_args import plan_and_app_args
+from mmo_operator.status import Observation, compute_status, condition, is_ready
+
+TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"
+
+
+def _setup() -> tuple[Any, Observation]:
+    v = validate(yaml.safe_load(TINY.read_text()))
+    plan, _ = plan_and_app_args(v)
+    obs = Observation(generation=3, capacity=v.capacity, plan=plan, network_policies=5)
+    return v.model, obs
+
+
+def _rayservice(ready: str, app: str) -> dict[str, Any]:
+    return {
+        "status": {
+            "conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": "m"}],
+            "activeServiceStatus": {"applicationStatuses": {"tiny": {"status": app}}},
+        }
+    }
+
+
+def test_ready_follows_kuberay_and_the_application() -> None:
+    model, obs = _setup()
+    obs.rayservice = _rayservice("True", "RUNNING")
+    status = compute_status(model, obs, now="t0")
+    assert is_ready(status)
+    assert status["observedGeneration"] == 3
+    assert status["endpoint"] == "http://tiny-serve-svc.ns1.svc:8000"
+    obs.rayservice = _rayservice("True", "DEPLOYING")
+    cond = condition(compute_status(model, obs, now="t0"), "Ready")
+    assert cond is not None and cond["reason"] == "ApplicationNotRunning"
+    assert "DEPLOYING" in cond["message"]
+    obs.rayservice = _rayservice("True", "UNHEALTHY")
+    degraded = condition(compute_status(model, obs, now="t0"), "Degraded")
+    assert degraded is not None and degraded["status"] == "True"
+
+
+def test_missing_kuberay_and_monitoring_are_explained() -> None:
+    model, obs = _setup()
+    obs.kuberay_installed = False
+    obs.monitoring_installed = False
+    status = compute_status(model, obs, now="t0")
+    ready = condition(status, "Ready")
+    assert ready is not None and ready["message"].startswith("KubeRay CRDs not installed")
+    degraded = condition(status, "Degraded")
+    assert degraded is not None and degraded["reason"] == "PodMonitorSkipped"
+
+
+def test_invalid_spec_names_the_problem() -> None:
+    model, obs = _setup()
+    obs.problems = ["spec.autoscaling.maxReplicas: must be >= minReplicas"]
+    planned = condition(compute_status(model, obs, now="t0"), "Planned")
+    assert planned is not None and planned["status"] == "False"
+    assert "spec.autoscaling.maxReplicas" in planned["message"]
+
+
+def test_transition_times_move_only_when_a_status_changes() -> None:
+    model, obs = _setup()
+    first = compute_status(model, obs, now="t0")
+    again = compute_status(model, obs, previous=first, now="t1")
+    assert again == first, "recomputing an unchanged status gives the same dict"
+    obs.rayservice = _rayservice("True", "RUNNING")
+    later = compute_status(model, obs, previous=first, now="t2")
+    ready = condition(later, "Ready")
+    planned = condition(later, "Planned")
+    assert ready is not None and ready["lastTransitionTime"] == "t2"
+    assert planned is not None and planned["lastTransitionTime"] == "t0"
+
+
+def test_policy_condition_lists_the_active_layers() -> None:
+    model, obs = _setup()
+    cond = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
+    assert cond is not None and cond["status"] == "True"
+    assert "network (5 NetworkPolicies)" in cond["message"] and "audit" in cond["message"]
+    obs.network_policies = 0
+    off = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
+    assert off is not None and off["reason"] == "NetworkPoliciesMissing"
