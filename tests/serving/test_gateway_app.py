@@ -150,7 +150,7 @@ def _args(mode: str, cloud_url: str, audit: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     from ray import cloudpickle
 
     from mmo_serving.app import build_app
@@ -160,7 +160,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("audit")
     audit = {"hybrid": tmp / "hybrid.jsonl", "private": tmp / "private.jsonl"}
     port = _free_port()
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         actor = {"num_cpus": 0.1, "num_gpus": 1, "runtime_env": {"env_vars": {KEY_ENV: "sk-t"}}}
@@ -174,9 +173,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         yield Env(f"http://127.0.0.1:{port}", cloud, audit)
     finally:
         try:
-            serve.shutdown()
+            serve.shutdown()  # the session's Ray (ray_cluster) stays up for the next module
         finally:
-            ray.shutdown()
             cloud.close()
 
 
