@@ -198,6 +198,7 @@ def main() -> int:
     p.add_argument("--out", default="bench_serving.json")
     a = p.parse_args()
 
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
     from ray import serve
 
@@ -232,9 +233,7 @@ def main() -> int:
             for mode, cfg in (("on", on), ("off", off)):
                 deploy(serve, no_cache, cfg, "batch", "/batch")  # reconfigure only
                 out = asyncio.run(
-                    concurrent_round(
-                        f"{url}/batch", a.clients, a.per_client, images, f"{mode}{r}-"
-                    )
+                    concurrent_round(f"{url}/batch", a.clients, a.per_client, images, f"{mode}{r}-")
                 )
                 rounds[mode].append(out)
         rps_on = statistics.median(x["rps"] for x in rounds["on"])
@@ -291,6 +290,7 @@ def main() -> int:
             bare.wait(timeout=30)
         serve.shutdown()
         ray.shutdown()
+    result["model_source"] = a.source
     result["machine"] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
