@@ -130,6 +130,21 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         )
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"].strip() == "red"
+
+        # mmo ask with a picture file, and its error path
+        import base64
+
+        picture = small_spec.with_name("circle.png")
+        picture.write_bytes(base64.b64decode(sample_request(args)["messages"][0]["content"][1][
+            "image_url"]["url"].split(",", 1)[1]))  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        ask = [str(MMO), "ask", "--url", url, "--image", str(picture), "what colour is the circle?"]
+        done = subprocess.run(ask, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout.strip()) == (0, "red"), done.stderr
+        done = subprocess.run(
+            [*ask[:4], "--model", "nope", "hi"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 1 and "model 'nope' does not exist" in done.stderr
         seen |= _descendants(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
