@@ -26,7 +26,7 @@ class ModelConfig:
     top_k: int = 2
     d_expert: int = 128
     shared_expert: int = 0  # hidden size of an always-on shared expert; 0 = none
-    image_size: int = 48  # the model's input: image_size x image_size RGB
+    image_size: int = 64  # the model's input: image_size x image_size RGB
     stem_channels: tuple[int, int] = (32, 64)  # conv stem; 3 stride-2 convs -> /8 grid
     max_text_len: int = 24
     embed_dim: int = 64

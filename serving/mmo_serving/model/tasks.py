@@ -169,12 +169,12 @@ def generate_scene(rng: np.random.Generator, augment: bool = True) -> Scene:
     jitter = 18 if augment else 0
     rgbs = [_colour_rgb(rng, c, jitter) for c in colours]
     big, small = max(w, h), min(w, h)
-    hi_frac = max(0.17, 0.46 - 0.07 * n)
+    hi_frac = (0.0, 0.30, 0.22, 0.17, 0.14)[n]  # largest radius / long side
     shapes: list[Shape] = []
     for kind, colour, rgb in zip(kinds, colours, rgbs, strict=True):
         for _attempt in range(200):
             # radius as a fraction of the long side (the model sees a padded square)
-            r = rng.uniform(0.07, hi_frac / 2) * big
+            r = rng.uniform(0.09, hi_frac) * big
             r = min(r, 0.42 * small)
             bound = r * 1.3
             if 2 * bound >= small:

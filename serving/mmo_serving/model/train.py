@@ -28,7 +28,7 @@ from mmo_serving.model.transformer import ShapesMoE, build_model
 @dataclass
 class TrainSettings:
     steps: int = 1500
-    batch_size: int = 48
+    batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.02
     warmup: int = 60
@@ -55,14 +55,16 @@ class PackedBatch:
     cell_colour: torch.Tensor | None = None  # [B, N] dense targets (tasks.cell_labels)
     cell_kind: torch.Tensor | None = None
     cell_centre: torch.Tensor | None = None
-    look: torch.Tensor | None = None  # [M, 3] (row, <sep> position, colour cell label)
+    # supervised lookups [M, 5]: (row, text position, 0 = <sep> / 1 = word, field (0 colour,
+    # 1 kind), cell label)
+    look: torch.Tensor | None = None
 
 
 def pack_samples(samples: list[tasks.Sample], tok: WordTokenizer, cfg: ModelConfig) -> PackedBatch:
     rows: list[tuple[list[int], list[int], list[int], list[bool], list[bool]]] = []
     tpos: list[tuple[int, int]] = []
     tgt: list[int] = []
-    look: list[tuple[int, int, int]] = []
+    look: list[tuple[int, int, int, int, int]] = []
     for r, s in enumerate(samples):
         ids: list[int] = []
         seg: list[int] = []
@@ -84,7 +86,13 @@ def pack_samples(samples: list[tasks.Sample], tok: WordTokenizer, cfg: ModelConf
                 tgt.append(t)
             colour = _looked_up_colour(qa)
             if colour is not None:
-                look.append((r, start + len(q) - 1, 1 + tasks.COLOURS.index(colour)))
+                look.append((r, start + len(q) - 1, 0, 0, 1 + tasks.COLOURS.index(colour)))
+            for p, w in enumerate(q):
+                word = tok.vocab[w]
+                if word in tasks.COLOURS:
+                    look.append((r, start + p, 1, 0, 1 + tasks.COLOURS.index(word)))
+                elif word in tasks.SHAPES:
+                    look.append((r, start + p, 1, 1, 1 + tasks.SHAPES.index(word)))
         c = tok.embed_ids(s.caption, cfg.max_text_len)
         ids += c
         seg += [len(s.qas) + 1] * len(c)
@@ -124,7 +132,7 @@ def pack_samples(samples: list[tasks.Sample], tok: WordTokenizer, cfg: ModelConf
         torch.from_numpy(np.stack([c[0] for c in cells])),
         torch.from_numpy(np.stack([c[1] for c in cells])),
         torch.from_numpy(np.stack([c[2] for c in cells])),
-        torch.tensor(look, dtype=torch.long).reshape(-1, 3),
+        torch.tensor(look, dtype=torch.long).reshape(-1, 5),
     )
 
 
@@ -140,34 +148,49 @@ def _looked_up_colour(qa: tasks.QA) -> str | None:
     return None
 
 
-def lookup_loss(
-    model: ShapesMoE, blocks: list[torch.Tensor], batch: PackedBatch, n: int
+def _head_logits(
+    blk: torch.nn.Module,
+    x_in: torch.Tensor,
+    rows: torch.Tensor,
+    qpos: torch.Tensor,
+    n: int,
+    head: int,
 ) -> torch.Tensor:
-    """Supervised attention: in blocks 1 and 2, head 0 of each question's <sep> token
-    should attend to the image cells of the shape the question is about."""
-    assert batch.look is not None and batch.cell_colour is not None
-    rows, sep, colour = batch.look[:, 0], batch.look[:, 1], batch.look[:, 2]
-    target = (batch.cell_colour[rows] == colour[:, None]).float()  # [M, n]
-    keep = target.sum(1) > 0
-    if not bool(keep.any()):
-        return torch.zeros(())
-    rows, sep, target = rows[keep], sep[keep], target[keep]
-    target = target / target.sum(1, keepdim=True)
+    """Attention logits of one head from text queries (rows, qpos) to the n image keys."""
+    x = blk.ln1(x_in)
+    dh = blk.attn.head_dim
+    d = x.shape[-1]
+    w, bias = blk.attn.qkv.weight, blk.attn.qkv.bias
+    sq, sk = slice(head * dh, (head + 1) * dh), slice(d + head * dh, d + (head + 1) * dh)
+    q = F.linear(x[rows, n + qpos], w[sq], bias[sq])  # [M, dh]
+    k = F.linear(x[rows, :n], w[sk], bias[sk])  # [M, n, dh]
+    return torch.einsum("md,mnd->mn", q, k) / math.sqrt(dh)
+
+
+def lookup_loss(
+    model: ShapesMoE, hidden: list[torch.Tensor], batch: PackedBatch, n: int
+) -> torch.Tensor:
+    """Supervised attention. Each question's <sep> token (head 0 of blocks 1 and 2) should
+    attend to the image cells of the shape the question is about; each colour or shape
+    word of a question (head 1 of blocks 0 and 1) to the cells of that colour or kind.
+    ``hidden[i]`` is the input of block i."""
+    assert batch.look is not None and batch.cell_colour is not None and batch.cell_kind is not None
     total = []
-    for li in (1, 2):
-        if li >= len(model.blocks):
-            break
-        blk = model.blocks[li]
-        x = blk.ln1(blocks[li - 1])
-        dh = blk.attn.head_dim
-        d = x.shape[-1]
-        wq, wk = blk.attn.qkv.weight[:dh], blk.attn.qkv.weight[d : d + dh]
-        bq, bk = blk.attn.qkv.bias[:dh], blk.attn.qkv.bias[d : d + dh]
-        q = F.linear(x[rows, n + sep], wq, bq)  # [M, dh] (head 0)
-        k = F.linear(x[rows, :n], wk, bk)  # [M, n, dh]
-        logits = torch.einsum("md,mnd->mn", q, k) / math.sqrt(dh)
-        total.append(torch.sum(-target * F.log_softmax(logits, -1), -1).mean())
-    return torch.stack(total).mean()
+    for kind, layers, head in ((0, (1, 2), 0), (1, (0, 1), 1)):
+        sel = batch.look[batch.look[:, 2] == kind]
+        rows, qpos, field, label = sel[:, 0], sel[:, 1], sel[:, 3], sel[:, 4]
+        cells = torch.where(field[:, None] == 0, batch.cell_colour[rows], batch.cell_kind[rows])
+        target = (cells == label[:, None]).float()  # [M, n]
+        keep = target.sum(1) > 0
+        if not bool(keep.any()):
+            continue
+        rows, qpos, target = rows[keep], qpos[keep], target[keep]
+        target = target / target.sum(1, keepdim=True)
+        for li in layers:
+            if li < len(model.blocks) and head < model.config.n_heads:
+                logits = _head_logits(model.blocks[li], hidden[li], rows, qpos, n, head)
+                total.append(torch.sum(-target * F.log_softmax(logits, -1), -1).mean())
+    return torch.stack(total).mean() if total else torch.zeros(())
 
 
 N_DENSE = 1 + len(tasks.COLOURS) + 1 + len(tasks.SHAPES) + 1
@@ -187,7 +210,7 @@ def losses(
         n = h_img.shape[1]
         nc = 1 + len(tasks.COLOURS)
         parts = []
-        for hb in blocks:
+        for hb in blocks[1:]:
             logits = dense_head(hb[:, :n])
             parts.append(
                 F.cross_entropy(logits[..., :nc].flatten(0, 1), batch.cell_colour.flatten())

@@ -152,8 +152,11 @@ class ShapesMoE(nn.Module):
         past: KVCache | None = None,
         collect: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """All blocks, then the final norm. ``collect`` receives each block's output."""
+        """All blocks, then the final norm. ``collect`` receives the input of the first
+        block, then each block's output."""
         keys, values = [], []
+        if collect is not None:
+            collect.append(x)
         for i, blk in enumerate(self.blocks):
             p = (past.keys[i], past.values[i]) if past is not None else None
             x, (k, v) = blk(x, mask, valid, is_img, p)
@@ -175,7 +178,7 @@ class ShapesMoE(nn.Module):
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Training / scoring forward. text tensors [B, T]; segment ids of text >= 1.
         Returns final hidden states (image [B, N, D] or None, text [B, T, D]);
-        ``collect`` receives every block's output (image tokens first)."""
+        ``collect`` receives the blocks' input, then every block's output."""
         b = text_ids.shape[0]
         dev = text_ids.device
         tx = self.tok_emb(text_ids) + self.txt_pos(pos.clamp(max=self.config.max_text_len - 1))
