@@ -207,6 +207,7 @@ class _Outcome:
         self.modality = "text"
         self.cache = "off"
         self.start = time.perf_counter()
+        self.request_id = ""
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT)
@@ -368,6 +369,7 @@ class MmoIngress:
     async def _decide(
         self,
         request: Request,
+        request_id: str,
         route: str,
         body: bytes,
         texts: list[str],
@@ -376,7 +378,7 @@ class MmoIngress:
     ) -> tuple[Decision, str]:
         tenant, headers = self._caller(request)
         info = RequestInfo(
-            request_id=headers.get("x-request-id") or uuid.uuid4().hex,
+            request_id=request_id,
             route=route,
             tenant=tenant,
             headers=headers,
@@ -453,35 +455,35 @@ class MmoIngress:
 
     @api.post(CHAT_ROUTE)
     async def chat_completions(self, request: Request) -> Response:
-        out = self._enter(CHAT_ROUTE)
-        try:
-            return await self._chat(request, out)
-        except oa.ApiError as exc:
-            out.code = exc.status
-            return JSONResponse(exc.body(), status_code=exc.status)
-        except Exception:
-            log.exception("chat completion failed")
-            out.code = 500
-            err = oa.ApiError(500, "internal error", code="internal_error", type="server_error")
-            return JSONResponse(err.body(), status_code=500)
-        finally:
-            self._leave(out)
+        return await self._answer(CHAT_ROUTE, request, self._chat)
 
     @api.post(EMBED_ROUTE)
     async def embeddings(self, request: Request) -> Response:
-        out = self._enter(EMBED_ROUTE)
+        return await self._answer(EMBED_ROUTE, request, self._embeddings)
+
+    async def _answer(
+        self,
+        route: str,
+        request: Request,
+        handler: Callable[[Request, _Outcome], Awaitable[Response]],
+    ) -> Response:
+        """Run one API request: errors as OpenAI JSON, metrics. The request id is the
+        client's ``X-Request-Id`` or the one Serve's proxy gave the request."""
+        out = self._enter(route)
+        out.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
-            return await self._embeddings(request, out)
+            resp = await handler(request, out)
         except oa.ApiError as exc:
             out.code = exc.status
-            return JSONResponse(exc.body(), status_code=exc.status)
+            resp = JSONResponse(exc.body(), status_code=exc.status)
         except Exception:
-            log.exception("embedding failed")
+            log.exception("%s failed", route)
             out.code = 500
             err = oa.ApiError(500, "internal error", code="internal_error", type="server_error")
-            return JSONResponse(err.body(), status_code=500)
+            resp = JSONResponse(err.body(), status_code=500)
         finally:
             self._leave(out)
+        return resp  # Serve's proxy puts the same x-request-id on the response
 
     # ------------------------------------------------------------------ chat
 
@@ -491,7 +493,13 @@ class MmoIngress:
         self._check_model(req.model)
         texts, images = _collect_chat(req)
         decision, tenant = await self._decide(
-            request, CHAT_ROUTE, raw, [t for t, _ in texts], [u for u, _ in images], req.stream
+            request,
+            out.request_id,
+            CHAT_ROUTE,
+            raw,
+            [t for t, _ in texts],
+            [u for u, _ in images],
+            req.stream,
         )
         if decision.action == "offload" and decision.response is not None:
             out.cache = "offload"
@@ -615,7 +623,9 @@ class MmoIngress:
                 texts.append(text)
             if url is not None:
                 urls.append(url)
-        decision, tenant = await self._decide(request, EMBED_ROUTE, raw, texts, urls, False)
+        decision, tenant = await self._decide(
+            request, out.request_id, EMBED_ROUTE, raw, texts, urls, False
+        )
         if decision.action == "offload" and decision.response is not None:
             out.cache = "offload"
             return JSONResponse(decision.response, headers={"x-mmo-cache": "offload"})

@@ -215,7 +215,9 @@ def test_app_chat_with_image_answers(server: Server) -> None:
     assert answer.split()[0] == "green"
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] == 3
-    r = server.chat(_ask("green"), max_tokens=1)
+    assert r.headers["x-request-id"]  # Serve's proxy makes one when the client sends none
+    r = server.chat(_ask("green"), headers={"X-Request-Id": "req-42"}, max_tokens=1)
+    assert r.headers["x-request-id"] == "req-42"
     assert r.json()["choices"][0]["message"]["content"] == "green"
     assert r.json()["choices"][0]["finish_reason"] == "length"
 
@@ -274,6 +276,7 @@ def _error(r: httpx.Response, status: int, code: str, needle: str) -> dict[str, 
     assert set(err) == {"message", "type", "param", "code"}
     assert err["code"] == code
     assert needle in err["message"], err["message"]
+    assert r.headers["x-request-id"]
     return err
 
 
