@@ -40,7 +40,9 @@ def register(subparsers: Any) -> None:
         help="hybrid mode: CA bundle to verify the cloud endpoint (e.g. a self-signed one)",
     )
     p.add_argument(
-        "--audit-file", metavar="PATH", help="write the audit lines here instead of stdout"
+        "--audit-file",
+        metavar="PATH",
+        help="audit lines (JSON, one per decision) go here (default: a file in the temp dir)",
     )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Serve's logs")

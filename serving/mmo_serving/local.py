@@ -21,6 +21,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -73,8 +74,12 @@ def app_args_for(opts: UpOptions) -> AppArgs:
         if not os.path.isfile(opts.ca_bundle):
             raise UpError(f"--ca-bundle: {opts.ca_bundle}: no such file")
         args.isolation.hybrid.ca_bundle = os.path.abspath(opts.ca_bundle)
-    if opts.audit_file is not None:
-        args.isolation.audit_path = os.path.abspath(opts.audit_file)
+    if args.isolation.audit_enabled:
+        # The replica's stdout ends in Ray's log files: a file the user can tail is better.
+        path = opts.audit_file or os.path.join(
+            tempfile.gettempdir(), f"mmo-up-{args.name}-audit.jsonl"
+        )
+        args.isolation.audit_path = os.path.abspath(path)
     return AppArgs.model_validate(args.model_dump())
 
 
@@ -120,6 +125,7 @@ def banner(args: AppArgs, url: str, metrics_url: str) -> str:
             f"  endpoint:  {url}/v1  (OpenAI-compatible: chat/completions, embeddings, models)",
             f"  health:    {url}/healthz   {url}/readyz   {url}/v1/expert-load",
             f"  metrics:   {metrics_url}  (Prometheus; series ray_mmo_*)",
+            f"  audit:     {args.isolation.audit_path or 'off'}",
             "  try:",
             f"    {curl}",
             f'    mmo ask --url {url} --image PICTURE.png "{SAMPLE_QUESTION}"',

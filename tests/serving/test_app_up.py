@@ -89,6 +89,7 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
     cmd = [
         str(MMO), "up", str(small_spec), "--port", str(port),
         "--metrics-port", str(metrics_port), "--num-cpus", "4", "--timeout", "300",
+        "--audit-file", str(small_spec.with_name("audit.jsonl")),
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
@@ -117,6 +118,7 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         assert f"endpoint:  http://127.0.0.1:{port}/v1" in output
         assert f"metrics:   http://127.0.0.1:{metrics_port}/metrics" in output
         assert "curl -s" in output and "data:image/png;base64," in output
+        audit = Path(re.search(r"audit:\s+(\S+)", output).group(1))  # type: ignore[union-attr]
         seen |= _descendants(proc.pid)
         assert len(seen) >= 3  # Ray's processes were started below mmo up
 
@@ -141,6 +143,8 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         ask = [str(MMO), "ask", "--url", url, "--image", str(picture), "what colour is the circle?"]
         done = subprocess.run(ask, capture_output=True, text=True, timeout=120)
         assert (done.returncode, done.stdout.strip()) == (0, "red"), done.stderr
+        lines = audit.read_text().splitlines()  # the gateway audited both requests
+        assert len(lines) >= 2 and "circle" not in audit.read_text()
         done = subprocess.run(
             [*ask[:4], "--model", "nope", "hi"], capture_output=True, text=True, timeout=120
         )
