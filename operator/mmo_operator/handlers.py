@@ -14,6 +14,7 @@ to start with one and no webhook server).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import logging
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Options:
     resync_seconds: float = 60.0
     metrics_port: int | None = 8080
     peering_lifetime: int = 60
+    workers: int = 16
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
     resource = (GROUP, VERSION, PLURAL)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="serving.mmo.dev"
@@ -113,6 +115,10 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
                 insecure=options.webhook_insecure,
             )
         memo.reconciler = Reconciler(Kube(), webhook=options.webhook)
+        # reconciles run in threads (the kubernetes client is synchronous)
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=options.workers)
+        )
         if options.metrics_port:
             metrics.serve(options.metrics_port)
 
@@ -179,6 +185,8 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         model_body = next(iter(models[(namespace, owner)]))
         rayservice = None if type == "DELETED" else _plain(body)
         rec = _reconciler(memo)
+        if rec.refresh_soon(model_body, rayservice):
+            return  # a reconcile of that model runs now and applies it when done
         try:
             outcome = await asyncio.to_thread(rec.refresh, model_body, rayservice)
         except KubeTemporaryError:

@@ -167,6 +167,16 @@ def _describe(kind: str, name: str) -> str:
     return f"{kind} {name}"
 
 
+def _collapse_created(events: list[Event]) -> list[Event]:
+    """One "Created" event for all the children created in one reconcile (fewer writes)."""
+    created = [e for e in events if e.reason == "Created"]
+    if len(created) <= 1:
+        return events
+    what = ", ".join(e.message.removeprefix("created ") for e in created)
+    rest = [e for e in events if e.reason != "Created"]
+    return [Event("Normal", "Created", f"created {what}"), *rest]
+
+
 # ---------------------------------------------------------------------- the reconcile
 
 
@@ -180,6 +190,9 @@ class Reconciler:
         self._guard = threading.Lock()
         self.observations: dict[str, Observation] = {}
         self.failed_generation: dict[str, int] = {}
+        # RayService observations that arrived while the model was being reconciled.
+        self.pending: dict[str, tuple[Obj, Obj | None]] = {}
+        self._pending_guard = threading.Lock()
 
     def lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -200,8 +213,36 @@ class Reconciler:
     def reconcile(self, body: Obj) -> Outcome:
         meta = body["metadata"]
         key = f"{meta.get('namespace')}/{meta['name']}"
-        with self.lock(key):
+        lock = self.lock(key)
+        lock.acquire()
+        try:
             return self._reconcile(body, key)
+        finally:
+            self._drain_and_release(key, lock)
+
+    def _drain_and_release(self, key: str, lock: threading.Lock) -> None:
+        """Apply the RayService reports that arrived meanwhile, then release the model."""
+        while True:
+            with self._pending_guard:
+                late = self.pending.pop(key, None)
+                if late is None:
+                    lock.release()
+                    return
+            try:
+                self._refresh(late[0], late[1], key)
+            except ApiFailure as e:
+                log.warning("status refresh of %s failed: %s", key, e)
+
+    def refresh_soon(self, body: Obj, rayservice: Obj | None) -> bool:
+        """Hand a RayService report to the reconcile running for its model, if any."""
+        meta = body["metadata"]
+        key = f"{meta.get('namespace')}/{meta['name']}"
+        lock = self.lock(key)
+        with self._pending_guard:
+            if not lock.locked():
+                return False
+            self.pending[key] = (body, rayservice)
+            return True
 
     def _reconcile(self, body: Obj, key: str) -> Outcome:
         meta = body["metadata"]
@@ -316,9 +357,10 @@ class Reconciler:
                 outcome.events.append(
                     Event("Normal", "Deleted", f"deleted {_describe(ckey[1], ckey[2])}")
                 )
+        outcome.events = _collapse_created(outcome.events)
         obs.rayservice = seen.get(("ray.io/v1", "RayService", name))
-        self._write_status(body, model, obs, outcome)
         self.observations[f"{ns}/{name}"] = obs
+        self._write_status(body, model, obs, outcome)
         if not obs.kuberay_installed:
             raise KubeTemporaryError(
                 "KubeRay CRDs not installed (ray.io/v1 RayService); waiting for them",
@@ -397,33 +439,41 @@ class Reconciler:
         """Recompute the status with a new RayService observation (no reads)."""
         meta = body["metadata"]
         key = f"{meta.get('namespace')}/{meta['name']}"
-        with self.lock(key):
-            previous = self.observations.get(key)
-            if previous is None or previous.generation != meta.get("generation"):
+        lock = self.lock(key)
+        lock.acquire()
+        try:
+            return self._refresh(body, rayservice, key)
+        finally:
+            self._drain_and_release(key, lock)
+
+    def _refresh(self, body: Obj, rayservice: Obj | None, key: str) -> Outcome | None:
+        meta = body["metadata"]
+        previous = self.observations.get(key)
+        if previous is None or previous.generation != meta.get("generation"):
+            return None
+        try:
+            model = MultimodalModel.model_validate(model_document(body))
+        except ValueError:
+            return None
+        obs = Observation(**{**previous.__dict__, "rayservice": rayservice})
+        outcome = Outcome(status={}, observation=obs)
+        try:
+            self._write_status(body, model, obs, outcome)
+        except ApiFailure as e:
+            if e.status != 409:
+                raise
+            # the cached body was stale: read the model once and try again
+            fresh = self.kube.get(
+                body["apiVersion"],
+                body["kind"],
+                meta.get("namespace") or "default",
+                meta["name"],
+            )
+            if fresh is None or fresh["metadata"].get("generation") != obs.generation:
                 return None
-            try:
-                model = MultimodalModel.model_validate(model_document(body))
-            except ValueError:
-                return None
-            obs = Observation(**{**previous.__dict__, "rayservice": rayservice})
-            outcome = Outcome(status={}, observation=obs)
-            try:
-                self._write_status(body, model, obs, outcome)
-            except ApiFailure as e:
-                if e.status != 409:
-                    raise
-                # the cached body was stale: read the model once and try again
-                fresh = self.kube.get(
-                    body["apiVersion"],
-                    body["kind"],
-                    meta.get("namespace") or "default",
-                    meta["name"],
-                )
-                if fresh is None or fresh["metadata"].get("generation") != obs.generation:
-                    return None
-                self._write_status(fresh, model, obs, outcome)
-            self.observations[key] = obs
-            return outcome
+            self._write_status(fresh, model, obs, outcome)
+        self.observations[key] = obs
+        return outcome
 
     # -- deletion
 

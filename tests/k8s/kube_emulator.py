@@ -33,6 +33,7 @@ Known simplifications: lists in server-side apply are atomic (no list-map merge)
 from __future__ import annotations
 
 import asyncio
+import bisect
 import copy
 import datetime
 import itertools
@@ -300,6 +301,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.rv = 0
         self.events: list[tuple[int, kmock.resource, Obj]] = []
+        self._event_rvs: list[int] = []  # the rv of each event, for bisecting
         self.compacted_rv = 0
         self.max_events = 20000
         self.faults: list[Fault] = []
@@ -307,6 +309,14 @@ class StrictEmulator(kmock.KubernetesEmulator):
         self._changed: asyncio.Event | None = None
         self._watch_generation = 0
         self._uids: dict[str, Key] = {}
+        self._by_resource: dict[kmock.resource, dict[tuple[str | None, str], Any]] = {}
+        self._direct = {
+            enums.action.LIST: self._serve_list,
+            enums.action.FETCH: self._serve_fetch,
+            enums.action.CREATE: self._serve_create,
+            enums.action.UPDATE: self._serve_update,
+            enums.action.DELETE: self._serve_delete,
+        }
         self.resources.load_bundled()
 
     # -------------------------------------------------------------- public helpers
@@ -348,6 +358,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
         """Forget the event history: resuming a watch from an older version answers 410."""
         self.compacted_rv = self.rv
         self.events.clear()
+        self._event_rvs.clear()
 
     def expire_watches(self) -> None:
         """Compact and make every open watch answer 410 Gone (as after an etcd compaction)."""
@@ -361,6 +372,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
             obj = self.objects[key]
             if obj.deleted:
                 del self.objects[key]
+                self._by_resource.get(key[0], {}).pop(key[1:], None)
             else:
                 obj.history = [obj.last.raw]
 
@@ -437,6 +449,16 @@ class StrictEmulator(kmock.KubernetesEmulator):
                     )
             if request.resource is not None and request.method.value == "PUT":
                 raise ApiError(405, "PUT is not served by this emulator; use PATCH")
+            known = request.resource is not None and request.resource.plural is not None
+            direct = self._direct.get(request.action) if known else None
+            if direct is not None and request.params.get("watch") not in ("true", "1"):
+                # Object requests skip KMock's reaction matching (costly per request);
+                # faults are injected with inject(), not with DSL reactions.
+                payload = await direct(request)
+                status = 200
+                if isinstance(payload, rendering.Response):
+                    status, payload = payload.status or 200, payload.payload
+                return aiohttp.web.json_response(payload, status=status)
             # Skip KubernetesEmulator._handle (it mutates before dispatching); the
             # fallbacks registered by its __attrs_post_init__ call our _serve_* below.
             return await apps.RawHandler._handle(self, request)
@@ -468,8 +490,8 @@ class StrictEmulator(kmock.KubernetesEmulator):
         label_ok = parse_label_selector(labels)
         field_ok = parse_field_selector(fields)
         out = []
-        for (r, ns, _name), obj in self.objects.items():
-            if r != res or obj.deleted:
+        for (ns, _name), obj in list(self._by_resource.get(res, {}).items()):
+            if obj.deleted:
                 continue
             if namespace is not None and ns != namespace:
                 continue
@@ -541,11 +563,11 @@ class StrictEmulator(kmock.KubernetesEmulator):
             if generation != self._watch_generation:
                 yield self._gone(since)
                 return
-            for rv, r, event in list(self.events):
-                if rv > since and r == res and selected(event["object"]):
+            start = bisect.bisect_right(self._event_rvs, since)
+            for rv, r, event in self.events[start:]:
+                if r == res and selected(event["object"]):
                     yield copy.deepcopy(event)
-                if rv > since:
-                    since = rv
+                since = max(since, rv)
             since = max(since, self.rv)
             wait = None if deadline is None else deadline - asyncio.get_running_loop().time()
             if wait is not None and wait <= 0:
@@ -582,10 +604,12 @@ class StrictEmulator(kmock.KubernetesEmulator):
 
     def _emit(self, res: kmock.resource, kind: str, obj: Obj) -> None:
         self.events.append((self.rv, res, {"type": kind, "object": copy.deepcopy(obj)}))
+        self._event_rvs.append(self.rv)
         if len(self.events) > self.max_events:
             drop = len(self.events) - self.max_events
             self.compacted_rv = self.events[drop - 1][0]
             del self.events[:drop]
+            del self._event_rvs[:drop]
         self._notify()
 
     def _store(self, res: kmock.resource, obj: Obj, event: str) -> Obj:
@@ -595,6 +619,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(self.rv)
         if key not in self.objects:
             self.objects[key] = obj
+            self._by_resource.setdefault(res, {})[key[1:]] = self.objects[key]
         elif self.objects[key].deleted:
             self.objects[key].create(obj)
         else:
