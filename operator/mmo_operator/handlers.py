@@ -131,7 +131,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         return info
 
     @kopf.index(*resource, id="models", registry=registry)
-    def models(namespace: str, name: str, body: Any, **_: Any) -> dict[Any, Any]:
+    def models(namespace: str | None, name: str, body: Any, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _plain(body)}
 
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
@@ -176,11 +176,11 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         registry=registry,
     )
     async def rayservice_changed(
-        body: Any, type: str, memo: Any, models: kopf.Index, **_: Any
+        body: Any, type: Any, memo: Any, models: Any = None, **_: Any
     ) -> None:
         owner = (body.get("metadata", {}).get("labels") or {}).get(MODEL_LABEL)
         namespace = body["metadata"].get("namespace")
-        if not owner or (namespace, owner) not in models:
+        if models is None or not owner or (namespace, owner) not in models:
             return
         model_body = next(iter(models[(namespace, owner)]))
         rayservice = None if type == "DELETED" else _plain(body)
@@ -205,12 +205,10 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         id="crd-changed",
         registry=registry,
     )
-    async def crd_changed(
-        name: str, type: str | None, memo: Any, models: kopf.Index, **_: Any
-    ) -> None:
+    async def crd_changed(name: str, type: Any, memo: Any, models: Any = None, **_: Any) -> None:
         rec = _reconciler(memo)
         rec.kube.forget_discovery()
-        if type is None:
+        if type is None or models is None:
             return  # the initial listing: resume/create handlers reconcile anyway
         for key in list(models.keys()):
             for body in list(models.get(key, [])):

@@ -59,6 +59,7 @@ class KubeTemporaryError(kopf.TemporaryError):
     def __init__(self, message: str, *, reason: str, delay: float) -> None:
         super().__init__(message, delay=delay)
         self.reason = reason
+        self.events: list[Any] = []  # what the failed reconcile did before failing
 
 
 class KubePermanentError(kopf.PermanentError):
@@ -67,6 +68,7 @@ class KubePermanentError(kopf.PermanentError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.events: list[Any] = []
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ class Reconciler:
             model = validated.model
             return self._deploy(body, model, validated, obs, outcome)
         except (KubeTemporaryError, KubePermanentError) as e:
-            e.events = outcome.events  # type: ignore[attr-defined]
+            e.events = list(outcome.events)
             raise
         except ApiFailure as e:
             err = to_kopf_error(e, f"reconciling {key}")
