@@ -57,6 +57,7 @@ MANAGED_KINDS: tuple[tuple[str, str], ...] = (
     ("policy/v1", "PodDisruptionBudget"),
     ("ray.io/v1", "RayService"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("apps/v1", "Deployment"),  # the Flower SuperNode, federated mode only
 )
 OPTIONAL_KINDS = {("ray.io/v1", "RayService"), ("monitoring.coreos.com/v1", "PodMonitor")}
 

@@ -17,6 +17,7 @@ NAMESPACED = {
     ("networking.k8s.io", "networkpolicies"): APPLY,
     ("policy", "poddisruptionbudgets"): APPLY,
     ("monitoring.coreos.com", "podmonitors"): APPLY,
+    ("apps", "deployments"): APPLY,  # the Flower SuperNode in federated mode
     ("", "events"): {"create"},
 }
 CLUSTER = {("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}

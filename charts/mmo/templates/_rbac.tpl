@@ -30,6 +30,10 @@
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# The site's Flower SuperNode Deployment (federated mode only).
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Kubernetes Events for what the operator did (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
