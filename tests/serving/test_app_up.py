@@ -60,13 +60,10 @@ def _alive(pid: int) -> bool:
 
 
 def _builtin_available() -> bool:
-    from mmo_operator.api.builtin import checkpoint_dir
+    """The checkpoint files are installed (where the model package reads them)."""
+    from mmo_serving.model.checkpoint import resolve_source
 
-    try:
-        checkpoint_dir("shapes-moe")
-    except Exception:
-        return False
-    return True
+    return (resolve_source("builtin://shapes-moe") / "config.json").is_file()
 
 
 @pytest.fixture()
@@ -83,6 +80,10 @@ def small_spec(tmp_path: Path) -> Path:
 def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
     if not _builtin_available():
         pytest.skip("builtin://shapes-moe checkpoint not installed")
+    from mmo_operator.api.builtin import assets_dir, available_builtins
+
+    # mmo up validates with the operator's own code: it must see the installed checkpoint
+    assert "shapes-moe" in available_builtins(), f"operator looks in {assets_dir()}"
     from mmo_serving.local import sample_request
 
     port, metrics_port = _free_port(), _free_port()
