@@ -8,6 +8,7 @@ to start with one and no webhook server).
 - delete: remove the children, then kopf releases the finalizer;
 - RayService events (KubeRay reporting): refresh the owner's status from the event;
 - CRD events (KubeRay or prometheus-operator installed later): reconcile every model;
+- a rebalance timer for models with ``spec.experts.rebalance.enabled`` (rebalance.py);
 - validating admission: exactly the checks of ``mmo validate``.
 """
 
@@ -17,7 +18,7 @@ import asyncio
 import concurrent.futures
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -28,6 +29,7 @@ from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from mmo_operator.api.validation import validate
 from mmo_operator.builders.common import MANAGER, MODEL_LABEL
 from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
+from mmo_operator.rebalance import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
 from mmo_operator.reconcile import Outcome, Reconciler, model_document
 
 log = logging.getLogger("mmo_operator")
@@ -49,6 +51,7 @@ class Options:
     metrics_port: int | None = 8080
     peering_lifetime: int = 60
     workers: int = 16
+    rebalance: RebalanceOptions = field(default_factory=RebalanceOptions)
 
 
 def _plain(body: Any) -> dict[str, Any]:
@@ -115,6 +118,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
                 insecure=options.webhook_insecure,
             )
         memo.reconciler = Reconciler(Kube(), webhook=options.webhook)
+        memo.rebalancer = Rebalancer(memo.reconciler, options.rebalance)
         # reconciles run in threads (the kubernetes client is synchronous)
         asyncio.get_running_loop().set_default_executor(
             concurrent.futures.ThreadPoolExecutor(max_workers=options.workers)
@@ -156,6 +160,18 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
             return
         await run_reconcile(body, memo, logger)
 
+    @kopf.timer(
+        *resource,
+        interval=options.rebalance.check_seconds,
+        initial_delay=options.rebalance.check_seconds,
+        when=lambda spec, **_: rebalance_enabled(spec),
+        id="rebalance",
+        registry=registry,
+    )
+    async def rebalance(body: Any, memo: Any, logger: Any, **_: Any) -> None:
+        # live expert rebalancing from the serving engine's load (rebalance.py)
+        await run_check(body, memo.rebalancer, logger)
+
     @kopf.on.delete(*resource, id="cleanup", registry=registry)
     async def delete(body: Any, memo: Any, logger: Any, **_: Any) -> None:
         rec = _reconciler(memo)
@@ -165,6 +181,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
             metrics.count_error(e.reason)
             raise
         metrics.forget(_key(body))
+        memo.rebalancer.forget(_key(body))
         logger.info(f"deleted {deleted} child object(s); releasing the finalizer")
 
     @kopf.on.event(

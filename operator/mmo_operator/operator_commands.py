@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 import yaml
 
 from mmo_operator.api.problems import InvalidResource
+from mmo_operator.planning.live import DEFAULT_LOAD_URL
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -56,7 +58,22 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from mmo_operator.handlers import Options, build_registry
+    from mmo_operator.planning.live import check_url_template
+    from mmo_operator.rebalance import RebalanceOptions
 
+    try:
+        check_url_template(args.expert_load_url)
+    except ValueError as e:
+        print(f"mmo operator: --expert-load-url: {e}", file=sys.stderr)
+        return 2
+    for flag, value in (
+        ("--expert-load-timeout", args.expert_load_timeout),
+        ("--rebalance-check-seconds", args.rebalance_check_seconds),
+        ("--rebalance-interval-override", args.rebalance_interval_override),
+    ):
+        if value is not None and not value > 0:
+            print(f"mmo operator: {flag} must be > 0, got {value}", file=sys.stderr)
+            return 2
     if args.namespace and args.all_namespaces:
         print("mmo operator: give --namespace or --all-namespaces, not both", file=sys.stderr)
         return 2
@@ -73,6 +90,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port or None,
         peering_lifetime=args.peering_lifetime,
+        rebalance=RebalanceOptions(
+            url_template=args.expert_load_url,
+            timeout_s=args.expert_load_timeout,
+            check_seconds=args.rebalance_check_seconds,
+            interval_override=args.rebalance_interval_override,
+        ),
     )
     kopf.configure(verbose=args.verbose, debug=args.debug)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
@@ -150,6 +173,33 @@ def register(subparsers: Any) -> None:
         type=int,
         default=60,
         help="seconds after which a silent peer is considered gone",
+    )
+    p.add_argument(
+        "--expert-load-url",
+        default=os.environ.get("MMO_EXPERT_LOAD_URL", DEFAULT_LOAD_URL),
+        metavar="TEMPLATE",
+        help="where live rebalancing reads a model's expert load; placeholders {name}, "
+        "{namespace}, {port}, {service} (= {name}-serve-svc) "
+        "(env MMO_EXPERT_LOAD_URL; default %(default)s)",
+    )
+    p.add_argument(
+        "--expert-load-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="timeout of one expert-load read",
+    )
+    p.add_argument(
+        "--rebalance-check-seconds",
+        type=float,
+        default=float(os.environ.get("MMO_REBALANCE_CHECK_SECONDS", "15")),
+        metavar="SECONDS",
+        help="how often the rebalance timer looks whether a model's "
+        "spec.experts.rebalance.intervalSeconds has passed",
+    )
+    # Tests only: use this interval instead of spec intervalSeconds (the CRD minimum is 30).
+    p.add_argument(
+        "--rebalance-interval-override", type=float, default=None, help=argparse.SUPPRESS
     )
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--debug", action="store_true")

@@ -44,7 +44,7 @@ from mmo_operator.kube import (
     to_kopf_error,
 )
 from mmo_operator.planning import plan_for_model
-from mmo_operator.status import Observation, compute_status
+from mmo_operator.status import Observation, compute_status, rebalance_figures
 from mmo_serving.config import PlacementPlan
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,16 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class Rebalance:
+    """A plan the rebalance timer chose from observed load, with its figures."""
+
+    plan: PlacementPlan
+    balancedness_before: float
+    moved_experts: int
+    time: str
 
 
 @dataclass
@@ -140,7 +150,12 @@ def current_plan(configmap: Obj | None, fresh: PlacementPlan) -> PlacementPlan:
         return fresh
     if plan is None:
         return fresh
-    same_shape = (
+    return plan if same_shape(plan, fresh) else fresh
+
+
+def same_shape(plan: PlacementPlan, fresh: PlacementPlan) -> bool:
+    """``plan`` still fits the spec that ``fresh`` was planned from."""
+    return (
         plan.strategy == fresh.strategy
         and plan.num_gpus == fresh.num_gpus
         and plan.num_nodes == fresh.num_nodes
@@ -149,7 +164,6 @@ def current_plan(configmap: Obj | None, fresh: PlacementPlan) -> PlacementPlan:
         and plan.redundant_experts == fresh.redundant_experts
         and len(plan.layers) == len(fresh.layers)
     )
-    return plan if same_shape else fresh
 
 
 def status_patch(old: Obj | None, new: Obj) -> Obj | None:
@@ -191,6 +205,8 @@ class Reconciler:
         self._guard = threading.Lock()
         self.observations: dict[str, Observation] = {}
         self.failed_generation: dict[str, int] = {}
+        # The last rebalance of each model (its plan stays in the placement ConfigMap).
+        self.rebalances: dict[str, Rebalance] = {}
         # RayService observations that arrived while the model was being reconciled.
         self.pending: dict[str, tuple[Obj, Obj | None]] = {}
         self._pending_guard = threading.Lock()
@@ -211,13 +227,15 @@ class Reconciler:
 
     # -- main entry
 
-    def reconcile(self, body: Obj) -> Outcome:
+    def reconcile(self, body: Obj, *, rebalance: Rebalance | None = None) -> Outcome:
+        """``rebalance``: deploy its plan (written to the placement ConfigMap and the
+        serveConfigV2 user_config, in place) instead of the one in the ConfigMap."""
         meta = body["metadata"]
         key = f"{meta.get('namespace')}/{meta['name']}"
         lock = self.lock(key)
         lock.acquire()
         try:
-            return self._reconcile(body, key)
+            return self._reconcile(body, key, rebalance)
         finally:
             self._drain_and_release(key, lock)
 
@@ -245,7 +263,7 @@ class Reconciler:
             self.pending[key] = (body, rayservice)
             return True
 
-    def _reconcile(self, body: Obj, key: str) -> Outcome:
+    def _reconcile(self, body: Obj, key: str, rebalance: Rebalance | None = None) -> Outcome:
         meta = body["metadata"]
         obs = Observation(generation=meta.get("generation"), webhook=self.webhook)
         outcome = Outcome(status={}, observation=obs)
@@ -260,7 +278,7 @@ class Reconciler:
                 return self._invalid(body, doc, e, obs, outcome)
             self.failed_generation.pop(key, None)
             model = validated.model
-            return self._deploy(body, model, validated, obs, outcome)
+            return self._deploy(body, model, validated, obs, outcome, rebalance)
         except (KubeTemporaryError, KubePermanentError) as e:
             e.events = list(outcome.events)
             raise
@@ -305,6 +323,7 @@ class Reconciler:
         validated: Validated,
         obs: Observation,
         outcome: Outcome,
+        rebalance: Rebalance | None = None,
     ) -> Outcome:
         kube = self.kube
         ns, name, uid = model.namespace, model.name, body["metadata"].get("uid")
@@ -321,13 +340,13 @@ class Reconciler:
         seen = self._observe(ns, name, kinds)
         fresh = plan_for_model(model, validated.architecture, validated.capacity)
         cm = seen.get(("v1", "ConfigMap", placement_configmap_name(model)))
-        plan = current_plan(cm, fresh)
+        if rebalance is not None and same_shape(rebalance.plan, fresh):
+            self.rebalances[f"{ns}/{name}"] = rebalance
+            plan = rebalance.plan
+        else:
+            plan = current_plan(cm, fresh)
         obs.plan = plan
-        previous = self.observations.get(f"{ns}/{name}")
-        if previous is not None and previous.plan == plan:
-            obs.balancedness_before = previous.balancedness_before
-            obs.moved_experts = previous.moved_experts
-            obs.last_rebalance_time = previous.last_rebalance_time
+        self._rebalance_figures(body, obs, fresh)
         args = build_app_args(model, plan)
         desired = build_children(
             model, plan, args=args, uid=uid, pod_monitor=obs.monitoring_installed
@@ -369,6 +388,27 @@ class Reconciler:
                 delay=15,
             )
         return outcome
+
+    def _rebalance_figures(self, body: Obj, obs: Observation, fresh: PlacementPlan) -> None:
+        """``status.placement``'s rebalance figures while the rebalanced plan is in force:
+        from memory, or after an operator restart from the status written before."""
+        meta = body["metadata"]
+        key = f"{meta.get('namespace')}/{meta['name']}"
+        plan = obs.plan
+        done = self.rebalances.get(key)
+        previous = self.observations.get(key)
+        if done is not None and done.plan == plan:
+            obs.balancedness_before = done.balancedness_before
+            obs.moved_experts = done.moved_experts
+            obs.last_rebalance_time = done.time
+        elif previous is not None and previous.plan == plan:
+            obs.balancedness_before = previous.balancedness_before
+            obs.moved_experts = previous.moved_experts
+            obs.last_rebalance_time = previous.last_rebalance_time
+        elif plan is not None and plan != fresh:
+            figures = rebalance_figures(body.get("status"), plan)
+            if figures is not None:
+                obs.balancedness_before, obs.moved_experts, obs.last_rebalance_time = figures
 
     def _recreate_if_needed(
         self, model: MultimodalModel, child: Obj, observed: Obj, outcome: Outcome
@@ -495,4 +535,5 @@ class Reconciler:
                 raise to_kopf_error(e, f"deleting the children of {key}") from e
             self.observations.pop(key, None)
             self.failed_generation.pop(key, None)
+            self.rebalances.pop(key, None)
         return deleted

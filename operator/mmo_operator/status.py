@@ -250,6 +250,26 @@ def compute_status(
     return status
 
 
+def rebalance_figures(
+    status: Obj | None, plan: PlacementPlan
+) -> tuple[float, int, str | None] | None:
+    """(balancednessBefore, movedExperts, lastRebalanceTime) recorded in ``status`` for
+    ``plan`` (its balancedness matches), so that they survive an operator restart."""
+    placement = (status or {}).get("placement") or {}
+    before = placement.get("balancednessBefore")
+    if not isinstance(before, int | float) or isinstance(before, bool):
+        return None
+    if placement.get("balancedness") != round(plan.balancedness, 4):
+        return None
+    moved = placement.get("movedExperts")
+    when = placement.get("lastRebalanceTime")
+    return (
+        float(before),
+        moved if isinstance(moved, int) and not isinstance(moved, bool) else 0,
+        when if isinstance(when, str) else None,
+    )
+
+
 def condition(status: Obj | None, ctype: str) -> Obj | None:
     for cond in (status or {}).get("conditions") or []:
         if cond.get("type") == ctype:
