@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -143,8 +145,29 @@ def load_server() -> Iterator[LoadServer]:
         server.close()
 
 
-def _operator(start: StartOperator, server: LoadServer, interval: float) -> OperatorProcess:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rebalances_total(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("mmo_operator_rebalances_total "):
+            return float(line.split()[1])
+    return None
+
+
+def _operator(
+    start: StartOperator, server: LoadServer, interval: float, *extra: str
+) -> OperatorProcess:
     return start(
+        *extra,
         "--expert-load-url",
         server.url_template,
         "--expert-load-timeout",
@@ -190,8 +213,10 @@ def test_skewed_load_rebalances_in_place_once(
     initial, _ = plan_and_app_args(validate(_rebalancing_doc()))
     loads = _zipf_loads(len(initial.layers), initial.num_experts)
     load_server.serve(initial, loads, version=0)
-    proc = _operator(start_operator, load_server, INTERVAL)
+    metrics_port = _free_port()
+    proc = _operator(start_operator, load_server, INTERVAL, "--metrics-port", str(metrics_port))
     before = _deploy_ready(cluster)
+    assert _rebalances_total(metrics_port) == 0.0
     assert _cm_plan(cluster) == initial
     assert _served_plan(before) == initial
 
@@ -238,6 +263,7 @@ def test_skewed_load_rebalances_in_place_once(
     assert _cm_plan(cluster) == new
     assert len(_events(cluster, "Rebalanced")) == 1
     assert cluster.writes_since(mark) == [], "a kept plan writes nothing"
+    assert _rebalances_total(metrics_port) == 1.0
     assert not _events(cluster, "ExpertLoadUnavailable")
     assert proc.alive()
     assert _ready(cluster)
