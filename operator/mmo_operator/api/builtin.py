@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .v1alpha1 import Architecture
 
-ASSETS_PACKAGE = "mmo_serving.assets"
+SERVING_PACKAGE = "mmo_serving"
 # Tensors whose name contains one of these are routed-expert weights (stacked [E, ...]).
 EXPERT_TENSOR_MARKERS = (".w_in", ".w_out", ".w_gate")
 
@@ -24,7 +24,8 @@ class UnknownBuiltin(LookupError):
 
 
 def assets_dir() -> Path:
-    return Path(str(resources.files(ASSETS_PACKAGE)))
+    # assets/ is a data folder, not a package: resolve it from the package that holds it
+    return Path(str(resources.files(SERVING_PACKAGE).joinpath("assets")))
 
 
 def available_builtins() -> list[str]:
