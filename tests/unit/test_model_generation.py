@@ -131,6 +131,8 @@ def test_config_errors_name_the_field() -> None:
         tiny_config(top_k=9)
     with pytest.raises(ConfigError, match="n_layers must be a positive integer, got 0"):
         tiny_config(n_layers=0)
+    with pytest.raises(ConfigError, match="stem_refine must be an integer >= 0, got -1"):
+        tiny_config(stem_refine=-1)
 
 
 def test_moe_layers_are_discoverable(model) -> None:

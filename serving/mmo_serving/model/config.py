@@ -28,6 +28,7 @@ class ModelConfig:
     shared_expert: int = 0  # hidden size of an always-on shared expert; 0 = none
     image_size: int = 64  # the model's input: image_size x image_size RGB
     stem_channels: tuple[int, int] = (32, 64)  # conv stem; 3 stride-2 convs -> /8 grid
+    stem_refine: int = 1  # residual 3x3 convs on the token grid (wider receptive field)
     max_text_len: int = 24
     embed_dim: int = 64
     aux_loss_weight: float = 0.01
@@ -49,6 +50,8 @@ class ModelConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.stem_refine, int) or self.stem_refine < 0:
+            problems.append(f"stem_refine must be an integer >= 0, got {self.stem_refine!r}")
         if not problems:
             if self.d_model % self.n_heads:
                 problems.append(

@@ -36,6 +36,7 @@ class TrainSettings:
     contrastive_weight: float = 0.5
     dense_weight: float = 1.0
     lookup_weight: float = 0.5
+    object_weight: float = 1.0
     questions_per_image: int = 6
     threads: int = 1  # 1 is fastest on a shared 2-core machine (2 threads oversubscribe)
 
@@ -58,6 +59,7 @@ class PackedBatch:
     # supervised lookups [M, 5]: (row, text position, 0 = <sep> / 1 = word, field (0 colour,
     # 1 kind), cell label)
     look: torch.Tensor | None = None
+    objects: torch.Tensor | None = None  # [S, 3] (row, colour cell label, kind index)
 
 
 def pack_samples(samples: list[tasks.Sample], tok: WordTokenizer, cfg: ModelConfig) -> PackedBatch:
@@ -133,6 +135,14 @@ def pack_samples(samples: list[tasks.Sample], tok: WordTokenizer, cfg: ModelConf
         torch.from_numpy(np.stack([c[1] for c in cells])),
         torch.from_numpy(np.stack([c[2] for c in cells])),
         torch.tensor(look, dtype=torch.long).reshape(-1, 5),
+        torch.tensor(
+            [
+                (r, 1 + tasks.COLOURS.index(sh.colour), tasks.SHAPES.index(sh.kind))
+                for r, s in enumerate(samples)
+                for sh in s.scene.shapes
+            ],
+            dtype=torch.long,
+        ).reshape(-1, 3),
     )
 
 
@@ -196,8 +206,31 @@ def lookup_loss(
 N_DENSE = 1 + len(tasks.COLOURS) + 1 + len(tasks.SHAPES) + 1
 
 
+def object_loss(
+    hidden: list[torch.Tensor], batch: PackedBatch, n: int, head: torch.nn.Module
+) -> torch.Tensor:
+    """Each shape's kind from the mean of its cells' image tokens (after blocks 1..L):
+    what an attention read-out over the shape's cells sees."""
+    assert batch.objects is not None and batch.cell_colour is not None
+    rows, colour, kind = batch.objects[:, 0], batch.objects[:, 1], batch.objects[:, 2]
+    mask = (batch.cell_colour[rows] == colour[:, None]).float()  # [S, n]
+    keep = mask.sum(1) > 0
+    if not bool(keep.any()):
+        return torch.zeros(())
+    rows, kind, mask = rows[keep], kind[keep], mask[keep]
+    mask = mask / mask.sum(1, keepdim=True)
+    parts = []
+    for hb in hidden[2:]:
+        pooled = torch.einsum("sn,snd->sd", mask, hb[rows, :n])
+        parts.append(F.cross_entropy(head(pooled), kind))
+    return torch.stack(parts).mean()
+
+
 def losses(
-    model: ShapesMoE, batch: PackedBatch, dense_head: torch.nn.Module | None = None
+    model: ShapesMoE,
+    batch: PackedBatch,
+    dense_head: torch.nn.Module | None = None,
+    object_head: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     blocks: list[torch.Tensor] = []
     h_img, h_txt = model.forward_packed(
@@ -219,6 +252,8 @@ def losses(
             )
         out["dense"] = torch.stack(parts).mean()
         out["lookup"] = lookup_loss(model, blocks, batch, n)
+        if object_head is not None and batch.objects is not None:
+            out["object"] = object_loss(blocks, batch, n, object_head)
     h = h_txt[batch.target_pos[:, 0], batch.target_pos[:, 1]]
     qa = F.cross_entropy(model.lm_head(h), batch.targets)
     ie = model.image_embedding_from_hidden(h_img)
@@ -257,9 +292,11 @@ def train(
     model.train()
     # training-only probe for the dense targets (not part of the checkpoint)
     dense_head = torch.nn.Linear(cfg.d_model, N_DENSE)
+    object_head = torch.nn.Linear(cfg.d_model, len(tasks.SHAPES))
     named = [
         *model.named_parameters(),
         *(("dense." + n, p) for n, p in dense_head.named_parameters()),
+        *(("object." + n, p) for n, p in object_head.named_parameters()),
     ]
     decay = [p for n, p in named if p.ndim >= 2 and "router" not in n]
     other = [p for n, p in named if not (p.ndim >= 2 and "router" not in n)]
@@ -282,13 +319,19 @@ def train(
             for i in range(settings.batch_size)
         ]
         batch = pack_samples(samples, tok, cfg)
-        parts = losses(model, batch, dense_head if settings.dense_weight > 0 else None)
+        parts = losses(
+            model,
+            batch,
+            dense_head if settings.dense_weight > 0 else None,
+            object_head if settings.object_weight > 0 else None,
+        )
         loss = (
             parts["qa"]
             + settings.contrastive_weight * parts["contrastive"]
             + cfg.aux_loss_weight * parts["aux"]
             + settings.dense_weight * parts.get("dense", torch.zeros(()))
             + settings.lookup_weight * parts.get("lookup", torch.zeros(()))
+            + settings.object_weight * parts.get("object", torch.zeros(()))
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -96,6 +96,9 @@ class ShapesMoE(nn.Module):
             nn.GELU(),
             nn.Conv2d(c2, d, 3, stride=2, padding=1),
         )
+        self.stem_refine = nn.ModuleList(
+            nn.Conv2d(d, d, 3, padding=1) for _ in range(cfg.stem_refine)
+        )
         self.stem_norm = nn.LayerNorm(d)
         self.img_pos = nn.Parameter(torch.randn(cfg.n_image_tokens, d) * 0.02)
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
@@ -122,6 +125,8 @@ class ShapesMoE(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> image token embeddings [B, grid*grid, D]."""
         f = self.stem(images)
+        for conv in self.stem_refine:
+            f = f + conv(F.gelu(f))
         return self.stem_norm(f.flatten(2).transpose(1, 2)) + self.img_pos
 
     @staticmethod
