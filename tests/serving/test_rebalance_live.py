@@ -106,10 +106,13 @@ def _rank_actors() -> dict[str, int]:
 
 
 class Live:
-    def __init__(self, url: str, model: MultimodalModel, serve_args: dict[str, Any]) -> None:
+    def __init__(
+        self, url: str, model: MultimodalModel, serve_args: dict[str, Any], plan: PlacementPlan
+    ) -> None:
         self.url = url
         self.model = model
         self.serve_args = serve_args
+        self.initial_plan = plan
         self.http = httpx.Client(base_url=url, timeout=120)
 
     def deploy(self, user_config: dict[str, Any]) -> None:
@@ -166,17 +169,16 @@ def live(ray_cluster: Any) -> Iterator[Live]:
     port = _free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        running = Live(f"http://127.0.0.1:{port}", model, app["args"])
+        running = Live(f"http://127.0.0.1:{port}", model, app["args"], plan)
         assert app["deployments"][0]["user_config"] == _user_config(model, plan)
         running.deploy(_user_config(model, plan))
-        running.initial_plan = plan  # type: ignore[attr-defined]
         yield running
     finally:
         serve.shutdown()
 
 
 def test_rebalance_live_engine_without_restart(live: Live) -> None:
-    initial: PlacementPlan = live.initial_plan  # type: ignore[attr-defined]
+    initial = live.initial_plan
     ready = live.http.get("/readyz").json()
     ranks = _rank_actors()
     assert len(ranks) == RANKS, ranks
