@@ -37,6 +37,9 @@ MODES = {
 }
 
 
+OPERATOR = {"app.kubernetes.io/name": "mmo", "app.kubernetes.io/component": "operator"}
+
+
 def model_pods(name: str) -> list[Endpoint]:
     lab = {"serving.mmo.dev/model": name}
     return [
@@ -61,6 +64,7 @@ OTHERS = [
     external("aggregator-ip", "10.96.40.7"),
     external("internet", "8.8.8.8"),
     external("internet6", "2001:4860:4860::8888"),
+    pod("mmo-operator", "mmo-system", OPERATOR, "10.0.7.7"),
 ]
 PORTS = [
     (53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP"), (6379, "TCP"), (8000, "TCP"),
@@ -109,10 +113,16 @@ def _ingress(pols: list[dict[str, Any]], name: str) -> set[tuple[str, str, int]]
 
 @pytest.mark.parametrize(
     "mode,clients",
-    [("private", {"vqa-client"}), ("hybrid", {"client"}), ("federated", {"vqa-client"})],
+    [
+        # the private sample rebalances: the operator reads /v1/expert-load
+        ("private", {"vqa-client", "mmo-operator"}),
+        ("hybrid", {"client"}),
+        ("federated", {"vqa-client"}),
+    ],
 )
 def test_who_may_reach_the_model(mode: str, clients: set[str]) -> None:
     m = model(MODES[mode])
+    assert m.spec.experts.rebalance.enabled == ("mmo-operator" in clients)
     got = _ingress(build_network_policies(m), m.name)
     expected = {
         *((c, p, 8000) for c in clients for p in ("head", "worker")),
@@ -127,9 +137,23 @@ def test_private_sample_clients_and_no_clients_at_all() -> None:
     assert m.spec.isolation.allowed_clients, "sample lists its clients"
     nobody = model("private-vqa.yaml", allowedClients=None)
     got = _ingress(build_network_policies(nobody), nobody.name)
-    assert {src for src, _, port in got if port == 8000} == set()
+    # no clients: only the operator, which reads the expert load for rebalancing
+    assert {src for src, _, port in got if port == 8000} == {"mmo-operator"}
     names = [p["metadata"]["name"] for p in build_network_policies(nobody)]
     assert f"{nobody.name}-serve-ingress" in names
+
+
+def test_operator_reaches_the_serve_port_only_from_its_namespace_when_pinned() -> None:
+    m = model("private-vqa.yaml")
+    pols = build_network_policies(m, operator_namespace="mmo-system")
+    (head, _) = model_pods(m.name)
+    here = pod(
+        "op", "mmo-system", OPERATOR, "10.0.7.8", {"kubernetes.io/metadata.name": "mmo-system"}
+    )
+    elsewhere = pod("op2", "apps2", OPERATOR, "10.0.3.9", {"kubernetes.io/metadata.name": "apps2"})
+    assert is_allowed(pols, here, head, 8000)
+    assert not is_allowed(pols, here, head, 6379)
+    assert not is_allowed(pols, elsewhere, head, 8000)
 
 
 def test_names_labels_and_order() -> None:

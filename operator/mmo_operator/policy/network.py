@@ -18,7 +18,10 @@ the set below is read as "default deny, plus exactly these":
     The Serve HTTP port (``spec.serving.port``) from ``spec.isolation.allowedClients``
     only: each entry is one peer, its namespace and pod selectors ANDed; a pod selector
     alone means this namespace; an entry with neither means every pod of this namespace.
-    No entries: the policy exists with no rule, and nobody may call.
+    No entries: the policy exists with no rule, and nobody may call. With
+    ``spec.experts.rebalance.enabled`` the mmo operator's pods
+    (``app.kubernetes.io/name: mmo``, ``app.kubernetes.io/component: operator``, in the
+    namespace given or any) may also call it: they read ``/v1/expert-load``.
 ``NAME-metrics-ingress``
     Ray's Prometheus port 8080 from the monitoring namespace only (``monitoring`` by
     default; ``monitoring_namespace=``).
@@ -44,6 +47,7 @@ Obj = dict[str, Any]
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
 DEFAULT_MONITORING_NAMESPACE = "monitoring"
 KUBERAY_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
+OPERATOR_LABELS = {"app.kubernetes.io/name": "mmo", "app.kubernetes.io/component": "operator"}
 
 
 def model_selector(model: MultimodalModel) -> Obj:
@@ -138,9 +142,20 @@ def build_network_policies(
     *,
     monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE,
     kuberay_namespace: str | None = None,
+    operator_namespace: str | None = None,
 ) -> list[Obj]:
     """The NetworkPolicies of ``model``, in apply order (default deny first)."""
     own = {"podSelector": model_selector(model)}
+    serve_port = [{"protocol": "TCP", "port": model.spec.serving.port}]
+    serve_ingress = []
+    if model.spec.isolation.allowed_clients:
+        serve_ingress.append({"from": client_peers(model), "ports": serve_port})
+    if model.spec.experts.rebalance.enabled:
+        operator: Obj = {"podSelector": {"matchLabels": dict(OPERATOR_LABELS)}}
+        operator["namespaceSelector"] = (
+            {"matchLabels": {NS_NAME_LABEL: operator_namespace}} if operator_namespace else {}
+        )
+        serve_ingress.append({"from": [operator], "ports": serve_port})
     kuberay: Obj = {"podSelector": {"matchLabels": dict(KUBERAY_LABELS)}}
     kuberay["namespaceSelector"] = (
         {"matchLabels": {NS_NAME_LABEL: kuberay_namespace}} if kuberay_namespace else {}
@@ -172,21 +187,7 @@ def build_network_policies(
                 }
             ],
         ),
-        _policy(
-            model,
-            "serve-ingress",
-            ["Ingress"],
-            ingress=(
-                [
-                    {
-                        "from": client_peers(model),
-                        "ports": [{"protocol": "TCP", "port": model.spec.serving.port}],
-                    }
-                ]
-                if model.spec.isolation.allowed_clients
-                else []
-            ),
-        ),
+        _policy(model, "serve-ingress", ["Ingress"], ingress=serve_ingress),
         _policy(
             model,
             "metrics-ingress",
