@@ -27,7 +27,7 @@ from mmo_serving.model.transformer import ShapesMoE, build_model
 
 @dataclass
 class TrainSettings:
-    steps: int = 1500
+    steps: int = 1600
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.02
