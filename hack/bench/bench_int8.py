@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -53,7 +54,7 @@ def main() -> None:
     )
     p.add_argument("--checkpoint", default="builtin://shapes-moe")
     p.add_argument("--images", type=int, default=250, help="held-out images (4 questions each)")
-    p.add_argument("--out", default="bench_int8.json")
+    p.add_argument("--out", default="hack/bench/results/int8.json")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
@@ -112,6 +113,7 @@ def main() -> None:
         "recall_at_1": {"float32": rec_f["recall_at_1"], "int8": rec_q["recall_at_1"]},
         "speed": speed,
     }
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))

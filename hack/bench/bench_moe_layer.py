@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -120,7 +121,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="bench_moe_layer.json")
+    p.add_argument("--out", default="hack/bench/results/moe_layer.json")
     p.add_argument("--tokens", default="256,1024,4096")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
@@ -163,6 +164,7 @@ def main() -> None:
             r["grouped_fraction_of_mm_peak"] for r in rows
         ),
     }
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result["summary"], indent=1))
