@@ -50,7 +50,7 @@ def _pad_square(img: Image.Image) -> Image.Image:
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
     colour = tuple(int(v) for v in np.median(border, axis=0))
     side = max(w, h)
-    out = Image.new("RGB", (side, side), colour)  # type: ignore[arg-type]
+    out = Image.new("RGB", (side, side), colour)
     out.paste(img, ((side - w) // 2, (side - h) // 2))
     return out
 

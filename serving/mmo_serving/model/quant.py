@@ -14,10 +14,14 @@ The scheme is the same as torchao's int8-dynamic-activation/int8-weight.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 
 from mmo_serving.model.moe import MoEFeedForward
+
+M = TypeVar("M", bound=nn.Module)
 
 _INT_MM_MIN_ROWS = 17  # torch._int_mm needs M > 16 on some backends; pad small batches
 
@@ -45,6 +49,9 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, w_scale: torch.Tensor) -> torc
 
 
 class Int8Linear(nn.Module):
+    qweight: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, linear: nn.Linear):
         super().__init__()
         q, s = quantize_weight(linear.weight.t().contiguous())
@@ -67,6 +74,9 @@ class Int8Linear(nn.Module):
 class Int8ExpertStack(nn.Module):
     """Stacked expert weights [E, K, N] in int8 with scales [E, N]."""
 
+    qweight: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, w: torch.Tensor):
         super().__init__()
         q, s = quantize_weight(w, dim=1)
@@ -84,7 +94,7 @@ class Int8ExpertStack(nn.Module):
         return self.qweight.float() * self.scale[:, None, :]
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: M) -> M:
     """In place: attention ``nn.Linear`` -> ``Int8Linear``; each ``MoEFeedForward``'s
     ``w_in``/``w_out`` -> ``Int8ExpertStack`` (router stays float32). Returns the model."""
     for mod in list(model.modules()):

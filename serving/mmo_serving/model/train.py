@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from mmo_serving.model import tasks
 from mmo_serving.model.config import ModelConfig
 from mmo_serving.model.preprocess import preprocess
 from mmo_serving.model.tokenizer import WordTokenizer, default_tokenizer
-from mmo_serving.model.transformer import ShapesMoE, build_model
+from mmo_serving.model.transformer import Block, ShapesMoE, build_model
 
 
 @dataclass
@@ -159,7 +159,7 @@ def _looked_up_colour(qa: tasks.QA) -> str | None:
 
 
 def _head_logits(
-    blk: torch.nn.Module,
+    blk: Block,
     x_in: torch.Tensor,
     rows: torch.Tensor,
     qpos: torch.Tensor,
@@ -198,7 +198,9 @@ def lookup_loss(
         target = target / target.sum(1, keepdim=True)
         for li in layers:
             if li < len(model.blocks) and head < model.config.n_heads:
-                logits = _head_logits(model.blocks[li], hidden[li], rows, qpos, n, head)
+                logits = _head_logits(
+                    cast(Block, model.blocks[li]), hidden[li], rows, qpos, n, head
+                )
                 total.append(torch.sum(-target * F.log_softmax(logits, -1), -1).mean())
     return torch.stack(total).mean() if total else torch.zeros(())
 
@@ -239,6 +241,7 @@ def losses(
     assert h_img is not None
     out: dict[str, torch.Tensor] = {}
     if dense_head is not None and batch.cell_colour is not None:
+        assert batch.cell_kind is not None and batch.cell_centre is not None
         # dense supervision of the image tokens after every block: what covers each cell
         n = h_img.shape[1]
         nc = 1 + len(tasks.COLOURS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +116,7 @@ class ShapesMoE(nn.Module):
     # ---- structure -------------------------------------------------------------------
     def moe_layers(self) -> list[MoEFeedForward]:
         """The MoE feed-forwards, in order (``moe_layer_index`` 0..n_layers-1)."""
-        return [blk.moe for blk in self.blocks]  # type: ignore[union-attr]
+        return [cast(Block, blk).moe for blk in self.blocks]
 
     @property
     def device(self) -> torch.device:
