@@ -59,6 +59,9 @@ CHAT_ROUTE = "/v1/chat/completions"
 EMBED_ROUTE = "/v1/embeddings"
 ROUTES = (CHAT_ROUTE, EMBED_ROUTE)
 EXPERT_METRICS_INTERVAL_S = 5.0
+# Gauges are set again well within Ray's metrics report interval (see
+# mmo_serving.metrics.METRICS_REPORT_INTERVAL_MS) so that every scrape sees them.
+GAUGE_REFRESH_S = 0.5
 MAX_TENANT_LEN = 64
 
 EngineFactory = Callable[[AppArgs], "Engine | Awaitable[Engine]"]
@@ -236,8 +239,13 @@ class MmoIngress:
         self.engine: Engine = await made if inspect.isawaitable(made) else made
         self._last_expert_tokens: list[list[list[int]]] | None = None
         self._expert_lock = asyncio.Lock()
+        self._balancedness: dict[int, float] = {}
         self._poller = asyncio.get_running_loop().create_task(self._poll_expert_load())
+        self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
         self.plans_applied = 0
+        if self.args.placement is not None:  # the engine started with this plan
+            self.plans_applied = 1
+            self.metrics.rebalance()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -276,6 +284,7 @@ class MmoIngress:
 
     async def __del__(self) -> None:
         self._poller.cancel()
+        self._gauges.cancel()
         with contextlib.suppress(Exception):
             await self.engine.close()
         close = getattr(self.gateway, "close", None)
@@ -681,9 +690,18 @@ class MmoIngress:
                         before = 0 if last is None else _at(last, layer, expert, rank)
                         if now > before:
                             self.metrics.expert_tokens(layer, expert, rank, now - before)
-                self.metrics.balancedness(layer, load.balancedness(layer))
+                self._balancedness[layer] = load.balancedness(layer)
+                self.metrics.balancedness(layer, self._balancedness[layer])
             self._last_expert_tokens = load.tokens
             return load
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            await asyncio.sleep(GAUGE_REFRESH_S)
+            for route, depth in self.inflight.items():
+                self.metrics.queue_depth(route, depth)
+            for layer, value in self._balancedness.items():
+                self.metrics.balancedness(layer, value)
 
     async def _poll_expert_load(self) -> None:
         while True:

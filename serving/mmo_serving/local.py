@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from mmo_serving.config import AppArgs
+from mmo_serving.metrics import METRICS_REPORT_INTERVAL_MS
 
 APP_NAME = "mmo"
 DEFAULT_METRICS_PORT = 8080
@@ -209,6 +210,7 @@ def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
             namespace="mmo-up",
             log_to_driver=opts.verbose,
             _metrics_export_port=opts.metrics_port,
+            _system_config={"metrics_report_interval_ms": METRICS_REPORT_INTERVAL_MS},
             configure_logging=opts.verbose,
         )
         # Ray may install its own handlers: ours decide how we stop.

@@ -15,6 +15,12 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+# Ray 2.55 exports a gauge value once: the node agent clears gauges on every scrape, and
+# a worker reports only values set since its last report. So the app sets its gauges
+# again every half second, and Ray's report interval is set (by `mmo up` and in the
+# RayService's pods) below the scrape intervals we ship (15 s PodMonitor, 5 s local).
+METRICS_REPORT_INTERVAL_MS = 2000
+
 REQUEST_LATENCY = "mmo_request_latency_seconds"
 REQUESTS = "mmo_requests_total"
 BATCH_SIZE = "mmo_batch_size"

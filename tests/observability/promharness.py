@@ -114,7 +114,8 @@ class PrometheusServer:
     def config(self) -> dict[str, Any]:
         return {
             "global": {
-                "scrape_interval": "1s",
+                # above Ray's metrics report interval: a scrape clears Ray's gauges
+                "scrape_interval": "3s",
                 "evaluation_interval": "1s",
                 "scrape_timeout": "1s",
             },

@@ -214,8 +214,12 @@ def png_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def requests_for(name: str) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
-    """(path, body, headers): every outcome the dashboards show."""
+def requests_for(name: str, round_: int = 0) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    """(path, body, headers): every outcome the dashboards show.
+
+    Each round asks new questions (repeats inside a round give the cache hits), so the
+    engine batches in every round and rate() windows after the last round have data.
+    """
     chat = "/v1/chat/completions"
 
     def ask(text: str, image: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -237,15 +241,16 @@ def requests_for(name: str) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
     public = {"X-Data-Class": "public"}
     reqs: list[tuple[str, dict[str, Any], dict[str, str]]] = []
     for i in range(6):  # local, with repeats for cache hits
-        reqs.append((chat, ask(f"what colour is shape {i % 3}?"), sensitive))
-        reqs.append((chat, ask("what colour is the circle?", image), sensitive))
+        reqs.append((chat, ask(f"what colour is shape {i % 3} of {round_}?"), sensitive))
+        reqs.append((chat, ask(f"what colour is circle {round_}?", image), sensitive))
+    to_cloud = {**public, "X-Route": "cloud"}
     for i in range(8):  # offloads (with PII to redact) and, every fourth cloud call, fallbacks
-        reqs.append((chat, ask(f"write to jane.doe{i}@example.com about shape {i}"), public))
+        reqs.append((chat, ask(f"write to jane.doe{i}@example.com about shape {i}"), to_cloud))
     reqs.append((chat, ask("describe", "https://example.com/cat.png"), public))  # refused
     reqs.append((chat, ask("describe", "http://203.0.113.9/x.png"), sensitive))  # refused
     reqs.append((chat, {"model": name, "messages": []}, sensitive))  # invalid: 400
     for i in range(3):
-        reqs.append(("/v1/embeddings", {"model": name, "input": f"shape {i}"}, sensitive))
+        reqs.append(("/v1/embeddings", {"model": name, "input": f"shape {i} {round_}"}, sensitive))
     return reqs
 
 
@@ -267,9 +272,9 @@ def loaded_prometheus(
                 path, body, headers = req
                 return int(client.post(path, json=body, headers=headers).status_code)
 
-            for _ in range(2):  # two rounds, so that rates have two points
+            for round_ in range(2):  # two rounds, so that rates have two points
                 with ThreadPoolExecutor(max_workers=4) as pool:
-                    codes += list(pool.map(send, requests_for(mmo_up["name"])))
+                    codes += list(pool.map(send, requests_for(mmo_up["name"], round_)))
                 time.sleep(5)
         assert 200 in codes and any(c >= 400 for c in codes), codes
         yield prom
@@ -280,4 +285,4 @@ def test_every_serving_panel_returns_data(promharness: ModuleType, loaded_promet
     queries = promharness.panel_queries(boards)
     variables = promharness.dashboard_variables(boards)
     empty = promharness.empty_queries(loaded_prometheus, queries, variables, timeout=120)
-    assert empty == [], "panels with no data from `mmo up`"
+    assert empty == [], "panels with no data from `mmo up`:\n" + "\n".join(empty)

@@ -44,6 +44,7 @@ from mmo_serving.engine.resources import (
     placement_group_bundles,
     replica_actor_options,
 )
+from mmo_serving.metrics import METRICS_REPORT_INTERVAL_MS
 
 from .common import (
     CLIENT_PORT,
@@ -89,6 +90,8 @@ BASE_ENV: dict[str, str] = {
     "TRANSFORMERS_OFFLINE": "1",
     "DO_NOT_TRACK": "1",
     "PYTHONUNBUFFERED": "1",
+    # gauges must reach the node agent between two scrapes (mmo_serving.metrics)
+    "RAY_metrics_report_interval_ms": str(METRICS_REPORT_INTERVAL_MS),
 }
 
 UpgradeStrategy = Literal["NewCluster", "Recreate"]
