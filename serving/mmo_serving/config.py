@@ -13,6 +13,17 @@ from pydantic.alias_generators import to_camel
 
 EMPTY_SLOT = -1
 
+DataClass = Literal["public", "internal", "sensitive"]
+Modality = Literal["text", "image"]
+
+
+def _public_only() -> list[DataClass]:
+    return ["public"]
+
+
+def _text_and_image() -> list[Modality]:
+    return ["text", "image"]
+
 
 class _Camel(BaseModel):
     """JSON in camelCase (as in the CRD and status), Python attributes in snake_case."""
@@ -105,9 +116,7 @@ class CacheArgs(_Camel):
 
 class HybridArgs(_Camel):
     endpoint: str
-    offload_data_classes: list[Literal["public", "internal", "sensitive"]] = Field(
-        default_factory=lambda: ["public"]
-    )
+    offload_data_classes: list[DataClass] = Field(default_factory=_public_only)
     redact_pii: bool = True
     # In a cluster the credentials Secret is mounted as this environment variable; under
     # `mmo up` the user exports it.
@@ -145,7 +154,7 @@ class AppArgs(_Camel):
     model_version: str = Field(default="1", description="Part of every cache key.")
     dtype: Literal["bfloat16", "float16", "float32"] = "float32"
     quantization: Literal["none", "int8", "int4"] = "none"
-    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text", "image"])
+    modalities: list[Modality] = Field(default_factory=_text_and_image)
     num_gpus: int = Field(default=1, ge=1, description="Expert-parallel ranks per replica.")
     placement: PlacementPlan | None = None
     batching: BatchingArgs = Field(default_factory=BatchingArgs)

@@ -34,6 +34,15 @@ _SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|pvc://[a-z0-9][a-z0-9.-]*/.+|
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
 
+
+def _text_and_image() -> list[Modality]:
+    return ["text", "image"]
+
+
+def _public_only() -> list[DataClass]:
+    return ["public"]
+
+
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
 Cidr = Annotated[str, Field(max_length=64, pattern=_CIDR)]
 
@@ -102,7 +111,7 @@ class ModelSpec(ApiModel):
         default=None, description="Model sizes; required unless the source is builtin://."
     )
     modalities: list[Modality] = Field(
-        default_factory=lambda: ["text", "image"],
+        default_factory=_text_and_image,
         min_length=1,
         max_length=2,
         description="Input modalities served.",
@@ -212,7 +221,7 @@ class Hybrid(ApiModel):
     )
     credentials_secret: Name = Field(description="Secret holding the endpoint's API key.")
     offload_data_classes: list[DataClass] = Field(
-        default_factory=lambda: ["public"],
+        default_factory=_public_only,
         max_length=3,
         description="Data classes that may be offloaded (sensitive never leaves).",
     )

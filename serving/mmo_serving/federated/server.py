@@ -129,6 +129,7 @@ def main(grid: Grid, context: Context) -> None:
         timeout=float(cfg.get("round-timeout", 600)),
     )
     if out_dir is not None:
-        np.savez(out_dir / "initial.npz", **initial)
-        np.savez(out_dir / "final.npz", **_to_numpy(result.arrays))
+        final: dict[str, Any] = _to_numpy(result.arrays)
+        np.savez(out_dir / "initial.npz", **dict[str, Any](initial))
+        np.savez(out_dir / "final.npz", **final)
         (out_dir / "done.json").write_text(json.dumps({"rounds": int(cfg.get("num-rounds", 3))}))
