@@ -7,6 +7,7 @@ it). Tests that need Ray take this fixture; the others never start Ray.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,27 @@ import pytest
 
 RAY_NUM_CPUS = 4
 RAY_NUM_GPUS = 8
+
+
+def _load_engine_toy() -> None:
+    """engine_toy.py as the module ``mmo_engine_toy``, pickled by value for Ray workers."""
+    from importlib.util import module_from_spec, spec_from_file_location
+    from pathlib import Path
+
+    if "mmo_engine_toy" in sys.modules:
+        return
+    spec = spec_from_file_location("mmo_engine_toy", Path(__file__).with_name("engine_toy.py"))
+    assert spec is not None and spec.loader is not None
+    module = module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    if importlib.util.find_spec("ray") is not None:
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+
+
+_load_engine_toy()
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,9 @@ It follows the model interface the engine relies on (``MoEFeedForward``-like mod
 ``moe_layer_index``; a module-level ``grouped_expert_forward``) and generates with a
 per-sequence cache, one request after the other, so ranks with different shards run
 different numbers of forward passes: the case the dispatch protocol must survive.
-Test modules load it by path as ``mmo_engine_toy`` and register it with
-``ray.cloudpickle.register_pickle_by_value`` (Ray workers cannot import test files).
+``conftest.py`` loads it by path as ``mmo_engine_toy`` and registers it with
+``ray.cloudpickle.register_pickle_by_value`` (Ray workers cannot import test files);
+test modules then ``import mmo_engine_toy``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ from mmo_serving.engine.types import EmbeddingRequest, GenerationRequest, Genera
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .?!0123456789"
 EOS = len(ALPHABET)
 FAIL = "!fail"  # a prompt that makes the runner raise (error-path tests)
+
+# The built-in shapes-moe architecture, small enough for a CPU (``ModelSource(tiny=...)``).
+TINY_SHAPES: dict[str, Any] = {
+    "d_model": 32,
+    "n_layers": 2,
+    "n_heads": 2,
+    "n_experts": 8,
+    "top_k": 2,
+    "d_expert": 32,
+    "image_size": 32,
+    "stem_channels": (8, 16),
+    "embed_dim": 16,
+}
 
 
 def grouped_expert_forward(

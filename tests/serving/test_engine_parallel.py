@@ -11,17 +11,13 @@ generated text must match exactly.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
-from importlib.util import module_from_spec, spec_from_file_location
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import mmo_engine_toy as toy  # loaded by conftest.py
 import numpy as np
 import pytest
 import torch
-from ray import cloudpickle
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -38,30 +34,7 @@ from mmo_serving.engine.resources import (
 ATOL = 1e-5
 
 
-def _load_toy() -> ModuleType:
-    """tests/serving/engine_toy.py as ``mmo_engine_toy``, pickled by value for Ray."""
-    if "mmo_engine_toy" not in sys.modules:
-        spec = spec_from_file_location("mmo_engine_toy", Path(__file__).with_name("engine_toy.py"))
-        assert spec is not None and spec.loader is not None
-        module = module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        cloudpickle.register_pickle_by_value(module)
-    return sys.modules["mmo_engine_toy"]
-
-
-toy = _load_toy()
-TINY = {
-    "d_model": 32,
-    "n_layers": 2,
-    "n_heads": 2,
-    "n_experts": 8,
-    "top_k": 2,
-    "d_expert": 32,
-    "image_size": 32,
-    "stem_channels": (8, 16),
-    "embed_dim": 16,
-}
+TINY = toy.TINY_SHAPES
 MODEL = ModelSource("tiny://", tiny=TINY, seed=3)
 FACTORY = toy.FailOn(MODEL)
 BF16_TOY = toy.ToyFactory(experts=8, seed=2, dtype="bfloat16")

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from importlib.util import module_from_spec, spec_from_file_location
-from pathlib import Path
-from types import ModuleType
 
+import mmo_engine_toy as toy  # loaded by conftest.py
 import numpy as np
 import pytest
 import torch
-from ray import cloudpickle
 
 from mmo_serving.config import AppArgs
 from mmo_serving.engine import (
@@ -35,21 +31,6 @@ from mmo_serving.engine.routing import (
     transfer_sources,
     validate_plan,
 )
-
-
-def _load_toy() -> ModuleType:
-    """tests/serving/engine_toy.py as ``mmo_engine_toy``, pickled by value for Ray."""
-    if "mmo_engine_toy" not in sys.modules:
-        spec = spec_from_file_location("mmo_engine_toy", Path(__file__).with_name("engine_toy.py"))
-        assert spec is not None and spec.loader is not None
-        module = module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        cloudpickle.register_pickle_by_value(module)
-    return sys.modules["mmo_engine_toy"]
-
-
-toy = _load_toy()
 
 
 # -- request types -------------------------------------------------------------------
@@ -197,17 +178,7 @@ def test_local_engine_refuses_several_gpus() -> None:
 
 
 # -- the built-in model through LocalEngine --------------------------------------------
-TINY = {
-    "d_model": 32,
-    "n_layers": 2,
-    "n_heads": 2,
-    "n_experts": 8,
-    "top_k": 2,
-    "d_expert": 32,
-    "image_size": 32,
-    "stem_channels": (8, 16),
-    "embed_dim": 16,
-}
+TINY = toy.TINY_SHAPES
 
 
 @pytest.mark.parametrize("quantization", ["none", "int8"])

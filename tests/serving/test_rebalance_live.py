@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import mmo_engine_toy as toy  # loaded by conftest.py
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -34,17 +35,7 @@ from mmo_operator.planning.rebalance import should_rebalance  # noqa: E402
 from mmo_serving.config import AppArgs, PlacementPlan  # noqa: E402
 
 RANKS = 4
-TINY = {  # the built-in architecture, small enough for a CPU
-    "d_model": 32,
-    "n_layers": 2,
-    "n_heads": 2,
-    "n_experts": 8,
-    "top_k": 2,
-    "d_expert": 32,
-    "image_size": 32,
-    "stem_channels": (8, 16),
-    "embed_dim": 16,
-}
+TINY = toy.TINY_SHAPES
 SPEC = {
     "apiVersion": "serving.mmo.dev/v1alpha1",
     "kind": "MultimodalModel",
