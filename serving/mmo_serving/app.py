@@ -726,14 +726,7 @@ def deployment_options(args: AppArgs) -> dict[str, Any]:
     auto = args.autoscaling
     opts: dict[str, Any] = {
         "max_ongoing_requests": auto.max_ongoing_requests,
-        "autoscaling_config": {
-            "min_replicas": auto.min_replicas,
-            "initial_replicas": max(auto.min_replicas, 1),
-            "max_replicas": max(auto.max_replicas, auto.min_replicas, 1),
-            "target_ongoing_requests": auto.target_ongoing_requests,
-            "upscale_delay_s": auto.upscale_delay_s,
-            "downscale_delay_s": auto.downscale_delay_s,
-        },
+        "autoscaling_config": auto.serve_autoscaling_config(),
         "user_config": RuntimeConfig(batching=args.batching).model_dump(
             mode="json", by_alias=True, exclude_none=True
         ),

@@ -107,6 +107,17 @@ class AutoscalingArgs(_Camel):
     downscale_delay_s: float = Field(default=300, ge=0)
     max_ongoing_requests: int = Field(default=32, ge=1)
 
+    def serve_autoscaling_config(self) -> dict[str, float]:
+        """Serve's ``autoscaling_config``: the same for the RayService and `mmo up`."""
+        return {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": max(self.min_replicas, 1),
+            "max_replicas": max(self.max_replicas, self.min_replicas, 1),
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+        }
+
 
 class CacheArgs(_Camel):
     enabled: bool = True

@@ -312,14 +312,7 @@ def deployment_config(model: MultimodalModel, args: AppArgs) -> Obj:
     return {
         "name": INGRESS_DEPLOYMENT,
         "max_ongoing_requests": auto.max_ongoing_requests,
-        "autoscaling_config": {
-            "min_replicas": auto.min_replicas,
-            "initial_replicas": max(auto.min_replicas, 1),
-            "max_replicas": max(auto.max_replicas, auto.min_replicas, 1),
-            "target_ongoing_requests": auto.target_ongoing_requests,
-            "upscale_delay_s": auto.upscale_delay_s,
-            "downscale_delay_s": auto.downscale_delay_s,
-        },
+        "autoscaling_config": auto.serve_autoscaling_config(),
         "user_config": runtime.model_dump(mode="json", by_alias=True, exclude_none=True),
         "ray_actor_options": dict(replica_actor_options()),
         "placement_group_bundles": bundles,
