@@ -251,7 +251,10 @@ class Federated(ApiModel):
     differential_privacy: DifferentialPrivacy = Field(
         default_factory=DifferentialPrivacy, description="Update clipping and noise."
     )
-    secure_aggregation: bool = Field(default=True, description="Use secure aggregation.")
+    secure_aggregation: bool = Field(
+        default=False,
+        description="Secure aggregation of the updates (not implemented yet: must be false).",
+    )
 
 
 class LabelSelectorRequirement(ApiModel):

@@ -44,6 +44,8 @@ federated
       adapter or answer head, whose L2 norms are well below 10; a larger bound clips
       nothing (the noise, clipNorm x noiseMultiplier, grows with it for no gain) and a
       bound under 0.001 shrinks every update to nothing.
+    - ``secureAggregation: true`` is refused: mmo does not implement it yet, and
+      admitting it would let users believe the aggregator cannot see single updates.
 """
 
 from __future__ import annotations
@@ -284,6 +286,14 @@ def _federated_problems(model: MultimodalModel) -> list[Problem]:
             Problem(
                 f"{base}.differentialPrivacy.noiseMultiplier",
                 f"is {dp.noise_multiplier}; allowed {lo} to {hi}: {why}",
+            )
+        )
+    if fed.secure_aggregation:
+        out.append(
+            Problem(
+                f"{base}.secureAggregation",
+                "secure aggregation is not implemented yet, so the aggregator sees each "
+                "site's (clipped, noised) update; set false",
             )
         )
     lo, hi = CLIP_BOUNDS
