@@ -15,7 +15,6 @@ from mmo_serving.model.checkpoint import (
     resolve_source,
     save_checkpoint,
 )
-from mmo_serving.model.config import ModelConfig
 from mmo_serving.model.inference import answer_batch, embed_image
 from mmo_serving.model.tokenizer import default_tokenizer
 from mmo_serving.model.transformer import build_model
@@ -23,29 +22,12 @@ from mmo_serving.model.transformer import build_model
 TOK = default_tokenizer()
 
 
-def tiny_config(**over) -> ModelConfig:
-    base = dict(
-        vocab_size=len(TOK),
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        n_experts=8,
-        top_k=2,
-        d_expert=16,
-        image_size=16,
-        stem_channels=(8, 8),
-        embed_dim=16,
-    )
-    base.update(over)
-    return ModelConfig(**base)
-
-
 @pytest.fixture
-def ckpt(tmp_path) -> Path:
+def ckpt(tmp_path, tiny_config) -> Path:
     return save_checkpoint(build_model(tiny_config(), seed=3), TOK, tmp_path / "ck")
 
 
-def test_round_trip_gives_identical_outputs(ckpt) -> None:
+def test_round_trip_gives_identical_outputs(ckpt, tiny_config) -> None:
     original = build_model(tiny_config(), seed=3).eval()
     model, tok, cfg = load_model(str(ckpt))
     assert cfg == tiny_config() and tok.vocab == TOK.vocab and not model.training

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mmo_serving.model import tasks
-from mmo_serving.model.config import ConfigError, ModelConfig
+from mmo_serving.model.config import ConfigError
 from mmo_serving.model.inference import answer, answer_batch, embed_image, embed_text, generate_ids
 from mmo_serving.model.preprocess import ImageError, preprocess
 from mmo_serving.model.tokenizer import default_tokenizer
@@ -18,26 +18,8 @@ from mmo_serving.model.transformer import build_model
 TOK = default_tokenizer()
 
 
-def tiny_config(**over) -> ModelConfig:
-    base = dict(
-        vocab_size=len(TOK),
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        n_experts=8,
-        top_k=2,
-        d_expert=16,
-        image_size=16,
-        stem_channels=(8, 8),
-        embed_dim=16,
-        max_text_len=24,
-    )
-    base.update(over)
-    return ModelConfig(**base)
-
-
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_config):
     m = build_model(tiny_config(), seed=1)
     with torch.no_grad():  # spread the logits so that greedy choices differ between rows
         m.lm_head.weight.mul_(40)
@@ -124,7 +106,7 @@ def test_preprocess_errors_name_the_problem() -> None:
         preprocess("cat.png", 16)
 
 
-def test_config_errors_name_the_field() -> None:
+def test_config_errors_name_the_field(tiny_config) -> None:
     with pytest.raises(ConfigError, match=r"d_model \(30\) must be divisible by n_heads \(4\)"):
         tiny_config(d_model=30, n_heads=4)
     with pytest.raises(ConfigError, match=r"top_k \(9\) must be <= n_experts \(8\)"):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mmo_serving.model import tasks
-from mmo_serving.model.config import ModelConfig
 from mmo_serving.model.preprocess import preprocess_array
 from mmo_serving.model.tokenizer import default_tokenizer
 from mmo_serving.model.train import N_DENSE, TrainSettings, losses, pack_samples, train
@@ -15,24 +15,15 @@ from mmo_serving.model.transformer import build_model
 TOK = default_tokenizer()
 
 
-def tiny_config() -> ModelConfig:
-    return ModelConfig(
-        vocab_size=len(TOK),
-        d_model=32,
-        n_layers=3,
-        n_heads=2,
-        n_experts=8,
-        top_k=2,
-        d_expert=16,
-        image_size=32,
-        stem_channels=(8, 16),
-        embed_dim=16,
-    )
+@pytest.fixture(scope="module")
+def train_config(tiny_config):
+    """Three layers and 32 px images: enough for the training-only heads."""
+    return tiny_config(n_layers=3, image_size=32, stem_channels=(8, 16))
 
 
-def test_packed_rows_hold_each_question_and_answer_in_its_own_segment() -> None:
+def test_packed_rows_hold_each_question_and_answer_in_its_own_segment(train_config) -> None:
     samples = list(tasks.iter_samples(3, seed=5))
-    b = pack_samples(samples, TOK, tiny_config())
+    b = pack_samples(samples, TOK, train_config)
     assert b.images.shape == (3, 3, 32, 32)
     # every target follows its <sep> (answer) or its answer (<eos>)
     for (r, p), t in zip(b.target_pos.tolist(), b.targets.tolist(), strict=True):
@@ -63,9 +54,9 @@ def test_cell_labels_follow_the_drawn_pixels() -> None:
             assert (np.abs(patch - np.array(sh.rgb)).sum(1) < 90).any()
 
 
-def test_losses_are_finite_and_a_few_steps_reduce_them() -> None:
+def test_losses_are_finite_and_a_few_steps_reduce_them(train_config) -> None:
     torch.manual_seed(0)
-    cfg = tiny_config()
+    cfg = train_config
     model = build_model(cfg, seed=0).train()
     dense = torch.nn.Linear(cfg.d_model, N_DENSE)
     obj = torch.nn.Linear(cfg.d_model, len(tasks.SHAPES))
@@ -87,6 +78,6 @@ def test_losses_are_finite_and_a_few_steps_reduce_them() -> None:
         assert last[k] < first[k], (k, first[k], last[k])
 
 
-def test_train_runs_and_returns_an_eval_mode_model() -> None:
-    model, tok, info = train(TrainSettings(steps=2, batch_size=2), cfg=tiny_config())
+def test_train_runs_and_returns_an_eval_mode_model(train_config) -> None:
+    model, tok, info = train(TrainSettings(steps=2, batch_size=2), cfg=train_config)
     assert not model.training and info["steps"] == 2 and len(tok) == len(TOK)
