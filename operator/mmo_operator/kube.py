@@ -2,7 +2,7 @@
 
 Children are written with server-side apply (field manager ``mmo-operator``, forced: the
 operator owns what it builds); status goes through the status subresource with the
-object's resourceVersion as a precondition. API errors become ``kopf`` errors:
+object's generation as a precondition. API errors become ``kopf`` errors:
 
 - missing resources (CRDs not installed), conflicts (409), throttling (429), server
   errors (5xx), timeouts and refused connections are temporary (retried with backoff);
@@ -230,16 +230,26 @@ class Kube:
             raise
         return True
 
-    def patch_status(self, namespace: str, name: str, status: Obj, resource_version: str) -> Obj:
-        """Replace the model's status (merge patch, optimistic concurrency)."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-        result: Obj = self.request(
-            "PATCH",
-            path_of(f"{GROUP}/{VERSION}", "MultimodalModel", namespace, name, "status"),
-            body=body,
-            content_type="application/merge-patch+json",
-        )
-        return result
+    def patch_status(self, namespace: str, name: str, status: Obj, generation: int | None) -> bool:
+        """Replace the model's status if its spec is still at ``generation``.
+
+        A JSON patch whose ``test`` op checks ``metadata.generation``: kopf's own writes
+        to the metadata (finalizer, annotations) do not conflict with it, a new spec does.
+        Returns False when the spec moved on (the reconcile of the new one writes)."""
+        path = path_of(f"{GROUP}/{VERSION}", "MultimodalModel", namespace, name, "status")
+        ops: list[Obj] = [{"op": "add", "path": "/status", "value": status}]
+        if generation is not None:
+            ops.insert(0, {"op": "test", "path": "/metadata/generation", "value": generation})
+        try:
+            self.request("PATCH", path, body=ops, content_type="application/json-patch+json")
+        except ApiFailure as e:
+            if e.status != 422 or generation is None:
+                raise
+            current = self.get(f"{GROUP}/{VERSION}", "MultimodalModel", namespace, name)
+            if current is None or current["metadata"].get("generation") != generation:
+                return False
+            raise
+        return True
 
 
 def to_kopf_error(err: ApiFailure, what: str) -> kopf.TemporaryError | kopf.PermanentError:

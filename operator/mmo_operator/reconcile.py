@@ -166,18 +166,6 @@ def same_shape(plan: PlacementPlan, fresh: PlacementPlan) -> bool:
     )
 
 
-def status_patch(old: Obj | None, new: Obj) -> Obj | None:
-    """The merge patch turning ``old`` into ``new`` (None: nothing to write)."""
-    old = old or {}
-    if old == new:
-        return None
-    patch: Obj = dict(new)
-    for key in old:
-        if key not in new:
-            patch[key] = None
-    return patch
-
-
 def _describe(kind: str, name: str) -> str:
     return f"{kind} {name}"
 
@@ -204,6 +192,8 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.observations: dict[str, Observation] = {}
+        # The last status written for each model (and its uid).
+        self.written: dict[str, tuple[str | None, Obj]] = {}
         self.failed_generation: dict[str, int] = {}
         # The last rebalance of each model (its plan stays in the placement ConfigMap).
         self.rebalances: dict[str, Rebalance] = {}
@@ -337,7 +327,12 @@ class Reconciler:
             or (k[1] == "RayService" and obs.kuberay_installed)
             or (k[1] == "PodMonitor" and obs.monitoring_installed)
         ]
-        seen = self._observe(ns, name, kinds)
+        # A model never reconciled has no children to find yet: skipping the LISTs saves
+        # one call per kind when many models are created at once. Children left by a
+        # first reconcile that was cut short are applied over (server-side apply), and
+        # any no longer wanted are pruned by the next reconcile, which lists.
+        first = not body.get("status") and f"{ns}/{name}" not in self.written
+        seen = {} if first else self._observe(ns, name, kinds)
         fresh = plan_for_model(model, validated.architecture, validated.capacity)
         cm = seen.get(("v1", "ConfigMap", placement_configmap_name(model)))
         if rebalance is not None and same_shape(rebalance.plan, fresh):
@@ -354,7 +349,7 @@ class Reconciler:
         desired = [d for d in desired if d["kind"] != "RayService" or obs.kuberay_installed]
         wanted = {(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in desired}
         extra_kinds = sorted({(k[0], k[1]) for k in wanted} - set(kinds))
-        if extra_kinds:  # kinds the builders added beyond the usual set
+        if extra_kinds and not first:  # kinds the builders added beyond the usual set
             seen.update(self._observe(ns, name, extra_kinds))
         obs.network_policies = sum(1 for d in desired if d["kind"] == "NetworkPolicy")
 
@@ -459,20 +454,24 @@ class Reconciler:
     def _write_status(
         self, body: Obj, model: MultimodalModel, obs: Observation, outcome: Outcome
     ) -> None:
-        old = body.get("status") or {}
+        meta = body["metadata"]
+        key, uid = f"{meta.get('namespace')}/{meta['name']}", meta.get("uid")
+        # What this operator wrote last is newer than the status of a cached body.
+        mine = self.written.get(key)
+        old = mine[1] if mine and mine[0] == uid else body.get("status") or {}
         status = compute_status(model, obs, previous=old, now=now_iso())
         outcome.status = status
         outcome.ready = any(
             c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"]
         )
-        patch = status_patch(old, status)
-        if patch is None:
+        if status == old:
             return
-        meta = body["metadata"]
-        self.kube.patch_status(
-            meta.get("namespace") or "default", meta["name"], patch, meta["resourceVersion"]
+        written = self.kube.patch_status(
+            meta.get("namespace") or "default", meta["name"], status, meta.get("generation")
         )
-        outcome.writes += 1
+        if written:  # otherwise the spec moved on and its own reconcile writes the status
+            self.written[key] = (uid, status)
+            outcome.writes += 1
 
     # -- status-only refresh from a RayService event
 
@@ -498,21 +497,7 @@ class Reconciler:
             return None
         obs = Observation(**{**previous.__dict__, "rayservice": rayservice})
         outcome = Outcome(status={}, observation=obs)
-        try:
-            self._write_status(body, model, obs, outcome)
-        except ApiFailure as e:
-            if e.status != 409:
-                raise
-            # the cached body was stale: read the model once and try again
-            fresh = self.kube.get(
-                body["apiVersion"],
-                body["kind"],
-                meta.get("namespace") or "default",
-                meta["name"],
-            )
-            if fresh is None or fresh["metadata"].get("generation") != obs.generation:
-                return None
-            self._write_status(fresh, model, obs, outcome)
+        self._write_status(body, model, obs, outcome)
         self.observations[key] = obs
         return outcome
 
@@ -534,6 +519,7 @@ class Reconciler:
             except ApiFailure as e:
                 raise to_kopf_error(e, f"deleting the children of {key}") from e
             self.observations.pop(key, None)
+            self.written.pop(key, None)
             self.failed_generation.pop(key, None)
             self.rebalances.pop(key, None)
         return deleted

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from kube_emulator import EmulatorThread
+from kubernetes.config import new_client_from_config
 from operator_harness import (
     CONFIGMAPS,
     MMM,
@@ -16,6 +19,8 @@ from operator_harness import (
     model_doc,
     wait_for,
 )
+
+from mmo_operator.kube import Kube
 
 StartOperator = Callable[..., OperatorProcess]
 
@@ -63,6 +68,39 @@ def test_unchanged_object_costs_no_writes(cluster: Cluster, start_operator: Star
     assert cluster.writes_since(mark) == []
     reads = [r for r in cluster.requests_since(mark) if r.startswith("GET")]
     assert reads, "the resync timer did observe the children"
+
+
+def test_creating_a_model_lists_nothing_and_writes_status_twice(
+    cluster: Cluster, start_operator: StartOperator
+) -> None:
+    """A new model has no children to list, and kopf's own metadata writes (finalizer,
+    annotations) must not make the status write conflict: the status is written once
+    when planned and once when Ready, and the model is never read back."""
+    start_operator("--resync-seconds", "120")  # no resync inside the window
+    mark = cluster.request_mark()
+    cluster.create(MMM, model_doc())
+    wait_for("the RayService", lambda: cluster.get(RAYSERVICES, "tiny"))
+    cluster.play_kuberay("tiny")
+    wait_for("Ready", lambda: (cluster.condition("tiny", "Ready") or {}).get("status") == "True")
+    time.sleep(1.0)  # let late writes land
+    calls = [r for r in cluster.requests_since(mark) if "watch=true" not in r]
+    assert [r for r in calls if r.startswith("GET") and "labelSelector=" in r] == []
+    assert [r for r in calls if r.startswith("GET") and "/multimodalmodels/" in r] == []
+    status_writes = [r for r in calls if r.startswith("PATCH") and "/tiny/status?" in r]
+    assert len(status_writes) == 2, calls
+
+
+def test_status_write_is_skipped_once_the_spec_moved_on(
+    cluster: Cluster, emu: EmulatorThread, tmp_path: Path
+) -> None:
+    kube = Kube(new_client_from_config(emu.write_kubeconfig(str(tmp_path / "kubeconfig"))))
+    generation = cluster.create(MMM, model_doc())["metadata"]["generation"]
+    # a metadata write (as kopf's finalizer) changes resourceVersion, not generation
+    cluster.patch(MMM, "tiny", {"metadata": {"finalizers": ["serving.mmo.dev/finalizer"]}})
+    assert kube.patch_status("ns1", "tiny", {"endpoint": "first"}, generation) is True
+    cluster.patch(MMM, "tiny", {"spec": {"batching": {"maxBatchSize": 4}}})
+    assert kube.patch_status("ns1", "tiny", {"endpoint": "stale"}, generation) is False
+    assert cluster.get(MMM, "tiny")["status"] == {"endpoint": "first"}
 
 
 def test_delete_removes_children_and_releases_finalizer(

@@ -13,7 +13,7 @@ from mmo_operator.builders import build_children
 from mmo_operator.builders.app_args import plan_and_app_args
 from mmo_operator.builders.common import HASH_ANNOTATION
 from mmo_operator.builders.rayservice import cluster_hash
-from mmo_operator.reconcile import contains, current_plan, needs_apply, status_patch
+from mmo_operator.reconcile import contains, current_plan, needs_apply
 
 TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"
 UID = "11111111-2222-3333-4444-555555555555"
@@ -147,8 +147,3 @@ def test_current_plan_keeps_a_rebalanced_plan_of_the_same_shape() -> None:
     other = plan.model_copy(update={"strategy": "contiguous"})
     assert current_plan(cm_rebalanced, other) is other
     assert current_plan(None, plan) is plan
-
-
-def test_status_patch_nulls_removed_keys_and_is_none_when_equal() -> None:
-    assert status_patch({"a": 1}, {"a": 1}) is None
-    assert status_patch({"a": 1, "endpoint": "x"}, {"a": 2}) == {"a": 2, "endpoint": None}
