@@ -550,7 +550,7 @@ class MmoIngress:
                 media_type="text/event-stream",
                 headers=headers,
             )
-        prompt_tokens = int(getattr(result, "prompt_tokens", 0) or 0)
+        prompt_tokens = result.prompt_tokens
         body = oa.ChatCompletion(
             id=completion_id,
             created=self.created_now(),

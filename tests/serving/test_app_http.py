@@ -63,7 +63,8 @@ class FakeEngine:
             expert = len(it.text) % self.EXPERTS
             for layer in range(self.LAYERS):
                 self.tokens[layer][expert][expert % self.ranks] += len(words)
-            out.append(GenerationResult(text=" ".join(words), tokens=len(words)))
+            prompt = len(it.text.split()) + (100 if it.image is not None else 0)
+            out.append(GenerationResult(" ".join(words), len(words), prompt_tokens=prompt))
         return out
 
     async def embed(self, items: list[EmbeddingRequest]) -> list[list[float]]:
@@ -214,7 +215,9 @@ def test_app_chat_with_image_answers(server: Server) -> None:
     answer = body["choices"][0]["message"]["content"]
     assert answer.split()[0] == "green"
     assert body["choices"][0]["finish_reason"] == "stop"
-    assert body["usage"]["completion_tokens"] == 3
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 3 and usage["prompt_tokens"] > 100
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 3
     assert r.headers["x-request-id"]  # Serve's proxy makes one when the client sends none
     r = server.chat(_ask("green"), headers={"X-Request-Id": "req-42"}, max_tokens=1)
     assert r.headers["x-request-id"] == "req-42"

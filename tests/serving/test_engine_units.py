@@ -206,13 +206,33 @@ def test_model_source_refuses_unknown_quantization() -> None:
         ModelSource("tiny://", quantization="int4", tiny=TINY)()
 
 
-def test_model_source_says_when_dtype_is_not_applied(caplog: pytest.LogCaptureFixture) -> None:
-    args = AppArgs(name="t", model_source="builtin://shapes-moe", dtype="bfloat16")
-    assert ModelSource.from_args(args).dtype == "bfloat16"
-    with caplog.at_level("WARNING"):
-        runner = ModelSource("tiny://", tiny=TINY, dtype="bfloat16")()
-    assert "dtype=bfloat16: the built-in model runs in float32" in caplog.text
-    assert next(runner.model.parameters()).dtype == torch.float32
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_model_source_applies_the_dtype(dtype: str) -> None:
+    """The shipped model in a half-precision dtype gives the float32 answers."""
+    from mmo_serving.model import tasks
+
+    args = AppArgs(name="t", model_source="builtin://shapes-moe", dtype=dtype)
+    half = ModelSource.from_args(args)()
+    full = ModelSource("builtin://shapes-moe")()
+    assert {p.dtype for p in half.model.parameters()} == {getattr(torch, dtype)}
+    samples = list(tasks.iter_samples(10, seed=77, split="test"))
+    requests = [
+        GenerationRequest(qa.question, np.asarray(s.image.convert("RGB")), 3)
+        for s in samples
+        for qa in s.qas
+    ]
+    got, want = half.generate(requests), full.generate(requests)
+    assert [g.text for g in got] == [w.text for w in want]
+    embedding = half.embed([EmbeddingRequest(text="a red circle")])[0]
+    reference = full.embed([EmbeddingRequest(text="a red circle")])[0]
+    np.testing.assert_allclose(embedding, reference, atol=0.05)
+
+
+def test_model_source_refuses_an_unknown_dtype() -> None:
+    with pytest.raises(
+        ValueError, match="dtype='int2': valid dtypes are float32, bfloat16, float16"
+    ):
+        ModelSource("tiny://", tiny=TINY, dtype="int2")()
 
 
 def test_moe_layers_must_be_numbered_from_zero() -> None:

@@ -125,3 +125,23 @@ def test_moe_layers_are_discoverable(model) -> None:
         for m in layers
     )
     assert all(m.router.weight.dtype == torch.float32 and m.dispatcher is None for m in layers)
+
+
+def test_generation_reports_the_prompt_tokens(model, samples) -> None:
+    from mmo_serving.engine.model_runner import ShapesRunner
+    from mmo_serving.engine.types import GenerationRequest
+    from mmo_serving.model.inference import encode_questions
+
+    question = "is there a red circle in the image?"
+    requests = [
+        GenerationRequest(question, np.asarray(samples[0].image.convert("RGB")), 3),
+        GenerationRequest(question, None, 3),
+    ]
+    results = ShapesRunner(model, TOK).generate(requests)
+    _, valid = encode_questions(TOK, [question], model.config.max_text_len)
+    text_tokens = int(valid.sum())
+    assert text_tokens >= len(question.split())  # every word and the markers
+    assert [r.prompt_tokens for r in results] == [
+        text_tokens + model.config.n_image_tokens,
+        text_tokens,
+    ]

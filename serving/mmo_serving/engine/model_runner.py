@@ -2,10 +2,10 @@
 
 ``ModelSource`` is the picklable factory each rank calls: it loads the checkpoint named
 by ``AppArgs.model_source`` on the CPU (every rank reads the same files, so the dense
-weights are equal everywhere), applies INT8 when ``AppArgs.quantization == "int8"``, and
-wraps the model. ``AppArgs.dtype`` other than float32 is logged and not applied: the
-built-in model's image path and KV cache run in float32 only. ``tiny`` builds a random
-model instead (tests and benchmarks of the engine alone, no checkpoint needed).
+weights are equal everywhere), casts it to ``AppArgs.dtype`` (weights, activations and
+KV cache; the router's softmax and top-k run in float32 whatever the dtype), applies
+INT8 when ``AppArgs.quantization == "int8"``, and wraps the model. ``tiny`` builds a
+random model instead (tests and benchmarks of the engine alone, no checkpoint needed).
 
 A shard of generation requests runs as one batch through the model's reference greedy
 loop (prefill, then one KV-cached decode step per token) with the shard's largest
@@ -15,7 +15,6 @@ independent, so this equals running each request alone).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,7 @@ from torch import nn
 from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import EmbeddingRequest, GenerationRequest, GenerationResult
 
-log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -37,7 +36,7 @@ class ShapesRunner:
         self.model.to(device)
 
     def generate(self, items: list[GenerationRequest]) -> list[GenerationResult]:
-        from mmo_serving.model.inference import generate_ids
+        from mmo_serving.model.inference import generate_ids, prompt_token_counts
 
         if not items:
             return []
@@ -49,10 +48,16 @@ class ShapesRunner:
             [i.text for i in items],
             max_new_tokens=longest,
         )
+        prompts = prompt_token_counts(
+            self.model,  # type: ignore[arg-type]
+            self.tokenizer,
+            [i.image for i in items],
+            [i.text for i in items],
+        )
         out = []
-        for item, row in zip(items, ids, strict=True):
+        for item, row, prompt in zip(items, ids, prompts, strict=True):
             row = row[: item.max_new_tokens]
-            out.append(GenerationResult(text=self.tokenizer.decode(row), tokens=len(row)))
+            out.append(GenerationResult(self.tokenizer.decode(row), len(row), prompt))
         return out
 
     def embed(self, items: list[EmbeddingRequest]) -> list[list[float]]:
@@ -97,9 +102,9 @@ class ModelSource:
         else:
             model, tokenizer, _ = load_model(self.source, "cpu")
         model.eval()
-        if self.dtype != "float32":
-            # The built-in model's image path and KV cache are float32 only.
-            log.warning("dtype=%s: the built-in model runs in float32", self.dtype)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: valid dtypes are {', '.join(DTYPES)}")
+        model.to(DTYPES[self.dtype])
         if self.quantization == "int8":
             quantize_int8(model)
         elif self.quantization != "none":

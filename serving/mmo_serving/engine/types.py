@@ -58,10 +58,12 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    """Generated text and the number of generated tokens."""
+    """Generated text, the number of generated tokens, and the number of tokens the
+    prompt took (text tokens with their markers, plus the image's tokens)."""
 
     text: str
     tokens: int
+    prompt_tokens: int = 0
 
 
 @dataclass

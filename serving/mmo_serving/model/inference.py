@@ -32,7 +32,19 @@ def _images_tensor(model: ShapesMoE, images: list[Any]) -> tuple[torch.Tensor | 
         return None, has
     blank = torch.zeros(3, size, size)
     x = torch.stack([preprocess(im, size) if im is not None else blank for im in images])
-    return x.to(model.device), has.to(model.device)
+    return x.to(model.device, model.dtype), has.to(model.device)
+
+
+def prompt_token_counts(
+    model: ShapesMoE, tokenizer: WordTokenizer, images: list[Any], questions: list[str]
+) -> list[int]:
+    """Tokens each prompt takes: its text tokens (with ``<bos>``/``<sep>``, cut to the
+    model's text length as generation does) plus the image tokens when it has an image."""
+    max_len, per_image = model.config.max_text_len, model.config.n_image_tokens
+    return [
+        len(tokenizer.question_ids(q, max_len)) + (per_image if image is not None else 0)
+        for image, q in zip(images, questions, strict=True)
+    ]
 
 
 @torch.inference_mode()

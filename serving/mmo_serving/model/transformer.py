@@ -122,6 +122,10 @@ class ShapesMoE(nn.Module):
     def device(self) -> torch.device:
         return self.img_pos.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.img_pos.dtype
+
     # ---- core ------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> image token embeddings [B, grid*grid, D]."""
