@@ -5,7 +5,7 @@
 - apiGroups: ["serving.mmo.dev"]
   resources: ["multimodalmodels"]
   verbs: ["get", "list", "watch", "patch"]
-# Status is written through the status subresource (merge patch).
+# Status is written through the status subresource (JSON patch guarded by generation).
 - apiGroups: ["serving.mmo.dev"]
   resources: ["multimodalmodels/status"]
   verbs: ["patch"]
