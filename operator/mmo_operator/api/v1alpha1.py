@@ -33,6 +33,19 @@ SOURCE_SCHEMES = ("builtin://", "pvc://", "s3://", "hf://", "https://")
 _SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|pvc://[a-z0-9][a-z0-9.-]*/.+|s3://[a-z0-9][a-z0-9.-]*/.+|hf://[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|https://.+)$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
+_HTTP_URL = r"^https?://.+"
+_SEMVER = r"^\d+\.\d+\.\d+$"
+
+# What each pattern means, for error messages (a regex is no help to a person).
+PATTERN_HINTS = {
+    _SOURCE_PATTERN: "expected builtin://NAME, pvc://CLAIM/PATH, s3://BUCKET/PATH, "
+    "hf://ORG/NAME or https://URL",
+    _DNS_LABEL: "expected a DNS label: lowercase letters, digits and '-', starting and "
+    "ending with a letter or digit",
+    _CIDR: "expected a CIDR with its prefix length, e.g. 10.0.0.0/16 or 2001:db8::/32",
+    _HTTP_URL: "expected an http:// or https:// URL",
+    _SEMVER: "expected a version like 2.55.1",
+}
 
 
 def _text_and_image() -> list[Modality]:
@@ -88,7 +101,7 @@ class S3Source(ApiModel):
     """Where to read an ``s3://`` source from."""
 
     endpoint: str = Field(
-        max_length=512, pattern=r"^https?://.+", description="S3-compatible endpoint URL."
+        max_length=512, pattern=_HTTP_URL, description="S3-compatible endpoint URL."
     )
     credentials_secret: Name = Field(
         description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
@@ -315,7 +328,7 @@ class Serving(ApiModel):
         description="Serving image (Ray + mmo_serving).",
     )
     ray_version: str = Field(
-        default="2.55.1", max_length=32, pattern=r"^\d+\.\d+\.\d+$", description="Ray version."
+        default="2.55.1", max_length=32, pattern=_SEMVER, description="Ray version."
     )
     port: int = Field(default=8000, ge=1024, le=65535, description="Serve HTTP port.")
 

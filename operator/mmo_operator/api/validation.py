@@ -24,6 +24,7 @@ from .rules import RULES
 from .v1alpha1 import (
     API_VERSION,
     KIND,
+    PATTERN_HINTS,
     Architecture,
     MultimodalModel,
     builtin_name,
@@ -120,6 +121,35 @@ def _allowed_fields(cls: type[BaseModel]) -> str:
     return ", ".join(sorted((f.alias or n) for n, f in cls.model_fields.items()))
 
 
+# Strict types, as the API server: a quoted "8" is a string, not an integer.
+EXPECTED_TYPES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+}
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string {value!r}{_unquote_hint(value)}"
+    if isinstance(value, dict | list):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return "null" if value is None else repr(value)
+
+
+def _unquote_hint(text: str) -> str:
+    if text in ("true", "false"):
+        return " (write it without quotes)"
+    try:
+        number = float(text)
+    except ValueError:
+        return ""
+    if number.is_integer() and not text.strip().lstrip("+-").isdigit():
+        return f" (write {int(number)})"  # YAML 1.1 reads 6.71e11 as a string
+    return " (write it without quotes)"
+
+
 def _schema_problem(err: Any) -> Problem:
     loc = tuple(err["loc"])
     path = format_loc(loc)
@@ -134,6 +164,10 @@ def _schema_problem(err: Any) -> Problem:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     got = err.get("input")
+    if kind == "string_pattern_mismatch":
+        msg = PATTERN_HINTS.get(err.get("ctx", {}).get("pattern"), msg)
+    elif kind in EXPECTED_TYPES:
+        return Problem(path, f"expected {EXPECTED_TYPES[kind]}, got {_yaml_value(got)}")
     if kind not in ("model_type", "dict_type") and not isinstance(got, dict | list):
         msg = f"{msg} (got {got!r})"
     return Problem(path, msg)
@@ -144,7 +178,8 @@ def parse_model(doc: dict[str, Any]) -> MultimodalModel:
     if problems:
         raise InvalidResource(problems)
     try:
-        return MultimodalModel.model_validate(doc)
+        # by_name=False: only the wire (camelCase) names, as the CRD; strict: no "8" for 8
+        return MultimodalModel.model_validate(doc, strict=True, by_alias=True, by_name=False)
     except ValidationError as e:
         raise InvalidResource([_schema_problem(err) for err in e.errors()]) from e
 
