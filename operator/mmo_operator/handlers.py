@@ -237,10 +237,20 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
     if options.webhook:
 
         @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
-        def admit(body: Any, **_: Any) -> None:
+        def admit(body: Any, old: Any, operation: str | None, **_: Any) -> None:
+            if operation == "UPDATE" and not spec_changed(body, old):
+                return  # metadata only (kopf's finalizer, a deletion): nothing to judge
             admission_check(_plain(body))
 
     return registry
+
+
+def spec_changed(body: Any, old: Any) -> bool:
+    """An update worth judging: a new spec. An object admitted under older rules must
+    still lose its finalizer (and take labels or annotations) after the rules tighten."""
+    if old is None:
+        return True
+    return bool(_plain(body).get("spec") != _plain(old).get("spec"))
 
 
 def admission_check(body: dict[str, Any]) -> None:

@@ -97,10 +97,11 @@ def now_iso() -> str:
 
 def contains(desired: Any, observed: Any) -> bool:
     """Every field of ``desired`` is in ``observed`` with the same value (defaults and
-    fields other managers own may be extra in ``observed``)."""
+    fields other managers own may be extra in ``observed``). An empty list or map may be
+    missing: the API server leaves out empty fields (``omitempty``) when it answers."""
     if isinstance(desired, dict):
         return isinstance(observed, dict) and all(
-            k in observed and contains(v, observed[k]) for k, v in desired.items()
+            contains(v, observed[k]) if k in observed else v in ([], {}) for k, v in desired.items()
         )
     if isinstance(desired, list):
         return (

@@ -30,7 +30,9 @@ def _free_port() -> int:
         return port
 
 
-def _review(obj: dict[str, Any], operation: str = "CREATE") -> dict[str, Any]:
+def _review(
+    obj: dict[str, Any], operation: str = "CREATE", old: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -51,7 +53,7 @@ def _review(obj: dict[str, Any], operation: str = "CREATE") -> dict[str, Any]:
             "namespace": "ns1",
             "name": obj["metadata"]["name"],
             "object": obj,
-            "oldObject": None,
+            "oldObject": old,
             "userInfo": {"username": "tester", "groups": ["system:authenticated"]},
             "dryRun": False,
         },
@@ -108,3 +110,15 @@ def test_webhook_rejects_with_the_mmo_validate_messages(
         assert answer["status"]["code"] == 422
         expected = _validate_cli(path)
         assert answer["status"]["message"].splitlines() == expected, name
+
+    # An object admitted under older rules can still be deleted (kopf removes its
+    # finalizer with an UPDATE) and labelled; a new spec is judged again.
+    invalid = yaml.safe_load((INVALID / "replicas.yaml").read_text())
+    invalid["metadata"].update(namespace="ns1", finalizers=["serving.mmo.dev/finalizer"])
+    leaving = {**invalid, "metadata": {**invalid["metadata"], "finalizers": []}}
+    leaving["metadata"]["deletionTimestamp"] = "2026-11-29T00:00:00Z"
+    answer = httpx.post(url, json=_review(leaving, "UPDATE", invalid), timeout=10).json()
+    assert answer["response"]["allowed"] is True
+    respec = {**invalid, "spec": {**invalid["spec"], "batching": {"maxBatchSize": 4}}}
+    answer = httpx.post(url, json=_review(respec, "UPDATE", invalid), timeout=10).json()
+    assert answer["response"]["allowed"] is False

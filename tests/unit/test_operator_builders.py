@@ -136,6 +136,22 @@ def test_needs_apply_ignores_server_defaults_but_sees_changes() -> None:
     assert not contains({"a": True}, {"a": 1})
 
 
+def test_needs_apply_accepts_empty_lists_the_api_server_left_out() -> None:
+    """A default-deny NetworkPolicy has ``ingress: []``; the API server answers without
+    the key (omitempty). Re-applying it on every resync would be a write each minute."""
+    deny = next(
+        c
+        for name, c in _children(_doc()).items()
+        if name.startswith("NetworkPolicy/") and name.endswith("-default-deny")
+    )
+    assert deny["spec"]["ingress"] == [] and deny["spec"]["egress"] == []
+    served = copy.deepcopy(deny)
+    del served["spec"]["ingress"], served["spec"]["egress"]
+    assert not needs_apply(deny, served)
+    assert contains({"a": {}}, {})
+    assert contains({"a": [1]}, {}) is False
+
+
 def test_current_plan_keeps_a_rebalanced_plan_of_the_same_shape() -> None:
     v = validate(_doc())
     plan, _ = plan_and_app_args(v)
