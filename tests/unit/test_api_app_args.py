@@ -57,6 +57,17 @@ def test_hybrid_settings_reach_the_gateway() -> None:
     assert args.isolation.hybrid is not None
     assert args.isolation.hybrid.endpoint == "https://llm.example.com/v1"
     assert args.isolation.hybrid.offload_data_classes == ["public", "internal"]
+    assert args.isolation.hybrid.queue_threshold == 16  # the API's default
+    assert args.isolation.default_data_class == "internal" and args.isolation.images_sensitive
+
+    doc = read_file(ROOT / "manifests/samples/hybrid-vqa.yaml")
+    iso = doc["spec"]["isolation"]
+    iso.update(defaultDataClass="sensitive", imagesSensitive=False)
+    iso["hybrid"]["offloadQueueThreshold"] = 0
+    args = build_app_args(parse_model(doc), None)
+    assert args.isolation.default_data_class == "sensitive"
+    assert args.isolation.images_sensitive is False
+    assert args.isolation.hybrid is not None and args.isolation.hybrid.queue_threshold == 0
 
 
 def test_placement_must_match_gpu_count(deepseek) -> None:

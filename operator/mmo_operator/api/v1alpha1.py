@@ -241,6 +241,13 @@ class Hybrid(ApiModel):
     redact_pii: bool = Field(
         default=True, alias="redactPII", description="Redact PII before offloading."
     )
+    offload_queue_threshold: int = Field(
+        default=16,
+        ge=0,
+        le=100000,
+        description="Offload the listed classes while more requests than this wait "
+        "locally; a client can also ask with X-Route: cloud.",
+    )
 
 
 class DifferentialPrivacy(ApiModel):
@@ -312,6 +319,12 @@ class Isolation(ApiModel):
     )
     allowed_clients: list[AllowedClients] | None = Field(
         default=None, max_length=32, description="Who may call the endpoint (omit: nobody)."
+    )
+    default_data_class: DataClass = Field(
+        default="internal", description="Data class of a request without X-Data-Class."
+    )
+    images_sensitive: bool = Field(
+        default=True, description="A request with an image is sensitive (never offloaded)."
     )
     audit: Audit = Field(default_factory=Audit, description="Audit trail.")
 

@@ -35,6 +35,7 @@ def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArg
             endpoint=iso.hybrid.endpoint,
             offload_data_classes=list(iso.hybrid.offload_data_classes),
             redact_pii=iso.hybrid.redact_pii,
+            queue_threshold=iso.hybrid.offload_queue_threshold,
         )
     auto = spec.autoscaling
     return AppArgs(
@@ -66,7 +67,13 @@ def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArg
             max_entries=spec.cache.max_entries,
             ttl_seconds=spec.cache.ttl_seconds,
         ),
-        isolation=IsolationArgs(mode=iso.mode, hybrid=hybrid, audit_enabled=iso.audit.enabled),
+        isolation=IsolationArgs(
+            mode=iso.mode,
+            default_data_class=iso.default_data_class,
+            images_sensitive=iso.images_sensitive,
+            hybrid=hybrid,
+            audit_enabled=iso.audit.enabled,
+        ),
         port=spec.serving.port,
     )
 
