@@ -17,7 +17,6 @@ the replica. With ``num_gpus > 1`` the replica reserves a STRICT_PACK placement 
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import time
 import uuid
@@ -380,7 +379,7 @@ class MmoIngress:
         request: Request,
         request_id: str,
         route: str,
-        body: bytes,
+        req: oa.ChatCompletionRequest | oa.EmbeddingRequest,
         texts: list[str],
         image_urls: list[str],
         stream: bool,
@@ -393,7 +392,9 @@ class MmoIngress:
             headers=headers,
             texts=texts,
             image_urls=image_urls,
-            body=json.loads(body),
+            # the validated request, not the raw JSON: fields the schema ignores never
+            # reach the gateway (nor, through an offload, the cloud endpoint)
+            body=req.model_dump(mode="json", exclude_none=True),
             queue_depth=self.inflight[route],
             stream=stream,
         )
@@ -505,7 +506,7 @@ class MmoIngress:
             request,
             out.request_id,
             CHAT_ROUTE,
-            raw,
+            req,
             [t for t, _ in texts],
             [u for u, _ in images],
             req.stream,
@@ -633,7 +634,7 @@ class MmoIngress:
             if url is not None:
                 urls.append(url)
         decision, tenant = await self._decide(
-            request, out.request_id, EMBED_ROUTE, raw, texts, urls, False
+            request, out.request_id, EMBED_ROUTE, req, texts, urls, False
         )
         if decision.action == "offload" and decision.response is not None:
             out.cache = "offload"

@@ -49,7 +49,8 @@ class RequestInfo:
     headers: Mapping[str, str]  # lower-cased names
     texts: list[str]  # every text the request carries, in order
     image_urls: list[str]  # every image URL as sent (data: or remote), in order
-    body: dict[str, Any]  # the request JSON as received (what an offload forwards)
+    # the validated request (schema fields only); an offload sends a copy rebuilt from it
+    body: dict[str, Any]
     queue_depth: int  # requests in flight in this replica, this one included
     stream: bool = False
 

@@ -196,6 +196,39 @@ def test_hybrid_offloads_public_with_pii_redacted(env: Env) -> None:
     assert "[EMAIL]" in sent[0].decode() and "[CARD]" in sent[0].decode()
 
 
+def test_hybrid_offload_forwards_only_the_fields_the_schema_knows(env: Env) -> None:
+    before = len(env.cloud.received)
+    message = {
+        "role": "user",
+        "content": "hello there",
+        "model": "bob@example.com",
+        "name": "erin@example.com",
+    }
+    body = {
+        "model": MODEL,
+        "messages": [message],
+        "max_tokens": 7,
+        "user": "carol@example.com",
+        "seed": 3,
+        "metadata": {"type": "4111 1111 1111 1111", "alice@example.com": "x"},
+    }
+    headers = {"X-Data-Class": "public", "X-Route": "cloud", "X-Request-Id": "extra-fields-1"}
+    resp = env.http.post("/hybrid/v1/chat/completions", json=body, headers=headers)
+    assert _content(resp) == "cloud answer"
+    assert [json.loads(b) for b in env.cloud.received[before:]] == [
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hello there"}],
+            "max_tokens": 7,
+            "stream": False,
+        }
+    ]
+    # the gateway is handed the validated request, not the raw JSON: fields that the
+    # schema ignores are no part of the request (nor of its classification)
+    line = [x for x in env.audit_lines("hybrid") if x["requestId"] == "extra-fields-1"][-1]
+    assert (line["decision"], line["class"], line["pii"]) == ("offload", "public", {})
+
+
 def test_hybrid_keeps_sensitive_internal_and_queue_below_threshold_local(env: Env) -> None:
     before = len(env.cloud.received)
     for headers in (

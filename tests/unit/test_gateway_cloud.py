@@ -8,6 +8,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -191,6 +192,127 @@ def test_mixed_traffic_never_sends_sensitive_or_raw_pii() -> None:
             assert value not in log
         assert "describe the picture" not in log and "REQ0" not in log
         assert len(log.splitlines()) == len(traffic)
+
+    run(main)
+
+
+def test_unknown_fields_holding_pii_never_reach_the_cloud() -> None:
+    body = {
+        "model": "shapes",
+        "user": "carol@example.com",
+        "metadata": {"type": "4111 1111 1111 1111", "alice@example.com": "x"},
+        "seed": 7,
+        "max_tokens": 5,
+        "temperature": 0.5,
+        "messages": [
+            {
+                "role": "user",
+                "model": "bob@example.com",
+                "name": "erin@example.com",
+                "content": "hello, I am dave@example.com",
+            }
+        ],
+    }
+
+    async def main() -> None:
+        fake = FakeCloud()
+        async with serve(fake) as endpoint:
+            gw, audit, sink = make_gateway(endpoint)
+            res = await gw.handle(
+                body, {"X-Data-Class": "public", "X-Route": "cloud"}, run_local=LocalModel()
+            )
+            await gw.aclose()
+        assert res.decision == "offload"
+        assert fake.received == [
+            {
+                "model": "shapes",
+                "messages": [{"role": "user", "content": "hello, I am [EMAIL]"}],
+                "max_tokens": 5,
+                "temperature": 0.5,
+                "stream": False,
+            }
+        ]
+        sent = b"".join(fake.raw).decode()
+        for value in ["4111 1111 1111 1111", "example.com", "metadata", "seed", "name"]:
+            assert value not in sent
+        line = json.loads(audit.getvalue())
+        assert line["pii"] == {"card": 1, "email": 5}  # everything the request held
+        assert line["redactions"] == {"email": 1}  # what was redacted in what left
+        assert sink.redacted == {"email": 1}
+
+    run(main)
+
+
+def test_pii_in_a_forwarded_keyword_value_is_never_sent() -> None:
+    body = {"model": "bob@example.com", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"X-Data-Class": "public", "X-Route": "cloud"}
+
+    async def main() -> None:
+        fake = FakeCloud()
+        async with serve(fake) as endpoint:
+            gw, audit, _ = make_gateway(endpoint)
+            res = await gw.handle(body, headers, run_local=LocalModel())
+            await gw.aclose()
+            assert res.decision == "fallback" and fake.raw == []
+            assert json.loads(audit.getvalue())["pii"] == {"email": 1}
+            # with a model name of its own, the endpoint never sees the client's
+            gw, _, _ = make_gateway(endpoint, model="cloud-model")
+            res = await gw.handle(body, headers, run_local=LocalModel())
+            await gw.aclose()
+        assert res.decision == "offload"
+        assert fake.received == [
+            {
+                "model": "cloud-model",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": False,
+            }
+        ]
+
+    run(main)
+
+
+NEW_FORMATS = [
+    "07700 900123",
+    "01632 960983",
+    "030 12345678",
+    "(030) 1234567",
+    "0171 1234567",
+    "Tel. 030/12345678",
+    "0044 20 7946 0958",
+    "phone: 5551234567",
+    "call 02079460958",
+    "4111\u00a01111\u00a01111\u00a01111",
+    "４１１１ １１１１ １１１１ １１１１",
+    "user＠example.com",
+    "192。168。1。1",
+    "::ffff:192.0.2.128",
+    "DE89-3704-0044-0532-0130-00",
+    "jane_o'neil@example.org",
+    "192.168.001.001",
+]
+
+
+def test_new_formats_are_redacted_before_they_leave() -> None:
+    async def main() -> None:
+        fake = FakeCloud()
+        async with serve(fake) as endpoint:
+            gw, _, _ = make_gateway(endpoint)
+            for value in NEW_FORMATS:
+                res = await gw.handle(
+                    chat(f"please note {value} thanks"),
+                    {"X-Data-Class": "public", "X-Route": "cloud"},
+                    run_local=LocalModel(),
+                )
+                assert res.decision == "offload", value
+            await gw.aclose()
+        assert len(fake.received) == len(NEW_FORMATS)
+        for value, body in zip(NEW_FORMATS, fake.received, strict=True):
+            content = unicodedata.normalize("NFKC", body["messages"][0]["content"])
+            assert content.startswith("please note ") and content.endswith(" thanks")
+            folded = unicodedata.normalize("NFKC", value).replace("\u3002", ".")
+            assert folded.split()[-1] not in content, value
+            digits = "".join(ch for ch in folded if ch.isdigit())
+            assert not digits or digits[-6:] not in "".join(ch for ch in content if ch.isdigit())
 
     run(main)
 

@@ -87,3 +87,43 @@ def test_decide_maps_local_refuse_offload_and_fallback() -> None:
 
     asyncio.run(main())
     assert [c[1] for c in sink.calls] == ["local", "refuse", "offload", "fallback"]
+
+
+def test_offloaded_embeddings_are_rebuilt_from_the_schema() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        assert request.url.path == "/v1/embeddings"
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    hy = HybridArgs(endpoint="https://cloud.example.com/v1", retries=0, credentials_env="K")
+    cloud = CloudClient(hy, env={"K": "x"}, transport=httpx.MockTransport(handler))
+    gw = IngressGateway(
+        Gateway(IsolationArgs(mode="hybrid", hybrid=hy), audit=AuditLog(enabled=False), cloud=cloud)
+    )
+    body = {
+        "model": "m",
+        "input": ["hello", "call 02079460958"],
+        "user": "alice@example.com",
+        "dimensions": 3,
+        "extra": {"bob@example.com": "4111 1111 1111 1111"},
+    }
+    request = RequestInfo(
+        request_id="r2",
+        route="/v1/embeddings",
+        tenant="t1",
+        headers={"x-data-class": "public", "x-route": "cloud"},
+        texts=["hello", "call 02079460958"],
+        image_urls=[],
+        body=body,
+        queue_depth=0,
+    )
+
+    async def main() -> None:
+        d = await gw.decide(request)
+        assert d.action == "offload"
+        await gw.close()
+
+    asyncio.run(main())
+    assert sent == [{"model": "m", "input": ["hello", "call [PHONE]"], "encoding_format": "float"}]

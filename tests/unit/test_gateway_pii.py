@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from mmo_serving.gateway import pii
 
 VALID = {
-    "email": ["jane.doe@example.com", "x_y+tag@mail.sub.example.org", "A1@B2.io"],
+    "email": [
+        "jane.doe@example.com",
+        "x_y+tag@mail.sub.example.org",
+        "A1@B2.io",
+        "jane_o'neil@example.org",
+        "jöhn.müller@bücher.de",
+    ],
     "phone": [
         "+1 415 555 2671",
         "+44 20 7946 0958",
@@ -20,6 +26,17 @@ VALID = {
         "138 1234 5678",
         "030 1234 5678",
         "06 12 34 56 78",
+        "07700 900123",  # UK mobile
+        "01632 960983",  # UK geographic
+        "07911 123456",
+        "030 12345678",  # German, one group after the area code
+        "(030) 1234567",
+        "0171 1234567",
+        "030/12345678",
+        "0044 20 7946 0958",  # 00 international prefix
+        "0049 (0)30 1234567",
+        "02079460958",  # national number as one run
+        "555-123-4567",
     ],
     "card": [
         "4111111111111111",
@@ -37,9 +54,17 @@ VALID = {
         "FR1420041010050500013M02606",
         "NL91ABNA0417164300",
         "CH93 0076 2011 6238 5295 7",
+        "DE89-3704-0044-0532-0130-00",
+        "DE89  3704  0044  0532  0130  00",
     ],
-    "ipv4": ["10.0.0.1", "192.168.100.200", "8.8.8.8"],
-    "ipv6": ["2001:db8::1", "fe80::1ff:fe23:4567:890a", "2001:0db8:85a3:0000:0000:8a2e:0370:7334"],
+    "ipv4": ["10.0.0.1", "192.168.100.200", "8.8.8.8", "192.168.001.001"],
+    "ipv6": [
+        "2001:db8::1",
+        "fe80::1ff:fe23:4567:890a",
+        "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
+        "::ffff:192.0.2.128",
+        "::ffff:192.168.001.001",
+    ],
 }
 
 # Each near-miss differs from a valid value by one character, or breaks one rule.
@@ -64,10 +89,18 @@ NEAR_MISSES = {
         "GB82WEST12345698765433",
         "NL91ABNA0417164301",
     ],
-    "ipv4": ["256.1.1.1", "10.0.0.999"],
+    "ipv4": ["256.1.1.1", "10.0.0.999", "192.168.001.256"],
     "ipv6": ["1:2:3:4:5:6:7:8:9", "12:30:45", "a::b"],
     "email": ["jane.doe@", "@example.com", "user@localhost"],
-    "phone": ["12345678", "01-05-2024", "2024-05-01", "4155552671000000000"],
+    "phone": [
+        "12345678",
+        "01-05-2024",
+        "2024-05-01",
+        "4155552671000000000",
+        "5551234567",  # a bare run with no phone word before it
+        "0171 123",  # too short
+        "0044 to 0055",
+    ],
 }
 
 
@@ -90,6 +123,12 @@ def test_near_miss_is_not_reported_as_that_kind(kind: str, value: str) -> None:
         "The meeting is at 12:30:45 on 2024-05-01, room 12, order 12345678.",
         "Use numpy 1.26 and python 3.11; see section 4.2.1.",
         "A cat sits on a mat. Class::method is called twice.",
+        "I have 3 red circles and 2 squares",
+        "Due 2026-11-29 at 12:30, or on 29.11.2026 12:30 or 05.11.2026 09:15.",
+        "It costs 1,299.00 (was 1299.00 EUR); upgrade to 2.55.1 or v0.12.3.",
+        "Short numbers: 7, 42, 0171, 123 4567, room 0800, zip 01069 Dresden.",
+        "The hotel 1234567890 is a booking reference, as is order 0000123456.",
+        "Ratio 16:9, coordinates 48.8566, 2.3522, pi 3.14159265358979.",
     ],
 )
 def test_ordinary_text_has_no_findings(text: str) -> None:
@@ -183,3 +222,74 @@ def test_any_email_is_redacted(user: str, host: str, tld: str, words: list[str])
     out, _ = pii.redact(" ".join([*words, email, *words]))
     assert email not in out
     assert "@" not in out
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("phone: 5551234567", "phone: [PHONE]"),
+        ("call 02079460958 today", "call [PHONE] today"),
+        ("Tel. 030/12345678", "Tel. [PHONE]"),
+        ("Mobile (after 6pm): 555 123 45678", "Mobile (after 6pm): [PHONE]"),
+        ("Telefonnummer: 4930 1234 5678", "Telefonnummer: [PHONE]"),
+        ("fax 4930-1234-5678", "fax [PHONE]"),
+        ("电话：5551234567", "电话：[PHONE]"),
+        ("手机号码 13812345678", "手机号码 [PHONE]"),
+        # no phone word within the window: a bare run is not a phone number
+        ("order 5551234567", "order 5551234567"),
+        ("call me about it tomorrow, the order is 5551234567", None),
+    ],
+)
+def test_bare_digit_run_after_a_phone_word(text: str, expected: str | None) -> None:
+    out, _ = pii.redact(text)
+    assert out == (text if expected is None else expected)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # non-breaking, narrow and ideographic spaces; en dashes
+        ("card 4111\u00a01111\u00a01111\u00a01111 ok", "card [CARD] ok"),
+        ("card 4111\u202f1111\u20091111\u30001111 ok", "card [CARD] ok"),
+        ("card 4111\u20131111\u20131111\u20131111 ok", "card [CARD] ok"),
+        # full-width digits, @ and dots, ideographic full stop
+        ("卡号：４１１１ １１１１ １１１１ １１１１。", "卡号：[CARD]。"),
+        ("mail user＠example.com now", "mail [EMAIL] now"),
+        ("mail ｕｓｅｒ＠ｅｘａｍｐｌｅ．ｃｏｍ now", "mail [EMAIL] now"),
+        ("host 192。168。1。1 down", "host [IPV4] down"),
+        ("手机 １３８１２３４５６７８", "手机 [PHONE]"),
+        ("IBAN ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００", "IBAN [IBAN]"),
+        # invisible characters inside a value
+        ("mail jane\u200b@example.com now", "mail [EMAIL] now"),
+        ("id 1101051949\u200d1231002X", "id [CN_ID]"),
+        # Arabic-Indic digits
+        ("call +٤٤ ٢٠ ٧٩٤٦ ٠٩٥٨", "call [PHONE]"),
+        # text around a finding is kept as written, even when folding changes lengths
+        ("ﬁle\u200b ４１１１ １１１１ １１１１ １１１１ ①", "ﬁle\u200b [CARD] ①"),
+    ],
+)
+def test_unicode_forms_are_normalised_and_the_original_span_redacted(
+    text: str, expected: str
+) -> None:
+    out, counts = pii.redact(text)
+    assert out == expected
+    assert sum(counts.values()) == 1
+    assert pii.detect(out) == []
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("host ::ffff:192.0.2.128 up", "host [IPV6] up"),
+        ("IBAN DE89-3704-0044-0532-0130-00.", "IBAN [IBAN]."),
+        ("IBAN DE89  3704  0044  0532  0130  00 BANK", "IBAN [IBAN] BANK"),
+        ("mail jane_o'neil@example.org, or 'bob@example.com'", "mail [EMAIL], or '[EMAIL]'"),
+        ("host 192.168.001.001:8080", "host [IPV4]:8080"),
+        ("call +44 20 7946 0958 2024 times", "call [PHONE] 2024 times"),
+        ("(555-123-4567)", "([PHONE])"),
+        ("(030 1234567)", "([PHONE])"),
+    ],
+)
+def test_no_partial_redaction(text: str, expected: str) -> None:
+    out, _ = pii.redact(text)
+    assert out == expected

@@ -59,6 +59,27 @@ def test_map_texts_leaves_images_and_keywords_alone() -> None:
     assert body["messages"][0]["content"][0]["text"] == "hello"  # original untouched
 
 
+def test_scan_collects_keys_keywords_and_remote_urls_for_the_pii_check() -> None:
+    body = chat("hi", "https://img.example.com/a.png?for=carol@example.com")
+    body["model"] = "bob@example.com"
+    body["metadata"] = {"type": "4111 1111 1111 1111", "alice@example.com": "x"}
+    s = scan(body)
+    assert s.texts == ["hi", "x"]  # user text only: keys and keywords are never rewritten
+    assert "bob@example.com" in s.other and "alice@example.com" in s.other
+    assert "4111 1111 1111 1111" in s.other and "messages" in s.other
+    assert "https://img.example.com/a.png?for=carol@example.com" in s.other
+    c = classify({"X-Data-Class": "public"}, s, IsolationArgs(images_sensitive=False))
+    assert c.data_class == "sensitive" and c.pii == {"email": 3, "card": 1}
+
+
+def test_text_that_starts_with_data_colon_is_text_not_an_image() -> None:
+    s = scan(chat("data: call me on 415-555-2671"))
+    assert s.texts == ["data: call me on 415-555-2671"] and s.inline_images == 0
+    assert scan({"input": ["data:image/png;base64,iVBO"]}).inline_images == 1
+    c = classify({"X-Data-Class": "public"}, s, IsolationArgs(images_sensitive=False))
+    assert c.data_class == "sensitive" and c.pii == {"phone": 1}
+
+
 def test_payload_hash_is_stable_across_key_order() -> None:
     assert payload_sha256({"a": 1, "b": [1, 2]}) == payload_sha256({"b": [1, 2], "a": 1})
     assert payload_sha256({"a": 1}) != payload_sha256({"a": 2})

@@ -17,9 +17,11 @@ Used directly (any app, about ten lines)::
 ``handle`` classifies the body (``X-Data-Class`` header, policy default, images, PII),
 decides (:mod:`.policy`), writes one audit line and counts the decision, then either
 returns a 400/403 error body (OpenAI error shape), calls ``run_local`` with the
-original body, or sends a redacted copy to the hybrid endpoint (:mod:`.cloud`),
-serving locally (decision ``fallback``) when the endpoint fails. ``result.body`` is a
-complete JSON response (the outbound request is sent with ``stream: false``).
+original body, or sends a copy rebuilt from the OpenAI schema (:mod:`.outbound`: the
+client's unknown fields never leave) and redacted to the hybrid endpoint
+(:mod:`.cloud`), serving locally (decision ``fallback``) when the endpoint fails.
+``result.body`` is a complete JSON response (the outbound request is sent with
+``stream: false``).
 Headers read: ``X-Data-Class``, ``X-Route`` (auto|local|cloud), ``X-Request-Id``,
 ``X-Tenant`` (client-asserted; pass ``tenant=`` from authentication where there is
 one). Headers set on the result: ``X-Request-Id``, ``X-MMO-Decision``,

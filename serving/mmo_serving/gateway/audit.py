@@ -78,7 +78,7 @@ class AuditLog:
     def write(self, record: Mapping[str, Any]) -> dict[str, Any] | None:
         if not self.enabled:
             return None
-        line = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")}
+        line = {"time": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")}
         line.update(record)
         text = json.dumps(line, sort_keys=False, ensure_ascii=True) + "\n"
         with self._lock:

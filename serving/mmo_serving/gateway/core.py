@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -10,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mmo_serving.config import IsolationArgs
-from mmo_serving.gateway import pii
+from mmo_serving.gateway import outbound, pii
 from mmo_serving.gateway.audit import AuditLog, MetricsSink, safe_token
 from mmo_serving.gateway.policy import (
     Classification,
@@ -131,19 +130,26 @@ class Gateway:
         return Evaluation(RequestContext(rid, ten, cls.data_class), decision, cls, scanned, digest)
 
     def outbound_body(
-        self, body: dict[str, Any], decision: Decision
-    ) -> tuple[dict[str, Any], Counter[str]]:
-        """What may be sent to the cloud: redacted copy, no streaming, no ``user`` id."""
+        self, body: dict[str, Any], decision: Decision, route: str = "chat/completions"
+    ) -> tuple[dict[str, Any] | None, Counter[str]]:
+        """What may be sent to the cloud, and the redactions made in it.
+
+        The body is rebuilt from the OpenAI schema (:func:`.outbound.rebuild`: only the
+        fields the gateway knows, never the client's other fields; ``stream: false``),
+        then its texts are redacted when the decision says so. ``None`` when the body
+        cannot be rebuilt for ``route``: it is then not sent."""
         counts: Counter[str] = Counter()
+        out = outbound.rebuild(body, route)
+        if out is None:
+            return None, counts
 
         def redact(text: str) -> str:
-            out, found = pii.redact(text)
+            redacted, found = pii.redact(text)
             counts.update(found)
-            return out
+            return redacted
 
-        out = map_texts(body, redact) if decision.redact else copy.deepcopy(body)
-        out.pop("user", None)
-        out["stream"] = False
+        if decision.redact:
+            out = map_texts(out, redact)
         hybrid = self.args.hybrid
         if hybrid is not None and hybrid.model:
             out["model"] = hybrid.model
@@ -205,8 +211,10 @@ class Gateway:
     ) -> GatewayResult:
         """Decide for one request and carry the decision out.
 
-        ``route`` is the OpenAI path under ``/v1`` (``chat/completions``,
-        ``completions``, ``embeddings``): the cloud endpoint gets the same path.
+        ``route`` is the OpenAI path under ``/v1`` (``chat/completions`` or
+        ``embeddings``; a request on another route is never offloaded): the cloud
+        endpoint gets the same path, and a body rebuilt from the schema
+        (:mod:`.outbound`), never the client's JSON.
         ``run_local(body, context)`` serves the original body locally (through the cache,
         keyed with ``context.cache_namespace``) and returns the JSON response.
         """
@@ -243,9 +251,12 @@ class Gateway:
             return GatewayResult(d.status, body_out, "refuse", ev.context, hdrs)
         if d.action == "local":
             return await local("local", d.reason)
-        outbound, counts = self.outbound_body(body, d)
+        sent, counts = self.outbound_body(body, d, route)
+        if sent is None:
+            reason = f"the body cannot be rebuilt for the {route} endpoint: served locally"
+            return await local("fallback", reason)
         leftover = Counter[str]()
-        for text in scan(outbound).texts:
+        for text in scan(sent).strings():  # every string that would leave, keys included
             leftover.update(pii.count(text))
         if leftover:  # defence in depth: never send what the detectors still flag
             return await local("fallback", "PII left in the outbound body: served locally")
@@ -255,7 +266,7 @@ class Gateway:
         from mmo_serving.gateway.cloud import CloudError
 
         try:
-            resp = await cloud.post(route, outbound)
+            resp = await cloud.post(route, sent)
         except CloudError as exc:
             return await local("fallback", f"cloud endpoint failed: {exc}; served locally")
         self._record(

@@ -4,7 +4,9 @@ Classification
     The client declares a class with ``X-Data-Class: public|internal|sensitive``; when the
     header is absent the policy default (``IsolationArgs.default_data_class``) applies.
     A request carrying an image is ``sensitive`` unless ``images_sensitive`` is off.
-    A request whose text contains PII (see :mod:`.pii`) is raised to ``sensitive``.
+    A request whose text contains PII (see :mod:`.pii`) is raised to ``sensitive``; so
+    is one with PII in any other string it carries (a dict key, a protocol keyword such
+    as ``model``, a remote image URL: see :mod:`.request`).
 
 Decision (first rule that applies wins)
     1. ``X-Route`` other than ``auto``/``local``/``cloud`` or an unknown ``X-Data-Class``:
@@ -106,7 +108,7 @@ def classify(headers: Mapping[str, str], scanned: Scan, args: IsolationArgs) -> 
     if images and args.images_sensitive and declared != "sensitive":
         declared, source = "sensitive", "image"
     found: Counter[str] = Counter()
-    for text in scanned.texts:
+    for text in scanned.strings():
         found.update(pii.count(text))
     data_class: DataClass = "sensitive" if found else declared
     return Classification(
