@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from mmo_operator.api.problems import InvalidResource
+from mmo_operator.api.problems import InvalidResource, Problem
 
 # Modules that add commands; each has `register(subparsers)`.
 COMMAND_MODULES = (
@@ -26,12 +27,39 @@ COMMAND_MODULES = (
 )
 
 EXIT_INVALID = 1
+EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE
 
 
-def _print_problems(err: InvalidResource, source: str) -> None:
-    for p in err.problems:
+def _print_problems(problems: list[Problem], source: str) -> None:
+    for p in problems:
         where = f"{source}: " if source and not p.message.startswith(source) else ""
         print(f"{where}{p}", file=sys.stderr)
+
+
+def _invalid(path: str, problems: list[Problem]) -> dict[str, Any]:
+    """The machine-readable result of a file that failed (`-o json`)."""
+    return {
+        "file": path,
+        "valid": False,
+        "problems": [{"path": p.path, "message": p.message} for p in problems],
+    }
+
+
+def _dump(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -44,15 +72,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             v = validate_file(path)
         except InvalidResource as e:
             failed += 1
-            results.append(
-                {
-                    "file": path,
-                    "valid": False,
-                    "problems": [{"path": p.path, "message": p.message} for p in e.problems],
-                }
-            )
+            results.append(_invalid(path, e.problems))
             if args.output == "text":
-                _print_problems(e, path)
+                _print_problems(e.problems, path)
             continue
         results.append({"file": path, "valid": True, "name": v.model.name, "warnings": v.warnings})
         if args.output == "text":
@@ -60,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             for w in v.warnings:
                 print(f"{path}: warning: {w}")
     if args.output == "json":
-        print(json.dumps(results, indent=2))
+        _dump(results, "json")
     return EXIT_INVALID if failed else 0
 
 
@@ -76,6 +98,7 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from mmo_operator.api.validation import (
+        builtin_rule_problems,
         capacity_of,
         cross_field_problems,
         parse_model,
@@ -83,7 +106,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         resolve_architecture,
     )
     from mmo_operator.planning import plan_for_model
+    from mmo_operator.planning.current import replan
 
+    if args.max_moves is not None and args.current is None:
+        print("mmo plan: --max-moves needs --current PLAN.json", file=sys.stderr)
+        return 2
     try:
         model = parse_model(read_file(args.file))
         if args.redundant is not None:
@@ -92,9 +119,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if problems:
             raise InvalidResource(problems)
         arch = resolve_architecture(model)
+        problems = builtin_rule_problems(model, arch)
+        if problems:
+            raise InvalidResource(problems)
     except InvalidResource as e:
-        _print_problems(e, args.file)
-        return EXIT_INVALID
+        return _plan_failed(args, e.problems)
     capacity = capacity_of(model, arch)
     out: dict[str, Any] = {
         "name": model.name,
@@ -105,23 +134,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     code = 0
     if capacity.fits:
         try:
-            plan = plan_for_model(model, arch, capacity, loads_path=args.loads)
-        except (ValueError, InvalidResource) as e:
-            print(f"{args.file}: {e}", file=sys.stderr)
-            return EXIT_INVALID
-        if plan is not None:
-            out["placement"] = plan.model_dump(mode="json", by_alias=True)
+            if args.current is None:
+                plan = plan_for_model(model, arch, capacity, loads_path=args.loads)
+            else:
+                churn = replan(
+                    model,
+                    arch,
+                    capacity,
+                    args.current,
+                    loads_path=args.loads,
+                    max_moves=args.max_moves,
+                )
+                plan, out["churn"] = churn.plan, churn.to_dict()
+        except ValueError as e:
+            return _plan_failed(args, [Problem("", str(e))])
+        out["placement"] = plan.model_dump(mode="json", by_alias=True)
     else:
         code = EXIT_INVALID
         if args.output != "text":
             print(f"{args.file}: spec.resources: {capacity.message}", file=sys.stderr)
-    if args.output == "json":
-        print(json.dumps(out, indent=2))
-    elif args.output == "yaml":
-        print(yaml.safe_dump(out, sort_keys=False), end="")
-    else:
+    if args.output == "text":
         _print_plan_text(out, capacity)
+    else:
+        _dump(out, args.output)
     return code
+
+
+def _plan_failed(args: argparse.Namespace, problems: list[Problem]) -> int:
+    """Problems on stderr, one a line; with -o json/yaml also the result on stdout."""
+    _print_problems(problems, args.file)
+    if args.output != "text":
+        _dump(_invalid(args.file, problems), args.output)
+    return EXIT_INVALID
 
 
 def _print_plan_text(out: dict[str, Any], capacity: Any) -> None:
@@ -131,14 +175,27 @@ def _print_plan_text(out: dict[str, Any], capacity: Any) -> None:
     for w in capacity.warnings:
         print(f"  warning: {w}")
     plan = out.get("placement")
-    if plan:
+    if not plan:
+        return
+    print(
+        f"  placement: {plan['strategy']}, {plan['numGpus']} GPUs x "
+        f"{plan['slotsPerGpu']} slots, balancedness {plan['balancedness']:.3f}"
+    )
+    churn = out.get("churn")
+    if churn:
+        scratch = churn["fromScratch"]
         print(
-            f"  placement: {plan['strategy']}, {plan['numGpus']} GPUs x "
-            f"{plan['slotsPerGpu']} slots, balancedness {plan['balancedness']:.3f}"
+            f"  moved {churn['moved']} experts, balancedness {churn['balancednessBefore']:.3f}"
+            f" -> {churn['balancedness']:.3f} (from scratch: moved {scratch['moved']}, "
+            f"balancedness {scratch['balancedness']:.3f})"
         )
-        for layer in plan["layers"]:
-            moved = f", moved {layer['moved']}" if layer.get("moved") else ""
-            print(f"    layer {layer['layer']}: balancedness {layer['balancedness']:.3f}{moved}")
+    for i, layer in enumerate(plan["layers"]):
+        line = f"    layer {layer['layer']}: balancedness {layer['balancedness']:.3f}"
+        if churn:
+            line += f", moved {layer['moved']} (from scratch {scratch['movedPerLayer'][i]})"
+        elif layer.get("moved"):
+            line += f", moved {layer['moved']}"
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--loads", metavar="LOADS.json", help='observed loads: {"layers": [[tokens per expert]]}'
     )
-    p.add_argument("--redundant", type=int, metavar="N", help="override redundantExperts")
+    p.add_argument("--redundant", type=_non_negative, metavar="N", help="override redundantExperts")
+    p.add_argument(
+        "--current",
+        metavar="PLAN.json",
+        help="the plan in force (the placement of `mmo plan -o json` or the placement "
+        "ConfigMap): re-plan with few moves and report them against a plan from scratch",
+    )
+    p.add_argument(
+        "--max-moves",
+        type=_non_negative,
+        metavar="N",
+        help="with --current: most experts moved per layer",
+    )
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
     p.set_defaults(func=cmd_plan)
 
@@ -180,9 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (captured)
+        pass
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mmo_operator.api.crd import build_crd
 from mmo_operator.api.problems import InvalidResource
+from mmo_operator.api.rules import RULES
 from mmo_operator.api.validation import read_document, validate, validate_file
 from mmo_operator.cli import main
 
@@ -116,6 +119,26 @@ def test_builtin_balanced_divisibility_uses_the_package_architecture() -> None:
         validate(doc)
     assert e.value.problems[0].path == "spec.experts.redundantExperts"
     assert "numExperts (8 for builtin://shapes-moe)" in e.value.problems[0].message
+    assert e.value.problems[0].message.endswith(
+        ": 8 + 3 = 11 is not a multiple of 8 GPUs (8 x 1); use redundantExperts 0 or 8"
+    )
+
+
+def test_divisibility_figures_are_python_only() -> None:
+    """The CEL rule keeps its static message; validation adds the numbers and the fix."""
+    doc = _doc()
+    doc["spec"]["resources"]["nodesPerReplica"] = 6
+    with pytest.raises(InvalidResource) as e:
+        validate(doc)
+    (rule,) = [r for r in RULES if r.path == "spec.experts.redundantExperts"]
+    (problem,) = [p for p in e.value.problems if p.path == rule.path]
+    assert problem.message == (
+        f"{rule.message}: 256 + 0 = 256 is not a multiple of 48 GPUs (8 x 6); "
+        "use redundantExperts 32"
+    )
+    assert not any(ch.isdigit() for ch in rule.message)
+    crd_messages = json.dumps(build_crd())
+    assert rule.message in crd_messages and "256 + 0" not in crd_messages
 
 
 def test_nested_unknown_field_in_list_item() -> None:

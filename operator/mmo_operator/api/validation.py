@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from mmo_operator.planning.capacity import CapacityReport, plan_capacity
+from mmo_operator.planning.placement import nearest_redundant
 
 from .builtin import UnknownBuiltin, builtin_architecture
 from .problems import InvalidResource, Problem, format_loc
@@ -187,8 +188,33 @@ def parse_model(doc: dict[str, Any]) -> MultimodalModel:
 # --- semantic checks ----------------------------------------------------------------------
 
 
+_DIVISIBILITY_PATH = "spec.experts.redundantExperts"
+
+
 def cross_field_problems(model: MultimodalModel) -> list[Problem]:
-    return [Problem(r.path, r.message) for r in RULES if not r.holds(model.spec)]
+    """The rules CEL also checks; the Python side adds the figures CEL messages lack."""
+    spec = model.spec
+    problems = []
+    for rule in RULES:
+        if rule.holds(spec):
+            continue
+        message = rule.message
+        if rule.path == _DIVISIBILITY_PATH and spec.model.architecture is not None:
+            message += _divisibility_figures(model, spec.model.architecture.num_experts)
+        problems.append(Problem(rule.path, message))
+    return problems
+
+
+def _divisibility_figures(model: MultimodalModel, num_experts: int) -> str:
+    """``: 256 + 3 = 259 is not a multiple of 8 GPUs (8 x 1); use redundantExperts 0 or 8``."""
+    spec = model.spec
+    redundant, gpus = spec.experts.redundant_experts, spec.total_gpus
+    fixes = " or ".join(map(str, nearest_redundant(num_experts, redundant, gpus)))
+    return (
+        f": {num_experts} + {redundant} = {num_experts + redundant} is not a multiple of "
+        f"{gpus} GPUs ({spec.resources.gpus_per_node} x {spec.resources.nodes_per_replica}); "
+        f"use redundantExperts {fixes}"
+    )
 
 
 def resolve_architecture(model: MultimodalModel) -> Architecture:
@@ -214,10 +240,10 @@ def builtin_rule_problems(model: MultimodalModel, arch: Architecture) -> list[Pr
     if slots % spec.total_gpus:
         return [
             Problem(
-                "spec.experts.redundantExperts",
+                _DIVISIBILITY_PATH,
                 f"with balanced placement, numExperts ({arch.num_experts} for "
-                f"{spec.model.source}) + redundantExperts must be divisible by the GPU count "
-                f"({spec.total_gpus})",
+                f"{spec.model.source}) + redundantExperts must be divisible by the GPU count"
+                + _divisibility_figures(model, arch.num_experts),
             )
         ]
     return []
@@ -234,6 +260,7 @@ def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
         nodes=spec.resources.nodes_per_replica,
         redundant_experts=spec.experts.redundant_experts,
         headroom_fraction=spec.resources.headroom_fraction,
+        placement=spec.experts.placement,
     )
 
 

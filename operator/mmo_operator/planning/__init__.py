@@ -20,8 +20,14 @@ def plan_for_model(
     loads_path: str | Path | None = None,
     loads: Any = None,
     current: PlacementPlan | None = None,
+    max_moves: int | None = None,
+    low_churn: bool = True,
 ) -> PlacementPlan:
-    """The placement plan of a model that fits: uniform load unless loads are given."""
+    """The placement plan of a model that fits: uniform load unless loads are given.
+
+    With ``current``, moves are counted against it and a balanced plan is re-planned
+    with low churn (``max_moves`` per layer at most; ``low_churn=False``: from scratch).
+    """
     from .loads import read_loads
     from .placement import plan_placement
 
@@ -39,4 +45,6 @@ def plan_for_model(
         redundant_experts=spec.experts.redundant_experts,
         strategy=spec.experts.placement,
         current=current,
+        max_moves=max_moves,
+        low_churn=low_churn,
     )

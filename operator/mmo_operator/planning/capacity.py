@@ -11,6 +11,10 @@ decimal units.
 
 Quantization applies to the weights of linear layers; embeddings and the output head
 (``vocabSize * hiddenSize`` each, when both are given) stay in ``dtype``.
+
+When a model does not fit, every suggestion is a spec that validation accepts: within
+the schema's bounds and, with balanced placement, with the redundant copies that make
+numExperts + redundantExperts a multiple of the GPU count.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from mmo_operator.api.v1alpha1 import Architecture
+from pydantic import BaseModel
+
+from mmo_operator.api.v1alpha1 import Architecture, Experts, Resources
+from mmo_operator.planning.placement import max_redundant, nearest_redundant
 
 GPU_MEMORY_GB: dict[str, int] = {
     "A100-40GB": 40,
@@ -33,6 +40,18 @@ DTYPE_BYTES: dict[str, float] = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0
 QUANT_BYTES: dict[str, float | None] = {"none": None, "int8": 1.0, "int4": 0.5 + 2 / 128}
 CONSISTENCY_TOLERANCE = 0.05
 MAX_NODES_SEARCHED = 4096
+
+
+def _schema_max(model: type[BaseModel], name: str) -> int:
+    """The upper bound (``le``) of an API field, so that suggestions stay within it."""
+    for bound in model.model_fields[name].metadata:
+        if getattr(bound, "le", None) is not None:
+            return int(bound.le)
+    raise LookupError(f"{model.__name__}.{name} has no upper bound")
+
+
+MAX_NODES = _schema_max(Resources, "nodes_per_replica")
+MAX_REDUNDANT = _schema_max(Experts, "redundant_experts")
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,15 @@ def split_params(arch: Architecture) -> ParamSplit:
     return ParamSplit(dense, embeddings, per_expert, moe_layers, e, tuple(warnings))
 
 
+@dataclass(frozen=True)
+class Suggestion:
+    """A change that makes the model fit: ``changes`` maps field paths below ``spec``
+    (as written in the YAML, e.g. ``resources.nodesPerReplica``) to their new values."""
+
+    text: str
+    changes: dict[str, object]
+
+
 @dataclass
 class CapacityReport:
     fits: bool
@@ -108,6 +136,7 @@ class CapacityReport:
     message: str
     options: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    suggestions: list[Suggestion] = field(default_factory=list)
 
     @property
     def gpus(self) -> int:
@@ -138,6 +167,7 @@ def plan_capacity(
     nodes: int = 1,
     redundant_experts: int = 0,
     headroom_fraction: float = 0.15,
+    placement: str = "balanced",
     with_options: bool = True,
 ) -> CapacityReport:
     split = split_params(arch)
@@ -148,7 +178,7 @@ def plan_capacity(
     gpus = gpus_per_node * nodes
     needed = math.ceil((split.num_experts + redundant_experts) / gpus)
     per_gpu = dense_b + needed * slot_b
-    max_slots = max(0, (usable - dense_b) // slot_b) if slot_b else 0
+    max_slots = int(max(0, (usable - dense_b) // slot_b) if slot_b else 0)
     total = dense_b + split.num_experts * slot_b
     fits = per_gpu <= usable
     report = CapacityReport(
@@ -165,8 +195,8 @@ def plan_capacity(
         expert_bytes=expert_b,
         slot_bytes=slot_b,
         slots_needed_per_gpu=needed,
-        max_slots_per_gpu=int(max_slots),
-        max_redundant_experts=max(0, int(max_slots) * gpus - split.num_experts),
+        max_slots_per_gpu=max_slots,
+        max_redundant_experts=max_redundant(split.num_experts, gpus, max_slots),
         bytes_per_gpu=per_gpu,
         message="",
         warnings=list(split.warnings),
@@ -182,26 +212,52 @@ def plan_capacity(
         )
         return report
     if redundant_experts and dense_b + math.ceil(split.num_experts / gpus) * slot_b <= usable:
+        most = report.max_redundant_experts
+        distinct = " (copies of one expert sit on distinct GPUs)"
         report.message = (
             f"does not fit: redundantExperts={redundant_experts} needs {needed} expert slots "
             f"per GPU ({fmt_bytes(per_gpu)}) but memory holds {max_slots} "
-            f"({fmt_bytes(usable)} usable); at most {report.max_redundant_experts} redundant "
-            f"copies fit on {nodes} node(s) of {node_label} in {precision}"
+            f"({fmt_bytes(usable)} usable); at most {most} redundant copies fit on "
+            f"{nodes} node(s) of {node_label} in {precision}"
+            f"{distinct if most < max_slots * gpus - split.num_experts else ''}"
         )
+        report.suggestions = [
+            Suggestion(f"redundantExperts {most}", {"experts.redundantExperts": most})
+        ]
         return report
-    need_nodes = nodes_needed(split, dense_b, slot_b, usable, gpus_per_node, redundant_experts)
-    where = (
-        f"needs {need_nodes} nodes of {node_label}"
-        if need_nodes
-        else f"the dense weights alone ({fmt_bytes(dense_b)}) exceed a GPU's usable memory"
-    )
+    need = nodes_needed(split, dense_b, slot_b, usable, gpus_per_node, redundant_experts, placement)
+    if need is None and dense_b > usable:
+        where = f"the dense weights alone ({fmt_bytes(dense_b)}) exceed a GPU's usable memory"
+    elif need is None:
+        where = (
+            f"one expert slot ({fmt_bytes(slot_b)}: one expert in each of the "
+            f"{split.moe_layers} MoE layers) and the dense weights ({fmt_bytes(dense_b)}) "
+            "exceed a GPU's usable memory"
+        )
+    elif need > MAX_NODES:
+        where = (
+            f"needs {need} nodes of {node_label}, more than nodesPerReplica allows ({MAX_NODES})"
+        )
+    else:  # nodes_needed only counts node counts with valid copies
+        gpus_needed = gpus_per_node * need
+        fix = _copies_for(split.num_experts, redundant_experts, gpus_needed, placement)
+        text, copies = fix if fix is not None else ("", {})
+        why = (
+            f" (balanced placement needs numExperts + redundantExperts divisible by the "
+            f"{gpus_needed} GPUs)"
+            if copies
+            else ""
+        )
+        where = f"needs {need} nodes of {node_label}{text}{why}"
+        changes = {"resources.nodesPerReplica": need, **copies}
+        report.suggestions.append(Suggestion(f"nodesPerReplica {need}{text}", changes))
     report.message = (
         f"does not fit: {where} in {precision}; {fmt_bytes(total)} of weights against "
         f"{fmt_bytes(gpu_mem * gpus)} of GPU memory on {nodes} node(s), "
         f"{fmt_bytes(per_gpu)} per GPU against {fmt_bytes(usable)} usable"
     )
     if with_options:
-        report.options = _options(
+        options = _options(
             arch,
             dtype,
             quantization,
@@ -210,18 +266,58 @@ def plan_capacity(
             nodes,
             redundant_experts,
             headroom_fraction,
+            placement,
         )
+        report.options = [o.text for o in options]
+        report.suggestions += options
     return report
 
 
+def redundant_for(num_experts: int, redundant: int, gpus: int, placement: str) -> int | None:
+    """redundantExperts on ``gpus`` GPUs: the given value or, with balanced placement, the
+    next one that makes numExperts + redundantExperts a multiple of ``gpus`` (the same
+    expert slots per GPU, so the same memory); None when that exceeds the schema."""
+    if placement != "balanced":
+        return redundant
+    copies = nearest_redundant(num_experts, redundant, gpus)[-1]
+    return copies if copies <= MAX_REDUNDANT else None
+
+
+def _copies_for(
+    num_experts: int, redundant: int, gpus: int, placement: str
+) -> tuple[str, dict[str, object]] | None:
+    """Words and change of redundantExperts for ``gpus`` GPUs (empty when none is
+    needed), None when no valid value exists."""
+    copies = redundant_for(num_experts, redundant, gpus, placement)
+    if copies is None:
+        return None
+    if copies == redundant:
+        return "", {}
+    return f" with redundantExperts {copies}", {"experts.redundantExperts": copies}
+
+
 def nodes_needed(
-    split: ParamSplit, dense_b: int, slot_b: int, usable: int, gpus_per_node: int, redundant: int
+    split: ParamSplit,
+    dense_b: int,
+    slot_b: int,
+    usable: int,
+    gpus_per_node: int,
+    redundant: int,
+    placement: str = "balanced",
 ) -> int | None:
-    """Fewest nodes of ``gpus_per_node`` GPUs on which the model fits, or None."""
+    """Fewest nodes of ``gpus_per_node`` GPUs on which the model fits, or None.
+
+    With balanced placement a node count counts only when some redundantExperts within
+    the schema makes numExperts + redundantExperts a multiple of its GPUs.
+    """
     if dense_b + slot_b > usable:
         return None
     for n in range(1, MAX_NODES_SEARCHED + 1):
-        needed = math.ceil((split.num_experts + redundant) / (gpus_per_node * n))
+        gpus = gpus_per_node * n
+        copies = redundant_for(split.num_experts, redundant, gpus, placement)
+        if copies is None:
+            continue
+        needed = math.ceil((split.num_experts + copies) / gpus)
         if dense_b + needed * slot_b <= usable:
             return n
     return None
@@ -236,32 +332,48 @@ def _options(
     nodes: int,
     redundant: int,
     headroom: float,
-) -> list[str]:
-    """Nearest settings that would fit: lower precisions, then more nodes."""
+    placement: str,
+) -> list[Suggestion]:
+    """Nearest settings that would fit: lower precisions (on more nodes when needed),
+    then bigger GPUs."""
     candidates: list[tuple[str, str]] = []
     if dtype == "float32" and quantization == "none":
         candidates.append(("bfloat16", "none"))
     order = ["none", "int8", "int4"]
     for q in order[order.index(quantization) + 1 :]:
         candidates.append((dtype if dtype != "float32" else "bfloat16", q))
-    out = []
-    for d, q in candidates:
-        rep = plan_capacity(
+    split = split_params(arch)
+
+    def at(d: str, q: str, g: str) -> CapacityReport:
+        return plan_capacity(
             arch,
             dtype=d,
             quantization=q,
-            gpu_type=gpu_type,
+            gpu_type=g,
             gpus_per_node=gpus_per_node,
             nodes=nodes,
             redundant_experts=redundant,
             headroom_fraction=headroom,
+            placement=placement,
             with_options=False,
         )
-        label = f"quantization {q}" if q != "none" else f"dtype {d}"
+
+    def copies_on(n: int) -> tuple[str, dict[str, object]] | None:
+        return _copies_for(split.num_experts, redundant, gpus_per_node * n, placement)
+
+    here = copies_on(nodes)
+    out = []
+    for d, q in candidates:
+        rep = at(d, q, gpu_type)
+        precision: dict[str, object] = {"model.dtype": d} if d != dtype else {}
+        if q != quantization:
+            precision["model.quantization"] = q
+        label = ", ".join(f"{path.split('.')[-1]} {value}" for path, value in precision.items())
         if rep.fits:
-            out.append(f"{label}: fits on {nodes} node(s), {fmt_bytes(rep.bytes_per_gpu)} per GPU")
+            if here is not None:
+                text = f"{label}: fits on {nodes} node(s), {fmt_bytes(rep.bytes_per_gpu)} per GPU"
+                out.append(Suggestion(text + here[0], {**precision, **here[1]}))
             continue
-        split = split_params(arch)
         n = nodes_needed(
             split,
             rep.dense_bytes,
@@ -269,24 +381,21 @@ def _options(
             rep.usable_bytes_per_gpu,
             gpus_per_node,
             redundant,
+            placement,
         )
-        if n:
-            out.append(f"{label}: {n} nodes of {gpus_per_node}×{gpu_type}")
-    bigger = [g for g, mem in GPU_MEMORY_GB.items() if mem > GPU_MEMORY_GB[gpu_type]]
-    for g in bigger:
-        rep = plan_capacity(
-            arch,
-            dtype=dtype,
-            quantization=quantization,
-            gpu_type=g,
-            gpus_per_node=gpus_per_node,
-            nodes=nodes,
-            redundant_experts=redundant,
-            headroom_fraction=headroom,
-            with_options=False,
-        )
-        if rep.fits:
-            out.append(f"gpuType {g}: fits on {nodes} node(s)")
+        fix = copies_on(n) if n and n <= MAX_NODES else None
+        if n and fix is not None:
+            out.append(
+                Suggestion(
+                    f"{label}: {n} nodes of {gpus_per_node}×{gpu_type}{fix[0]}",
+                    {**precision, "resources.nodesPerReplica": n, **fix[1]},
+                )
+            )
+    if here is not None:
+        for g, mem in GPU_MEMORY_GB.items():
+            if mem > GPU_MEMORY_GB[gpu_type] and at(dtype, quantization, g).fits:
+                text = f"gpuType {g}: fits on {nodes} node(s){here[0]}"
+                out.append(Suggestion(text, {"resources.gpuType": g, **here[1]}))
     return out
 
 

@@ -49,9 +49,7 @@ def slots_needed(
     if strategy != "balanced":
         return -(-total // num_gpus)
     if total % num_gpus:
-        below = redundant_experts - total % num_gpus
-        above = below + num_gpus
-        fixes = f"{below} or {above}" if below >= 0 else f"{above}"
+        fixes = " or ".join(map(str, nearest_redundant(num_experts, redundant_experts, num_gpus)))
         raise ValueError(
             f"balanced placement gives every GPU the same number of experts, so "
             f"numExperts + redundantExperts must be a multiple of numGpus: "
@@ -59,6 +57,17 @@ def slots_needed(
             f"{num_gpus}; use redundantExperts {fixes}"
         )
     return total // num_gpus
+
+
+def nearest_redundant(num_experts: int, redundant_experts: int, num_gpus: int) -> list[int]:
+    """The redundantExperts values nearest to the given one that balanced placement
+    accepts (numExperts + redundantExperts a multiple of numGpus): the value itself when
+    it works, else the one below (when >= 0) and the one above, in that order."""
+    short = (num_experts + redundant_experts) % num_gpus
+    if not short:
+        return [redundant_experts]
+    below, above = redundant_experts - short, redundant_experts - short + num_gpus
+    return [below, above] if below >= 0 else [above]
 
 
 def max_redundant(num_experts: int, num_gpus: int, slots_per_gpu: int) -> int:
