@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from mmo_operator.planning.capacity import CapacityReport, plan_capacity
 from mmo_operator.planning.placement import nearest_redundant
 
-from .builtin import UnknownBuiltin, builtin_architecture
+from .builtin import BUILTIN_QUANTIZATIONS, UnknownBuiltin, builtin_architecture
 from .problems import InvalidResource, Problem, format_loc
 from .rules import RULES
 from .v1alpha1 import (
@@ -232,21 +232,31 @@ def resolve_architecture(model: MultimodalModel) -> Architecture:
 
 
 def builtin_rule_problems(model: MultimodalModel, arch: Architecture) -> list[Problem]:
-    """Rules that CEL checks only when architecture is written out in the resource."""
+    """What a built-in model cannot do, and the rules that CEL checks only when the
+    architecture is written out in the resource."""
     spec = model.spec
+    problems = []
+    if is_builtin(spec.model.source) and spec.model.quantization not in BUILTIN_QUANTIZATIONS:
+        problems.append(
+            Problem(
+                "spec.model.quantization",
+                f"{spec.model.source} can be served with quantization "
+                f"{' or '.join(BUILTIN_QUANTIZATIONS)}, got {spec.model.quantization}",
+            )
+        )
     if spec.model.architecture is not None or spec.experts.placement != "balanced":
-        return []
+        return problems
     slots = arch.num_experts + spec.experts.redundant_experts
     if slots % spec.total_gpus:
-        return [
+        problems.append(
             Problem(
                 _DIVISIBILITY_PATH,
                 f"with balanced placement, numExperts ({arch.num_experts} for "
                 f"{spec.model.source}) + redundantExperts must be divisible by the GPU count"
                 + _divisibility_figures(model, arch.num_experts),
             )
-        ]
-    return []
+        )
+    return problems
 
 
 def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
