@@ -70,6 +70,7 @@ echo ">> mmo images (${registry}/mmo-*:${tag})"
 REGISTRY="${registry}" TAG="${tag}" "${repo_root}/hack/build-images.sh" --kind "${cluster}"
 
 echo ">> mmo chart"
+helm dependency build "${repo_root}/charts/mmo"
 helm upgrade --install mmo "${repo_root}/charts/mmo" \
   --namespace mmo-system --create-namespace \
   --set operator.image.repository="${registry}/mmo-operator" \

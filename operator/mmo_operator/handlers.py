@@ -51,6 +51,7 @@ class Options:
     metrics_port: int | None = 8080
     peering_lifetime: int = 60
     workers: int = 16
+    apiserver_cidrs: tuple[str, ...] = ()  # for the head's Ray autoscaler (NetworkPolicy)
     rebalance: RebalanceOptions = field(default_factory=RebalanceOptions)
 
 
@@ -117,7 +118,9 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
                 pkeyfile=options.webhook_key,
                 insecure=options.webhook_insecure,
             )
-        memo.reconciler = Reconciler(Kube(), webhook=options.webhook)
+        memo.reconciler = Reconciler(
+            Kube(), webhook=options.webhook, apiserver_cidrs=options.apiserver_cidrs
+        )
         memo.rebalancer = Rebalancer(memo.reconciler, options.rebalance)
         # reconciles run in threads (the kubernetes client is synchronous)
         asyncio.get_running_loop().set_default_executor(
@@ -237,8 +240,8 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
     if options.webhook:
 
         @kopf.on.validate(*resource, id=WEBHOOK_ID, registry=registry)
-        def admit(body: Any, old: Any, operation: str | None, **_: Any) -> None:
-            if operation == "UPDATE" and not spec_changed(body, old):
+        def admit(body: Any, **kwargs: Any) -> None:
+            if kwargs.get("operation") == "UPDATE" and not spec_changed(body, kwargs.get("old")):
                 return  # metadata only (kopf's finalizer, a deletion): nothing to judge
             admission_check(_plain(body))
 

@@ -17,6 +17,7 @@ import json
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("ray.io/v1", "RayService"): "rayservices",
+    ("ray.io/v1", "RayCluster"): "rayclusters",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
     (f"{GROUP}/{VERSION}", "MultimodalModel"): PLURAL,
 }
@@ -213,6 +215,18 @@ class Kube:
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
             body=obj,
             content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def json_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, ops: Sequence[Obj]
+    ) -> Obj:
+        """A JSON patch (RFC 6902): exactly the fields named, guarded by its ``test`` ops."""
+        result: Obj = self.request(
+            "PATCH",
+            path_of(api_version, kind, namespace, name),
+            body=list(ops),
+            content_type="application/json-patch+json",
         )
         return result
 

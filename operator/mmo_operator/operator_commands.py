@@ -7,6 +7,7 @@ kubernetes client when it runs.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -34,7 +35,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 1
     children = build_children(
-        validated.model, plan, args=app_args, pod_monitor=not args.no_pod_monitor
+        validated.model,
+        plan,
+        args=app_args,
+        pod_monitor=not args.no_pod_monitor,
+        apiserver_cidrs=tuple(args.apiserver_cidr),
     )
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": children}, indent=2))
@@ -45,6 +50,22 @@ def cmd_render(args: argparse.Namespace) -> int:
         )
         sys.stdout.write(header + yaml.safe_dump_all(children, sort_keys=False))
     return 0
+
+
+def cidr(value: str) -> str:
+    """An argparse type: an IPv4/IPv6 CIDR (a bare address means /32 or /128), canonical."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=True))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a CIDR ({e})") from e
+
+
+APISERVER_CIDR_HELP = (
+    "the Kubernetes API server's addresses (repeat for several): the model's head pods, "
+    "where the Ray autoscaler runs, may reach them on TCP 443 and 6443 despite the "
+    "default-deny NetworkPolicy (NAME-apiserver); give the endpoints of the `kubernetes` "
+    "Service (and its ClusterIP for CNIs that match before DNAT)"
+)
 
 
 def _loads(path: str | None) -> Any:
@@ -90,6 +111,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port or None,
         peering_lifetime=args.peering_lifetime,
+        apiserver_cidrs=tuple(args.apiserver_cidr),
         rebalance=RebalanceOptions(
             url_template=args.expert_load_url,
             timeout_s=args.expert_load_timeout,
@@ -123,6 +145,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="render as for a cluster without the monitoring CRDs",
     )
+    p.add_argument(
+        "--apiserver-cidr",
+        action="append",
+        default=[],
+        type=cidr,
+        metavar="CIDR",
+        help="render as for `mmo operator --apiserver-cidr`: " + APISERVER_CIDR_HELP,
+    )
     p.set_defaults(func=cmd_render)
 
     p = subparsers.add_parser(
@@ -147,6 +177,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not serve the validating admission webhook (cluster without the webhook "
         "configuration, tests)",
+    )
+    p.add_argument(
+        "--apiserver-cidr",
+        action="append",
+        default=[],
+        type=cidr,
+        metavar="CIDR",
+        help=APISERVER_CIDR_HELP,
     )
     p.add_argument("--webhook-port", type=int, default=9443)
     p.add_argument("--webhook-host", default=None, help="host name in the webhook's URL")

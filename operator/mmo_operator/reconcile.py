@@ -167,6 +167,53 @@ def same_shape(plan: PlacementPlan, fresh: PlacementPlan) -> bool:
     )
 
 
+WorkerBounds = dict[str, tuple[Any, Any]]  # groupName -> (minReplicas, maxReplicas)
+
+
+def worker_bounds(rayservice: Obj) -> WorkerBounds:
+    """The worker groups' replica bounds in a RayService's ``rayClusterConfig``."""
+    config = (rayservice.get("spec") or {}).get("rayClusterConfig") or {}
+    return {
+        g["groupName"]: (g.get("minReplicas"), g.get("maxReplicas"))
+        for g in config.get("workerGroupSpecs") or []
+        if g.get("groupName")
+    }
+
+
+def serving_clusters(rayservice: Obj | None) -> tuple[str, ...]:
+    """The RayClusters a RayService's status names: the active one, then the pending one."""
+    status = (rayservice or {}).get("status") or {}
+    names: list[str] = []
+    for part in ("activeServiceStatus", "pendingServiceStatus"):
+        name = (status.get(part) or {}).get("rayClusterName")
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def bounds_patch(raycluster: Obj, bounds: WorkerBounds) -> list[Obj]:
+    """JSON-patch ops setting each worker group's minReplicas/maxReplicas to ``bounds``
+    (groups matched by groupName, each guarded by a ``test`` of its groupName at that
+    index); ``replicas`` is the autoscaler's and is never touched. Empty: nothing differs."""
+    ops: list[Obj] = []
+    groups = (raycluster.get("spec") or {}).get("workerGroupSpecs") or []
+    for i, group in enumerate(groups):
+        want = bounds.get(group.get("groupName"))
+        if want is None or (group.get("minReplicas"), group.get("maxReplicas")) == want:
+            continue
+        at = f"/spec/workerGroupSpecs/{i}"
+        ops.append({"op": "test", "path": f"{at}/groupName", "value": group["groupName"]})
+        ops.append({"op": "add", "path": f"{at}/minReplicas", "value": want[0]})
+        ops.append({"op": "add", "path": f"{at}/maxReplicas", "value": want[1]})
+    return ops
+
+
+def owned_by(obj: Obj, owner: Obj) -> bool:
+    uid = (owner.get("metadata") or {}).get("uid")
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(r.get("uid") == uid for r in refs)
+
+
 def _describe(kind: str, name: str) -> str:
     return f"{kind} {name}"
 
@@ -187,9 +234,13 @@ def _collapse_created(events: list[Event]) -> list[Event]:
 class Reconciler:
     """Holds the API client and per-model state shared by handlers, timers and events."""
 
-    def __init__(self, kube: Kube, *, webhook: bool = True) -> None:
+    def __init__(
+        self, kube: Kube, *, webhook: bool = True, apiserver_cidrs: tuple[str, ...] = ()
+    ) -> None:
         self.kube = kube
         self.webhook = webhook
+        # The API server's addresses: the head's Ray autoscaler may reach them (NetworkPolicy).
+        self.apiserver_cidrs = apiserver_cidrs
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.observations: dict[str, Observation] = {}
@@ -201,6 +252,9 @@ class Reconciler:
         # RayService observations that arrived while the model was being reconciled.
         self.pending: dict[str, tuple[Obj, Obj | None]] = {}
         self._pending_guard = threading.Lock()
+        # Per model: the RayClusters read and found (or patched) with the desired worker
+        # bounds, and those bounds; while neither changes they are not read again.
+        self.bounds_synced: dict[str, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
 
     def lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -256,7 +310,11 @@ class Reconciler:
 
     def _reconcile(self, body: Obj, key: str, rebalance: Rebalance | None = None) -> Outcome:
         meta = body["metadata"]
-        obs = Observation(generation=meta.get("generation"), webhook=self.webhook)
+        obs = Observation(
+            generation=meta.get("generation"),
+            webhook=self.webhook,
+            apiserver_egress=bool(self.apiserver_cidrs),
+        )
         outcome = Outcome(status={}, observation=obs)
         if meta.get("deletionTimestamp"):
             return outcome  # being deleted: cleanup() owns it now
@@ -345,7 +403,12 @@ class Reconciler:
         self._rebalance_figures(body, obs, fresh)
         args = build_app_args(model, plan)
         desired = build_children(
-            model, plan, args=args, uid=uid, pod_monitor=obs.monitoring_installed
+            model,
+            plan,
+            args=args,
+            uid=uid,
+            pod_monitor=obs.monitoring_installed,
+            apiserver_cidrs=self.apiserver_cidrs,
         )
         desired = [d for d in desired if d["kind"] != "RayService" or obs.kuberay_installed]
         wanted = {(d["apiVersion"], d["kind"], d["metadata"]["name"]) for d in desired}
@@ -375,6 +438,9 @@ class Reconciler:
                 )
         outcome.events = _collapse_created(outcome.events)
         obs.rayservice = seen.get(("ray.io/v1", "RayService", name))
+        rayservice = next((d for d in desired if d["kind"] == "RayService"), None)
+        if rayservice is not None and obs.rayservice is not None:
+            self._sync_worker_bounds(f"{ns}/{name}", rayservice, obs.rayservice, outcome)
         self.observations[f"{ns}/{name}"] = obs
         self._write_status(body, model, obs, outcome)
         if not obs.kuberay_installed:
@@ -405,6 +471,52 @@ class Reconciler:
             figures = rebalance_figures(body.get("status"), plan)
             if figures is not None:
                 obs.balancedness_before, obs.moved_experts, obs.last_rebalance_time = figures
+
+    def _sync_worker_bounds(self, key: str, desired: Obj, observed: Obj, outcome: Outcome) -> None:
+        """Patch the worker groups' minReplicas/maxReplicas of the running RayClusters.
+
+        KubeRay leaves these bounds out of its cluster hash (so that the autoscaler's
+        replica changes do not roll the cluster) and so never applies a change of them to
+        a running RayCluster (ray-project/kuberay#2331, #4568). The clusters come from the
+        RayService's status (active, pending); each is read once per change of the bounds
+        or of the cluster names, and patched only when it differs. Best effort: a failure
+        is logged and retried by the next reconcile, the rest of the reconcile goes on."""
+        clusters = serving_clusters(observed)
+        bounds = worker_bounds(desired)
+        if not clusters or not bounds:
+            return
+        memo = (clusters, tuple(sorted(bounds.items())))
+        if self.bounds_synced.get(key) == memo:
+            return
+        ns = desired["metadata"]["namespace"]
+        try:
+            if not self.kube.has_kind("ray.io/v1", "RayCluster"):
+                return
+            for name in clusters:
+                cluster = self.kube.get("ray.io/v1", "RayCluster", ns, name)
+                if cluster is None:
+                    return  # not created yet (or gone): look again next time
+                if not owned_by(cluster, observed):
+                    log.warning("RayCluster %s/%s is not owned by its RayService", ns, name)
+                    continue
+                ops = bounds_patch(cluster, bounds)
+                if not ops:
+                    continue
+                self.kube.json_patch("ray.io/v1", "RayCluster", ns, name, ops)
+                outcome.writes += 1
+                shown = ", ".join(f"{g} {lo}..{hi}" for g, (lo, hi) in sorted(bounds.items()))
+                outcome.events.append(
+                    Event(
+                        "Normal",
+                        "WorkerBoundsUpdated",
+                        f"worker replica bounds of RayCluster {name} set to {shown} (KubeRay "
+                        "does not apply them to a running cluster)",
+                    )
+                )
+        except ApiFailure as e:
+            log.warning("could not sync the worker bounds of %s: %s", key, e)
+            return
+        self.bounds_synced[key] = memo
 
     def _recreate_if_needed(
         self, model: MultimodalModel, child: Obj, observed: Obj, outcome: Outcome
@@ -523,4 +635,5 @@ class Reconciler:
             self.written.pop(key, None)
             self.failed_generation.pop(key, None)
             self.rebalances.pop(key, None)
+            self.bounds_synced.pop(key, None)
         return deleted

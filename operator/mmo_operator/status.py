@@ -21,6 +21,7 @@ from typing import Any
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_operator.builders.common import endpoint, placement_configmap_name, rayservice_name
+from mmo_operator.builders.rayservice import IN_TREE_AUTOSCALING
 from mmo_operator.planning.capacity import CapacityReport
 from mmo_serving.config import PlacementPlan
 
@@ -28,6 +29,12 @@ Obj = dict[str, Any]
 
 PLANNED, POLICY, READY, DEGRADED = "Planned", "PolicyEnforced", "Ready", "Degraded"
 CONDITION_TYPES = (READY, PLANNED, POLICY, DEGRADED)
+
+AUTOSCALER_CUT_OFF = (
+    "the Ray autoscaler cannot reach the API server under default-deny, so workers do not "
+    "scale between minReplicas and maxReplicas: run the operator with --apiserver-cidr "
+    "(chart value networkPolicy.apiServerCIDRs)"
+)
 
 KUBERAY_MISSING = (
     "KubeRay CRDs not installed: the ray.io/v1 RayService resource is missing; install "
@@ -48,6 +55,7 @@ class Observation:
     rayservice: Obj | None = None  # the observed RayService
     network_policies: int = 0  # NetworkPolicies applied for the model
     webhook: bool = True  # the admission webhook is served
+    apiserver_egress: bool = False  # the head may reach the API server (--apiserver-cidr)
     apply_error: str | None = None  # a permanent API error while applying children
     balancedness_before: float | None = None
     moved_experts: int = 0
@@ -101,6 +109,8 @@ def _policy(model: MultimodalModel, obs: Observation) -> Obj:
             text + "; no NetworkPolicy was created for this model, so the network layer "
             "is off (this operator build has no network policy generator)",
         )
+    if IN_TREE_AUTOSCALING and not obs.apiserver_egress:
+        text += "; " + AUTOSCALER_CUT_OFF
     if iso.mode == "private" and not iso.audit.enabled:
         return _condition(POLICY, True, "EnforcedWithoutAudit", text)
     return _condition(POLICY, True, "Enforced", text)

@@ -61,9 +61,10 @@ ALL_ON: Obj = {
     },
     "dashboards": {"annotations": {"grafana_folder": "mmo"}},
     "networkPolicy": {
+        "apiServerCIDRs": ["172.18.0.2/32", "10.96.0.1/32"],
         "metricsFrom": [
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-        ]
+        ],
     },
     "kuberay-operator": {"enabled": True},
 }

@@ -13,6 +13,7 @@ NAMESPACED = {
     ("serving.mmo.dev", "multimodalmodels/status"): {"patch"},
     ("serving.mmo.dev", "multimodalmodels/finalizers"): {"update"},
     ("ray.io", "rayservices"): APPLY | {"watch"},
+    ("ray.io", "rayclusters"): {"get", "patch"},  # worker bounds KubeRay leaves alone
     ("", "configmaps"): APPLY,
     ("networking.k8s.io", "networkpolicies"): APPLY,
     ("policy", "poddisruptionbudgets"): APPLY,

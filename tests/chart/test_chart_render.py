@@ -127,6 +127,15 @@ def test_operator_args_follow_values(render: Any, values_namespaced: Obj) -> Non
     assert ports == {"metrics", "health"}
 
 
+def test_apiserver_cidrs_become_operator_args(render: Any, values_all_on: Obj) -> None:
+    assert not [a for a in operator_container(render())["args"] if "apiserver" in a]
+    args = operator_container(render(values_all_on))["args"]
+    assert [a for a in args if a.startswith("--apiserver-cidr")] == [
+        "--apiserver-cidr=172.18.0.2/32",
+        "--apiserver-cidr=10.96.0.1/32",
+    ]
+
+
 def test_image_uses_app_version_tag_or_digest(render: Any, values_all_on: Obj) -> None:
     meta = yaml.safe_load((REPO / "charts/mmo/Chart.yaml").read_text())
     assert operator_container(render())["image"].endswith(f":{meta['appVersion']}")

@@ -44,6 +44,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
         "/prometheusRule/expertBalancednessThreshold",
     ),
     ({"prometheusRule": {"policyRefusalBurst": 0}}, "/prometheusRule/policyRefusalBurst"),
+    ({"networkPolicy": {"apiServerCIDRs": ["api.example.com"]}}, "/networkPolicy/apiServerCIDRs/0"),
+    ({"networkPolicy": {"apiServerCIDRs": ["10.0.0.1/33"]}}, "/networkPolicy/apiServerCIDRs/0"),
     ({"dashboards": {"enabled": "yes"}}, "/dashboards/enabled"),
     ({"commonLabels": {"bad key!": "x"}}, "/commonLabels"),
     ({"kuberay-operator": {"enabled": "true"}}, "/kuberay-operator/enabled"),

@@ -21,6 +21,7 @@ DATA = Path(__file__).parent / "data"
 
 MMM = "serving.mmo.dev/v1alpha1/multimodalmodels"
 RAYSERVICES = "ray.io/v1/rayservices"
+RAYCLUSTERS = "ray.io/v1/rayclusters"
 PODMONITORS = "monitoring.coreos.com/v1/podmonitors"
 CONFIGMAPS = "v1/configmaps"
 PDBS = "policy/v1/poddisruptionbudgets"
@@ -40,6 +41,34 @@ def mmm_crd() -> dict[str, Any]:
 
 def kuberay_crd() -> dict[str, Any]:
     return load_crd(SHARED_SCHEMAS / "ray.io_rayservices.v1.7.0.yaml")
+
+
+def raycluster_crd() -> dict[str, Any]:
+    """A small stand-in for KubeRay's RayCluster CRD (no schema in shared/schemas)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "rayclusters.ray.io"},
+        "spec": {
+            "group": "ray.io",
+            "scope": "Namespaced",
+            "names": {"plural": "rayclusters", "kind": "RayCluster", "singular": "raycluster"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                    "subresources": {"status": {}},
+                }
+            ],
+        },
+    }
 
 
 def podmonitor_crd() -> dict[str, Any]:
@@ -154,11 +183,56 @@ class Cluster:
                 return dict(cond)
         return None
 
+    def create_raycluster(
+        self,
+        name: str,
+        suffix: str = "abcde",
+        namespace: str = "ns1",
+        *,
+        replicas: int | None = None,
+    ) -> dict[str, Any]:
+        """Create the RayCluster of a RayService as KubeRay does: named after it, owned by
+        it, with its rayClusterConfig as spec (the RayCluster CRD must be installed);
+        ``replicas``: the worker groups' count, as the autoscaler may have set it."""
+        rs = self.get(RAYSERVICES, name, namespace)
+        assert rs is not None, f"RayService {name} does not exist"
+        owner = {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayService",
+            "name": name,
+            "uid": rs["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        obj = {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "metadata": {
+                "name": f"{name}-raycluster-{suffix}",
+                "namespace": namespace,
+                "labels": {"ray.io/originated-from-crd": "RayService"},
+                "ownerReferences": [owner],
+            },
+            "spec": copy.deepcopy(rs["spec"]["rayClusterConfig"]),
+        }
+        if replicas is not None:
+            for group in obj["spec"].get("workerGroupSpecs") or []:
+                group["replicas"] = replicas
+        return self.create(RAYCLUSTERS, obj)
+
     def play_kuberay(
-        self, name: str, *, ready: bool = True, app_status: str = "RUNNING", namespace: str = "ns1"
+        self,
+        name: str,
+        *,
+        ready: bool = True,
+        app_status: str = "RUNNING",
+        namespace: str = "ns1",
+        cluster: str | None = None,
+        pending_cluster: str | None = None,
     ) -> None:
-        """Report on a RayService as KubeRay does (status subresource)."""
-        status = {
+        """Report on a RayService as KubeRay does (status subresource); ``cluster`` and
+        ``pending_cluster`` name the active and pending RayClusters."""
+        status: dict[str, Any] = {
             "conditions": [
                 {
                     "type": "Ready",
@@ -169,11 +243,13 @@ class Cluster:
                 }
             ],
             "activeServiceStatus": {
-                "rayClusterName": f"{name}-raycluster-abcde",
+                "rayClusterName": cluster or f"{name}-raycluster-abcde",
                 "applicationStatuses": {name: {"status": app_status, "message": ""}},
             },
             "numServeEndpoints": 1 if ready else 0,
         }
+        if pending_cluster:
+            status["pendingServiceStatus"] = {"rayClusterName": pending_cluster}
         self.patch(RAYSERVICES, name, {"status": status}, namespace, subresource="status")
 
     def request_mark(self) -> int:

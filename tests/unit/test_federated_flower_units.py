@@ -4,11 +4,11 @@ aggregator's checks, the Flower app file (the federation itself: tests/serving).
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 from mmo_serving.federated import aggregate, data
 from mmo_serving.federated.local import DEFAULT_RUN_CONFIG, write_app

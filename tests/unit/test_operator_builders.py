@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import yaml
 
 from mmo_operator.api.validation import validate
@@ -13,7 +14,14 @@ from mmo_operator.builders import build_children
 from mmo_operator.builders.app_args import plan_and_app_args
 from mmo_operator.builders.common import HASH_ANNOTATION
 from mmo_operator.builders.rayservice import cluster_hash
-from mmo_operator.reconcile import contains, current_plan, needs_apply
+from mmo_operator.reconcile import (
+    bounds_patch,
+    contains,
+    current_plan,
+    needs_apply,
+    serving_clusters,
+    worker_bounds,
+)
 
 TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"
 UID = "11111111-2222-3333-4444-555555555555"
@@ -163,3 +171,35 @@ def test_current_plan_keeps_a_rebalanced_plan_of_the_same_shape() -> None:
     other = plan.model_copy(update={"strategy": "contiguous"})
     assert current_plan(cm_rebalanced, other) is other
     assert current_plan(None, plan) is plan
+
+
+def test_worker_bounds_patch_touches_only_min_and_max_of_the_named_group() -> None:
+    rs = _children(_doc(autoscaling={"minReplicas": 1, "maxReplicas": 4}))["RayService/tiny"]
+    assert worker_bounds(rs) == {"gpu": (1, 4)}
+    cluster = copy.deepcopy(rs["spec"]["rayClusterConfig"])
+    other = {"groupName": "cpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 1}
+    cluster["workerGroupSpecs"].insert(0, other)
+    cluster["workerGroupSpecs"][1].update(replicas=3, minReplicas=1, maxReplicas=2)
+    raycluster = {"spec": cluster}
+    ops = bounds_patch(raycluster, worker_bounds(rs))
+    assert ops[0] == {"op": "test", "path": "/spec/workerGroupSpecs/1/groupName", "value": "gpu"}
+    assert {op["path"].rsplit("/", 1)[1] for op in ops} == {
+        "groupName",
+        "minReplicas",
+        "maxReplicas",
+    }
+    patched = jsonpatch.apply_patch(raycluster, ops)
+    expected = copy.deepcopy(raycluster)
+    expected["spec"]["workerGroupSpecs"][1]["maxReplicas"] = 4
+    assert patched == expected, "replicas (the autoscaler's), the template and cpu untouched"
+    assert bounds_patch(patched, worker_bounds(rs)) == []
+
+
+def test_serving_clusters_are_the_active_then_the_pending_one() -> None:
+    assert serving_clusters(None) == ()
+    assert serving_clusters({"status": {}}) == ()
+    status = {
+        "activeServiceStatus": {"rayClusterName": "m-raycluster-aaaaa"},
+        "pendingServiceStatus": {"rayClusterName": "m-raycluster-bbbbb"},
+    }
+    assert serving_clusters({"status": status}) == ("m-raycluster-aaaaa", "m-raycluster-bbbbb")

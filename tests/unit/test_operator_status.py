@@ -86,3 +86,15 @@ def test_policy_condition_lists_the_active_layers() -> None:
     obs.network_policies = 0
     off = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
     assert off is not None and off["reason"] == "NetworkPoliciesMissing"
+
+
+def test_policy_condition_says_when_the_autoscaler_is_cut_off() -> None:
+    model, obs = _setup()
+    cond = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
+    assert cond is not None and cond["status"] == "True"
+    assert "Ray autoscaler cannot reach the API server under default-deny" in cond["message"]
+    assert "--apiserver-cidr" in cond["message"]
+    obs.apiserver_egress = True
+    allowed = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
+    assert allowed is not None and "autoscaler" not in allowed["message"]
+    assert allowed["reason"] == cond["reason"]

@@ -41,10 +41,21 @@ OPERATOR = {"app.kubernetes.io/name": "mmo", "app.kubernetes.io/component": "ope
 
 
 def model_pods(name: str) -> list[Endpoint]:
+    """The labels of the pod templates (builders/rayservice.py) and KubeRay's own."""
     lab = {"serving.mmo.dev/model": name}
     return [
-        pod("head", NS, {**lab, "ray.io/node-type": "head"}, "10.0.1.10"),
-        pod("worker", NS, {**lab, "ray.io/node-type": "worker"}, "10.0.1.11"),
+        pod(
+            "head",
+            NS,
+            {**lab, "serving.mmo.dev/role": "head", "ray.io/node-type": "head"},
+            "10.0.1.10",
+        ),
+        pod(
+            "worker",
+            NS,
+            {**lab, "serving.mmo.dev/role": "worker", "ray.io/node-type": "worker"},
+            "10.0.1.11",
+        ),
     ]
 
 
@@ -65,10 +76,11 @@ OTHERS = [
     external("internet", "8.8.8.8"),
     external("internet6", "2001:4860:4860::8888"),
     pod("mmo-operator", "mmo-system", OPERATOR, "10.0.7.7"),
+    external("apiserver", "172.18.0.2"),  # the kubernetes Service's endpoint
 ]
 PORTS = [
-    (53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP"), (6379, "TCP"), (8000, "TCP"),
-    (8080, "TCP"), (8265, "TCP"), (9092, "TCP"), (10001, "TCP"),
+    (53, "UDP"), (53, "TCP"), (80, "TCP"), (443, "TCP"), (6379, "TCP"), (6443, "TCP"),
+    (8000, "TCP"), (8080, "TCP"), (8265, "TCP"), (9092, "TCP"), (10001, "TCP"),
 ]  # fmt: skip
 
 DNS = {(s, "kube-dns", 53, p) for s in ("head", "worker") for p in ("UDP", "TCP")}
@@ -127,7 +139,8 @@ def test_who_may_reach_the_model(mode: str, clients: set[str]) -> None:
     expected = {
         *((c, p, 8000) for c in clients for p in ("head", "worker")),
         *(("prometheus", p, 8080) for p in ("head", "worker")),
-        *(("kuberay", p, 8265) for p in ("head", "worker")),
+        # KubeRay drives Serve through the dashboard and health-checks the Serve proxy
+        *(("kuberay", p, port) for p in ("head", "worker") for port in (8265, 8000)),
     }
     assert got == expected
 
@@ -137,8 +150,9 @@ def test_private_sample_clients_and_no_clients_at_all() -> None:
     assert m.spec.isolation.allowed_clients, "sample lists its clients"
     nobody = model("private-vqa.yaml", allowedClients=None)
     got = _ingress(build_network_policies(nobody), nobody.name)
-    # no clients: only the operator, which reads the expert load for rebalancing
-    assert {src for src, _, port in got if port == 8000} == {"mmo-operator"}
+    # no clients: only the operator, which reads the expert load for rebalancing, and
+    # KubeRay's health check of the Serve proxy
+    assert {src for src, _, port in got if port == 8000} == {"mmo-operator", "kuberay"}
     names = [p["metadata"]["name"] for p in build_network_policies(nobody)]
     assert f"{nobody.name}-serve-ingress" in names
 
@@ -154,6 +168,40 @@ def test_operator_reaches_the_serve_port_only_from_its_namespace_when_pinned() -
     assert is_allowed(pols, here, head, 8000)
     assert not is_allowed(pols, here, head, 6379)
     assert not is_allowed(pols, elsewhere, head, 8000)
+
+
+APISERVER = ["172.18.0.2/32", "fd00::1/128"]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_apiserver_cidrs_open_exactly_the_autoscaler_flows(mode: str) -> None:
+    """--apiserver-cidr: the head (the Ray autoscaler's pod) reaches the API server on
+    443 and 6443; the workers do not, and nothing else opens."""
+    m = model(MODES[mode])
+    pols = build_network_policies(m, apiserver_cidrs=APISERVER)
+    pods = model_pods(m.name)
+    autoscaler = {("head", "apiserver", 443, "TCP"), ("head", "apiserver", 6443, "TCP")}
+    assert leaving_namespace(pols, pods, pods + OTHERS, PORTS) == EXPECTED_LEAVING[mode] | (
+        autoscaler
+    )
+    assert _ingress(pols, m.name) == _ingress(build_network_policies(m), m.name)
+    (policy,) = [p for p in pols if p["metadata"]["name"] == f"{m.name}-apiserver"]
+    assert policy["spec"]["podSelector"] == {
+        "matchLabels": {"serving.mmo.dev/model": m.name, "serving.mmo.dev/role": "head"}
+    }
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    v6 = external("apiserver6", "fd00::1")
+    assert is_allowed(pols, pods[0], v6, 6443) and not is_allowed(pols, pods[1], v6, 6443)
+
+
+def test_without_apiserver_cidrs_nobody_reaches_the_api_server() -> None:
+    m = model("private-vqa.yaml")
+    names = [p["metadata"]["name"] for p in build_network_policies(m)]
+    assert f"{m.name}-apiserver" not in names
+    head = model_pods(m.name)[0]
+    api = OTHERS[-1]
+    assert api.name == "apiserver"
+    assert not any(is_allowed(build_network_policies(m), head, api, p) for p in (443, 6443))
 
 
 def test_names_labels_and_order() -> None:
@@ -243,5 +291,20 @@ def test_render_yaml_is_plain_data() -> None:
 @pytest.mark.parametrize("mode", list(MODES))
 def test_policies_validate_against_the_kubernetes_schema(mode: str) -> None:
     kv = pytest.importorskip("kubernetes_validate")
-    for policy in build_network_policies(model(MODES[mode])):
+    for policy in build_network_policies(model(MODES[mode]), apiserver_cidrs=APISERVER):
         kv.validate(policy, kv.latest_version(), strict=True)
+
+
+def test_render_and_operator_take_apiserver_cidrs(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmo_operator.cli import main
+
+    sample = str(ROOT / "manifests/samples/private-vqa.yaml")
+    assert main(["render", sample, "--apiserver-cidr", "172.18.0.2"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    (policy,) = [d for d in docs if d["metadata"]["name"].endswith("-apiserver")]
+    assert policy["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]
+    for bad in ("10.0.0.5/24", "apiserver.local"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["render", sample, "--apiserver-cidr", bad])
+        assert exit_.value.code == 2
+        assert "--apiserver-cidr: not a CIDR" in capsys.readouterr().err

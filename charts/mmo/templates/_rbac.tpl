@@ -17,6 +17,11 @@
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The RayService's running RayClusters: their worker groups' minReplicas/maxReplicas are
+# JSON-patched, because KubeRay does not apply a change of them to a running cluster.
+- apiGroups: ["ray.io"]
+  resources: ["rayclusters"]
+  verbs: ["get", "patch"]
 # The other children: server-side apply, list by label, delete what is no longer wanted.
 - apiGroups: [""]
   resources: ["configmaps"]

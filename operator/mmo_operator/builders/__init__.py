@@ -9,7 +9,7 @@ the operator compares with what it observes, so that an unchanged object costs n
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_serving.config import AppArgs, PlacementPlan
@@ -22,7 +22,7 @@ from .rayservice import build_rayservice
 from .supernode import build_supernode
 
 
-def _network_policy_builder() -> Callable[[MultimodalModel], list[Obj]] | None:
+def _network_policy_builder() -> Callable[..., list[Obj]] | None:
     """The isolation layer's builder, when it is installed."""
     try:
         module = importlib.import_module("mmo_operator.policy.network")
@@ -30,9 +30,7 @@ def _network_policy_builder() -> Callable[[MultimodalModel], list[Obj]] | None:
         if e.name in ("mmo_operator.policy", "mmo_operator.policy.network"):
             return None
         raise
-    fn: Callable[[MultimodalModel], list[Obj]] | None = getattr(
-        module, "build_network_policies", None
-    )
+    fn: Callable[..., list[Obj]] | None = getattr(module, "build_network_policies", None)
     return fn
 
 
@@ -50,11 +48,14 @@ def build_children(
     args: AppArgs | None = None,
     uid: str | None = None,
     pod_monitor: bool = True,
+    apiserver_cidrs: Sequence[str] = (),
 ) -> list[Obj]:
     """Every child object, in the order to apply them (policies before pods).
 
     ``pod_monitor`` is False when the monitoring CRDs are absent; the PodMonitor is built
-    only when ``spec.monitoring.podMonitor`` is set as well.
+    only when ``spec.monitoring.podMonitor`` is set as well. ``apiserver_cidrs``: the API
+    server's addresses, which the head's Ray autoscaler may reach (``mmo operator
+    --apiserver-cidr``).
     """
     if args is None:
         from .app_args import build_app_args
@@ -63,7 +64,7 @@ def build_children(
     children: list[Obj] = [build_placement_configmap(model, plan, uid)]
     network = _network_policy_builder()
     if network is not None:
-        children += _own(network(model), model, uid)
+        children += _own(network(model, apiserver_cidrs=tuple(apiserver_cidrs)), model, uid)
     children.append(build_worker_pdb(model, uid))
     children.append(build_rayservice(model, args, uid))
     supernode = build_supernode(model, uid)  # federated mode only

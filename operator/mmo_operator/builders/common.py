@@ -10,6 +10,7 @@ from mmo_operator.api.v1alpha1 import API_VERSION, KIND, MultimodalModel
 
 MANAGER = "mmo-operator"
 MODEL_LABEL = "serving.mmo.dev/model"
+ROLE_LABEL = "serving.mmo.dev/role"  # head | worker | supernode, on pod templates
 HASH_ANNOTATION = "serving.mmo.dev/spec-hash"
 CLUSTER_HASH_ANNOTATION = "serving.mmo.dev/cluster-hash"
 UPGRADE_ANNOTATION = "serving.mmo.dev/upgrade-strategy"

@@ -21,7 +21,11 @@ What changes in place and what rolls the cluster:
   left out of ``args`` so that changing them never restarts a replica.
 - ``rayClusterConfig`` changes (GPU type or count, nodes, image, Ray version, port,
   credentials) need a new Ray cluster. Worker ``replicas``/``minReplicas``/
-  ``maxReplicas`` do not: KubeRay updates them in place.
+  ``maxReplicas`` do not: KubeRay leaves them out of its cluster hash, so that the
+  autoscaler's replica changes never roll the cluster; but for the same reason it never
+  applies a change of the bounds to the running RayCluster (ray-project/kuberay#2331,
+  #4568). The operator patches ``minReplicas``/``maxReplicas`` of the running clusters
+  itself (``reconcile``); ``replicas`` stays the autoscaler's.
 
 The upgrade strategy is ``NewCluster`` (blue/green: KubeRay starts a second cluster,
 moves traffic when it is ready, then deletes the old one; zero downtime, but twice the
@@ -53,6 +57,7 @@ from .common import (
     GCS_PORT,
     METRICS_PORT,
     MODEL_LABEL,
+    ROLE_LABEL,
     UPGRADE_ANNOTATION,
     Obj,
     digest,
@@ -93,6 +98,11 @@ BASE_ENV: dict[str, str] = {
     # gauges must reach the node agent between two scrapes (mmo_serving.metrics)
     "RAY_metrics_report_interval_ms": str(METRICS_REPORT_INTERVAL_MS),
 }
+
+# The Ray autoscaler runs as a sidecar of the head pod and calls the Kubernetes API server
+# (policy.network: the NAME-apiserver NetworkPolicy; status: PolicyEnforced says when the
+# operator was not told the API server's addresses).
+IN_TREE_AUTOSCALING = True
 
 UpgradeStrategy = Literal["NewCluster", "Recreate"]
 
@@ -175,7 +185,7 @@ def _ports(model: MultimodalModel, *, head: bool) -> list[Obj]:
 
 
 def _pod_labels(model: MultimodalModel, role: str) -> dict[str, str]:
-    return {MODEL_LABEL: model.name, "serving.mmo.dev/role": role}
+    return {MODEL_LABEL: model.name, ROLE_LABEL: role}
 
 
 def _head_template(model: MultimodalModel) -> Obj:
@@ -264,7 +274,7 @@ def build_cluster_config(model: MultimodalModel) -> Obj:
     max_workers = max(spec.autoscaling.max_replicas * nodes, min_workers, 1)
     return {
         "rayVersion": spec.serving.ray_version,
-        "enableInTreeAutoscaling": True,
+        "enableInTreeAutoscaling": IN_TREE_AUTOSCALING,
         "autoscalerOptions": {
             "upscalingMode": "Default",
             "idleTimeoutSeconds": 60,

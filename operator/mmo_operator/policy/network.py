@@ -10,7 +10,9 @@ the set below is read as "default deny, plus exactly these":
     All ports between pods of the model (GCS 6379, raylets, object manager, workers,
     NCCL/gloo use ports chosen at run time); plus, from the KubeRay operator's pods
     (``app.kubernetes.io/name: kuberay-operator`` in any namespace, or the namespace
-    given), the dashboard port 8265 that it drives the RayService through.
+    given), the dashboard port 8265 that it drives the RayService through and the Serve
+    port (``spec.serving.port``), where it health-checks the head's Serve proxy
+    (``/-/healthz``) before putting the head behind the serve Service.
 ``NAME-dns``
     Egress to kube-dns only: UDP and TCP 53 to pods ``k8s-app: kube-dns`` in the
     namespace ``kube-system`` (pinned by ``kubernetes.io/metadata.name``).
@@ -31,16 +33,31 @@ the set below is read as "default deny, plus exactly these":
     Service name (``name.ns.svc[...]``) its namespace is allowed on that port too, because
     most CNIs apply policy after Service DNAT, so a ClusterIP range alone would not match.
     private: none (no such policy).
+``NAME-apiserver`` (only when the operator runs with ``--apiserver-cidr``)
+    The head pods (``serving.mmo.dev/role: head``), where the Ray autoscaler runs as a
+    sidecar (``enableInTreeAutoscaling``), to the API server's addresses on TCP 443 and
+    6443: the autoscaler reads and scales the RayCluster through it. NetworkPolicy cannot
+    name the API server portably (it is no pod; most CNIs match the endpoint address
+    after the ``kubernetes`` Service's DNAT), so the addresses come from the operator's
+    configuration; without them the autoscaler is cut off by the default deny, and
+    ``PolicyEnforced`` says so.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from mmo_operator.api import MultimodalModel
-from mmo_operator.builders.common import DASHBOARD_PORT, METRICS_PORT, MODEL_LABEL, metadata
+from mmo_operator.builders.common import (
+    DASHBOARD_PORT,
+    METRICS_PORT,
+    MODEL_LABEL,
+    ROLE_LABEL,
+    metadata,
+)
 from mmo_operator.policy.admission import split_host_port
 
 Obj = dict[str, Any]
@@ -48,6 +65,7 @@ NS_NAME_LABEL = "kubernetes.io/metadata.name"
 DEFAULT_MONITORING_NAMESPACE = "monitoring"
 KUBERAY_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
 OPERATOR_LABELS = {"app.kubernetes.io/name": "mmo", "app.kubernetes.io/component": "operator"}
+APISERVER_PORTS = (443, 6443)  # the kubernetes Service's port, and the usual endpoint port
 
 
 def model_selector(model: MultimodalModel) -> Obj:
@@ -61,8 +79,9 @@ def _policy(
     *,
     ingress: list[Obj] | None = None,
     egress: list[Obj] | None = None,
+    selector: Obj | None = None,
 ) -> Obj:
-    spec: Obj = {"podSelector": model_selector(model), "policyTypes": types}
+    spec: Obj = {"podSelector": selector or model_selector(model), "policyTypes": types}
     if ingress is not None:
         spec["ingress"] = ingress
     if egress is not None:
@@ -143,8 +162,11 @@ def build_network_policies(
     monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE,
     kuberay_namespace: str | None = None,
     operator_namespace: str | None = None,
+    apiserver_cidrs: Sequence[str] = (),
 ) -> list[Obj]:
-    """The NetworkPolicies of ``model``, in apply order (default deny first)."""
+    """The NetworkPolicies of ``model``, in apply order (default deny first).
+
+    ``apiserver_cidrs``: the API server's addresses, for the head's Ray autoscaler."""
     own = {"podSelector": model_selector(model)}
     serve_port = [{"protocol": "TCP", "port": model.spec.serving.port}]
     serve_ingress = []
@@ -172,7 +194,13 @@ def build_network_policies(
             ["Ingress", "Egress"],
             ingress=[
                 {"from": [own]},
-                {"from": [kuberay], "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+                {
+                    "from": [kuberay],
+                    "ports": [
+                        {"protocol": "TCP", "port": DASHBOARD_PORT},
+                        {"protocol": "TCP", "port": model.spec.serving.port},
+                    ],
+                },
             ],
             egress=[{"to": [own]}],
         ),
@@ -209,6 +237,13 @@ def build_network_policies(
     egress = egress_rules(model)
     if egress:
         policies.append(_policy(model, "egress", ["Egress"], egress=egress))
+    if apiserver_cidrs:
+        head = {"matchLabels": {MODEL_LABEL: model.name, ROLE_LABEL: "head"}}
+        rule = {
+            "to": _ip_peers(list(apiserver_cidrs)),
+            "ports": [{"protocol": "TCP", "port": port} for port in APISERVER_PORTS],
+        }
+        policies.append(_policy(model, "apiserver", ["Egress"], egress=[rule], selector=head))
     return policies
 
 
