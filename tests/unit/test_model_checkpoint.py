@@ -140,6 +140,16 @@ def test_bad_config_and_tokenizer_files(ckpt) -> None:
     (ckpt / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="missing required key 'vocab_size'"):
         load_model(str(ckpt))
+    for key, value, message in (
+        ("stem_channels", [32], r"stem_channels must be two positive integers, got \(32,\)"),
+        ("stem_channels", "ab", r"stem_channels must be two positive integers"),
+        ("shared_expert", -5, r"shared_expert must be an integer >= 0 \(0: none\), got -5"),
+        ("aux_loss_weight", "x", r"aux_loss_weight must be a number >= 0, got 'x'"),
+    ):
+        cfg = {**json.loads(good), key: value}
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError, match=message):
+            load_model(str(ckpt))
     cfg = json.loads(good)
     cfg["vocab_size"] += 1
     (ckpt / "config.json").write_text(json.dumps(cfg))

@@ -52,6 +52,20 @@ class ModelConfig:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(self.stem_refine, int) or self.stem_refine < 0:
             problems.append(f"stem_refine must be an integer >= 0, got {self.stem_refine!r}")
+        if not isinstance(self.shared_expert, int) or self.shared_expert < 0:
+            problems.append(
+                f"shared_expert must be an integer >= 0 (0: none), got {self.shared_expert!r}"
+            )
+        stem = self.stem_channels
+        if not (
+            isinstance(stem, tuple | list)
+            and len(stem) == 2
+            and all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in stem)
+        ):
+            problems.append(f"stem_channels must be two positive integers, got {stem!r}")
+        weight = self.aux_loss_weight
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0:
+            problems.append(f"aux_loss_weight must be a number >= 0, got {weight!r}")
         if not problems:
             if self.d_model % self.n_heads:
                 problems.append(

@@ -66,7 +66,7 @@ def retrieval_recall(
         best = (ie @ te.t()).argmax(1).tolist()
         hits += sum(caps[b] == s.caption for b, s in zip(best, chunk, strict=True))
         n += len(chunk)
-    return {"recall_at_1": round(hits / max(1, n), 4), "images": n, "gallery": gallery}
+    return {"recall_at_1": round(hits / max(1, n), 4), "images": n, "gallery": min(gallery, n)}
 
 
 class RoutingRecorder:
