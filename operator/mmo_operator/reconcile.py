@@ -333,8 +333,11 @@ class Reconciler:
             raise
         except ApiFailure as e:
             err = to_kopf_error(e, f"reconciling {key}")
-            if isinstance(err, KubePermanentError) and model is not None:
-                obs.apply_error = str(err)
+            # Shown in status (a 409 is only a race, retried at once): a denied or
+            # throttled write must not leave a stale or empty status behind.
+            if model is not None and e.status != 409:
+                permanent = isinstance(err, KubePermanentError)
+                obs.apply_error = str(err) if permanent else f"{err} (retrying)"
                 try:
                     self._write_status(body, model, obs, outcome)
                 except ApiFailure:

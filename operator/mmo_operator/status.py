@@ -56,7 +56,7 @@ class Observation:
     network_policies: int = 0  # NetworkPolicies applied for the model
     webhook: bool = True  # the admission webhook is served
     apiserver_egress: bool = False  # the head may reach the API server (--apiserver-cidr)
-    apply_error: str | None = None  # a permanent API error while applying children
+    apply_error: str | None = None  # an API error while applying children
     balancedness_before: float | None = None
     moved_experts: int = 0
     last_rebalance_time: str | None = None

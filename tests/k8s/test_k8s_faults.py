@@ -84,6 +84,27 @@ def test_injected_409_429_500_are_retried(cluster: Cluster, start_operator: Star
     assert cluster.get(MMM, "tiny")["status"]["observedGeneration"] == 1
 
 
+def test_a_failing_write_is_shown_in_status_until_it_succeeds(
+    cluster: Cluster, start_operator: StartOperator
+) -> None:
+    """A denied or failing write (admission policy, quota, server error) is retried and
+    shown in the Ready condition meanwhile, instead of an empty or stale status."""
+    emu = cluster.emu
+    fault = cluster.call(emu.inject, 500, count=10_000, method="PATCH", resource=PDBS)
+    start_operator()
+    cluster.create(MMM, model_doc())
+
+    def failing() -> bool:
+        ready = cluster.condition("tiny", "Ready") or {}
+        return ready.get("reason") == "ApplyFailed" and "(retrying)" in ready.get("message", "")
+
+    wait_for("Ready=False, ApplyFailed in status", failing, timeout=30)
+    cluster.call(emu.faults.remove, fault)
+    wait_for("the PDB once writes succeed", lambda: cluster.get(PDBS, "tiny-workers"), timeout=30)
+    cluster.play_kuberay("tiny")
+    wait_for("Ready after the fault", lambda: _status(cluster, "Ready") == "True", timeout=30)
+
+
 def test_watch_410_is_survived(cluster: Cluster, start_operator: StartOperator) -> None:
     op = start_operator()
     cluster.create(MMM, model_doc())
