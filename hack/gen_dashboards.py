@@ -504,7 +504,23 @@ def operator() -> Json:
             "Rebalances triggered by the operator",
             "mmo_operator_rebalances_total: new placement plans the operator wrote.",
             [target(f"sum(mmo_operator_rebalances_total{{{sel}}})", "rebalances")],
-            w=24,
+            h=5,
+        ),
+        p(
+            "table",
+            "p95 latency target per model",
+            "mmo_operator_model_latency_target_seconds: each model's "
+            "spec.autoscaling.latencyTargetMs, which MmoLatencyP95AboveTarget compares with "
+            "(unless the chart's prometheusRule.latencyTargetsMs overrides it).",
+            [
+                target(
+                    "max by (namespace, model) "
+                    f"(mmo_operator_model_latency_target_seconds{{{sel}}})",
+                    "{{namespace}}/{{model}}",
+                    fmt="table",
+                )
+            ],
+            unit="s",
             h=5,
         ),
     ]

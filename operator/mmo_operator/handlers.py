@@ -89,6 +89,8 @@ async def run_reconcile(body: Any, memo: Any, logger: logging.Logger | Any) -> N
                 kopf.event(body, type="Warning", reason=e.reason, message=str(e)[:1000])
             raise
     metrics.set_ready(key, outcome.ready)
+    if outcome.latency_target_s is not None:
+        metrics.set_latency_target(key, outcome.latency_target_s)
     _post_events(body, outcome)
     if outcome.writes:
         logger.info(f"reconciled with {outcome.writes} write(s); ready={outcome.ready}")

@@ -51,9 +51,16 @@ REBALANCES = Counter(
     "Expert placement plans applied in place by the rebalance timer.",
     registry=REGISTRY,
 )
+LATENCY_TARGET = Gauge(
+    "mmo_operator_model_latency_target_seconds",
+    "Each model's p95 latency target (spec.autoscaling.latencyTargetMs), for the alerts.",
+    ["namespace", "model"],
+    registry=REGISTRY,
+)
 
 _lock = threading.Lock()
 _ready: dict[str, bool] = {}
+_targets: dict[str, float] = {}
 
 
 def _refresh() -> None:
@@ -72,6 +79,16 @@ def forget(key: str) -> None:
     with _lock:
         _ready.pop(key, None)
         _refresh()
+        if key in _targets:
+            LATENCY_TARGET.remove(*key.split("/", 1))
+            del _targets[key]
+
+
+def set_latency_target(key: str, seconds: float) -> None:
+    """``key`` is NAMESPACE/NAME."""
+    with _lock:
+        _targets[key] = seconds
+        LATENCY_TARGET.labels(*key.split("/", 1)).set(seconds)
 
 
 def count_error(reason: str) -> None:

@@ -86,6 +86,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     ready: bool = False
     observation: Observation | None = None
+    latency_target_s: float | None = None  # spec.autoscaling.latencyTargetMs, for alerts
 
 
 # ---------------------------------------------------------------------- pure helpers
@@ -380,6 +381,7 @@ class Reconciler:
         kube = self.kube
         ns, name, uid = model.namespace, model.name, body["metadata"].get("uid")
         obs.capacity = validated.capacity
+        outcome.latency_target_s = model.spec.autoscaling.latency_target_ms / 1000
         obs.kuberay_installed = kube.has_kind("ray.io/v1", "RayService")
         obs.monitoring_installed = kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")
         kinds = [

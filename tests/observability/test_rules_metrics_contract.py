@@ -36,6 +36,7 @@ CONTRACT = {
     "mmo_operator_reconcile_errors_total": "counter",
     "mmo_operator_objects": "gauge",
     "mmo_operator_rebalances_total": "counter",
+    "mmo_operator_model_latency_target_seconds": "gauge",
 }
 PROMETHEUS_OWN = {"up"}
 METRIC = re.compile(r"(?<![:\w])([a-zA-Z_][a-zA-Z0-9_]*)\s*(?=\{|\[|\)|$|\s)")
