@@ -28,9 +28,11 @@ name=$(kubectl create --dry-run=client -o jsonpath='{.metadata.name}' -f "${samp
 
 echo ">> applying ${sample} as ${namespace}/${name} (serving image ${serving_image})"
 kubectl create namespace "${namespace}" --dry-run=client -o yaml | kubectl apply -f -
-kubectl -n "${namespace}" apply -f "${sample}"
-kubectl -n "${namespace}" patch mmm "${name}" --type=merge \
-  -p "{\"spec\":{\"serving\":{\"image\":\"${serving_image}\"}}}"
+# The image is set before the first apply: changing it later is a cluster change, which
+# KubeRay rolls blue/green with twice the GPUs that kind-up fakes.
+kubectl patch --local -f "${sample}" --type=merge -o yaml \
+  -p "{\"spec\":{\"serving\":{\"image\":\"${serving_image}\"}}}" |
+  kubectl -n "${namespace}" apply -f -
 
 echo ">> waiting for Ready (${ready_timeout})"
 if ! kubectl -n "${namespace}" wait "mmm/${name}" --for=condition=Ready --timeout="${ready_timeout}"; then

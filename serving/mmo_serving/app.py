@@ -357,7 +357,7 @@ class MmoIngress:
     def _caller(self, request: Request) -> tuple[str, dict[str, str]]:
         headers = {k.lower(): v for k, v in request.headers.items()}
         data_class = headers.get(DATA_CLASS_HEADER)
-        if data_class is not None and data_class not in DATA_CLASSES:
+        if data_class is not None and data_class.strip().lower() not in DATA_CLASSES:
             raise oa.ApiError(
                 400,
                 f"header X-Data-Class: {data_class!r} is not one of {', '.join(DATA_CLASSES)}",

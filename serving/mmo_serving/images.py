@@ -143,7 +143,14 @@ def _to_rgb(raw: bytes, expected: str, mime: str, param: str) -> np.ndarray:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except ApiError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ApiError(
+            400,
+            f"{param}: the data is not a readable {mime} image",
+            code="invalid_image",
+            param=param,
+        ) from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ApiError(
             400,
             f"{param}: cannot decode the {mime} image: {exc}",

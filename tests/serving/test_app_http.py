@@ -384,6 +384,10 @@ def test_app_cache_hit_and_scopes(server: Server) -> None:
     assert public.headers["x-mmo-data-class"] == "public"
     assert tenant.headers["x-mmo-cache"] == "miss"
     assert len({r.json()["choices"][0]["message"]["content"] for r in (first, public, tenant)}) == 3
+    # header values are case-insensitive, as the gateway reads them: same class, same entry
+    shouted = server.chat(q, headers={"X-Data-Class": "Public"})
+    assert shouted.status_code == 200 and shouted.headers["x-mmo-cache"] == "hit"
+    assert shouted.headers["x-mmo-data-class"] == "public"
 
 
 async def _concurrent_chats(url: str, n: int, tag: str) -> list[str]:

@@ -107,7 +107,7 @@ def test_app_image_decodes_png_and_jpeg() -> None:
             "data:image/png;base64," + base64.b64encode(b"not an image").decode(),
             400,
             "invalid_image",
-            "cannot decode the image/png image",
+            "the data is not a readable image/png image",
         ),
     ],
 )
