@@ -81,7 +81,7 @@ class PassThroughGateway:
         self.default_class: DataClass = args.isolation.default_data_class
 
     async def decide(self, info: RequestInfo) -> Decision:
-        header = info.headers.get(DATA_CLASS_HEADER)
+        header = (info.headers.get(DATA_CLASS_HEADER) or "").strip().lower()
         data_class: DataClass = header if header in DATA_CLASSES else self.default_class  # type: ignore[assignment]
         from mmo_serving.metrics import serving_metrics
 
