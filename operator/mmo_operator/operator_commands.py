@@ -19,6 +19,13 @@ from mmo_operator.api.problems import InvalidResource
 from mmo_operator.planning.live import DEFAULT_LOAD_URL
 
 
+class _NoAliases(yaml.SafeDumper):
+    """Repeats shared values instead of writing &id001 anchors (kubectl users read this)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from mmo_operator.api.validation import validate_file
     from mmo_operator.builders import build_children
@@ -48,7 +55,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             f"# Children of MultimodalModel {validated.model.name} as the operator creates "
             "them\n# (the operator also sets ownerReferences to the MultimodalModel's uid).\n"
         )
-        sys.stdout.write(header + yaml.safe_dump_all(children, sort_keys=False))
+        sys.stdout.write(header + yaml.dump_all(children, Dumper=_NoAliases, sort_keys=False))
     return 0
 
 

@@ -101,13 +101,17 @@ def _policy(model: MultimodalModel, obs: Observation) -> Obj:
     if iso.audit.enabled:
         layers.append("audit")
     text = f"{iso.mode} mode enforced by: " + ", ".join(layers)
+    if obs.problems:
+        return _condition(
+            POLICY, False, "InvalidSpec", "nothing is deployed while the spec is invalid"
+        )
     if not obs.network_policies:
         return _condition(
             POLICY,
             False,
             "NetworkPoliciesMissing",
-            text + "; no NetworkPolicy was created for this model, so the network layer "
-            "is off (this operator build has no network policy generator)",
+            text + "; no NetworkPolicy has been applied for this model yet, so the network "
+            "layer is off",
         )
     if IN_TREE_AUTOSCALING and not obs.apiserver_egress:
         text += "; " + AUTOSCALER_CUT_OFF

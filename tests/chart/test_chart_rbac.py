@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 Obj = dict[str, Any]
-APPLY = {"get", "list", "create", "patch", "delete"}  # server-side apply, list, prune
+APPLY = {"list", "create", "patch", "delete"}  # server-side apply, list, prune
 
 # (apiGroup, resource) -> verbs: what `mmo operator` does (issue 6, kopf's own needs).
 NAMESPACED = {
@@ -14,7 +14,7 @@ NAMESPACED = {
     ("serving.mmo.dev", "multimodalmodels/finalizers"): {"update"},
     ("ray.io", "rayservices"): APPLY | {"watch"},
     ("ray.io", "rayclusters"): {"get", "patch"},  # worker bounds KubeRay leaves alone
-    ("", "configmaps"): APPLY,
+    ("", "configmaps"): APPLY | {"get"},  # the rebalance timer reads the plan in force
     ("networking.k8s.io", "networkpolicies"): APPLY,
     ("policy", "poddisruptionbudgets"): APPLY,
     ("monitoring.coreos.com", "podmonitors"): APPLY,

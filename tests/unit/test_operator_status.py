@@ -63,6 +63,10 @@ def test_invalid_spec_names_the_problem() -> None:
     planned = condition(compute_status(model, obs, now="t0"), "Planned")
     assert planned is not None and planned["status"] == "False"
     assert "spec.autoscaling.maxReplicas" in planned["message"]
+    policy = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
+    assert policy is not None and policy["status"] == "False"
+    assert policy["reason"] == "InvalidSpec"
+    assert policy["message"] == "nothing is deployed while the spec is invalid"
 
 
 def test_transition_times_move_only_when_a_status_changes() -> None:

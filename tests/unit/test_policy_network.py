@@ -300,7 +300,9 @@ def test_render_and_operator_take_apiserver_cidrs(capsys: pytest.CaptureFixture[
 
     sample = str(ROOT / "manifests/samples/private-vqa.yaml")
     assert main(["render", sample, "--apiserver-cidr", "172.18.0.2"]) == 0
-    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    out = capsys.readouterr().out
+    assert "&id" not in out and "*id" not in out  # no YAML anchors for kubectl users
+    docs = list(yaml.safe_load_all(out))
     (policy,) = [d for d in docs if d["metadata"]["name"].endswith("-apiserver")]
     assert policy["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}]
     for bad in ("10.0.0.5/24", "apiserver.local"):

@@ -13,32 +13,33 @@
 - apiGroups: ["serving.mmo.dev"]
   resources: ["multimodalmodels/finalizers"]
   verbs: ["update"]
-# The RayService: server-side apply (PATCH), read back, watched, removed.
+# The RayService: server-side apply (PATCH), listed by label, watched, removed.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # The RayService's running RayClusters: their worker groups' minReplicas/maxReplicas are
 # JSON-patched, because KubeRay does not apply a change of them to a running cluster.
 - apiGroups: ["ray.io"]
   resources: ["rayclusters"]
   verbs: ["get", "patch"]
-# The other children: server-side apply, list by label, delete what is no longer wanted.
+# The other children: server-side apply, list by label, delete what is no longer wanted;
+# the placement ConfigMap is also read by the rebalance timer.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["list", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["list", "create", "patch", "delete"]
 # The site's Flower SuperNode Deployment (federated mode only).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["list", "create", "patch", "delete"]
 # Kubernetes Events for what the operator did (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
