@@ -128,6 +128,7 @@ class ModelSpec(ApiModel):
         min_length=1,
         max_length=2,
         description="Input modalities served.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},  # the API server refuses repeats
     )
     dtype: Dtype = Field(default="bfloat16", description="Weight and activation precision.")
     quantization: Quantization = Field(
