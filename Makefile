@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# e.g. https://download.pytorch.org/whl/cpu to force the CPU wheel of torch
+TORCH_INDEX ?=
 
 .PHONY: help venv test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv
 
@@ -20,7 +22,7 @@ $(BIN)/python:
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[operator,serving,test]'
 	@touch $(STAMP)
 
