@@ -82,6 +82,22 @@ def test_gpu_workers_and_head() -> None:
     assert cluster["workerGroupSpecs"][0]["resources"] == {"mmo-accelerator-A100-80GB": "8"}
     assert cluster["enableInTreeAutoscaling"] is True
     assert any(m["mountPath"] == "/mnt/models/models" for m in container["volumeMounts"])
+    assert container["resources"]["requests"]["cpu"] == "32"  # 4 per GPU by default
+    assert container["resources"]["limits"]["memory"] == "128Gi"
+    assert shm["emptyDir"]["sizeLimit"] == "64Gi"
+
+
+def test_worker_cpu_and_memory_follow_the_spec() -> None:
+    children = _children(_doc(resources__cpusPerGpu=12, resources__memoryPerGpuGi=120))
+    pod = _worker(children)["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] == "96"
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "960Gi"
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["sizeLimit"] == "480Gi"
+    base = _children(_doc())["RayService/tiny"]["spec"]["rayClusterConfig"]
+    bigger = children["RayService/tiny"]["spec"]["rayClusterConfig"]
+    assert cluster_hash(bigger) != cluster_hash(base), "pod resources need a new cluster"
 
 
 def test_serve_only_fields_leave_the_cluster_config_alone() -> None:

@@ -158,6 +158,15 @@ class Resources(ApiModel):
         le=0.9,
         description="Share of each GPU's memory kept free for activations and KV cache.",
     )
+    cpus_per_gpu: int = Field(
+        default=4, ge=1, le=64, description="CPU cores a worker pod requests per GPU."
+    )
+    memory_per_gpu_gi: int = Field(
+        default=16,
+        ge=1,
+        le=2048,
+        description="Host memory (GiB) a worker pod requests per GPU; half of it backs /dev/shm.",
+    )
 
 
 class Rebalance(ApiModel):

@@ -227,7 +227,13 @@ def _worker_template(model: MultimodalModel) -> Obj:
     ]
     volumes: list[Obj] = [
         # Ray's object store and NCCL use shared memory; the default 64 MiB is far too small.
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{8 * gpus}Gi"}},
+        {
+            "name": "shm",
+            "emptyDir": {
+                "medium": "Memory",
+                "sizeLimit": f"{max(1, res.memory_per_gpu_gi * gpus // 2)}Gi",
+            },
+        },
         {"name": "ray-tmp", "emptyDir": {}},
     ]
     source = model.spec.model.source
@@ -237,7 +243,7 @@ def _worker_template(model: MultimodalModel) -> Obj:
         volumes.append(
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
-    memory = f"{16 * gpus}Gi"
+    memory = f"{res.memory_per_gpu_gi * gpus}Gi"
     return {
         "metadata": {"labels": _pod_labels(model, "worker")},
         "spec": {
@@ -252,7 +258,7 @@ def _worker_template(model: MultimodalModel) -> Obj:
                     "env": _env(model, worker=True),
                     "resources": {
                         "requests": {
-                            "cpu": str(4 * gpus),
+                            "cpu": str(res.cpus_per_gpu * gpus),
                             "memory": memory,
                             GPU_RESOURCE: str(gpus),
                         },
