@@ -3,10 +3,12 @@ padding changes nothing, images of any size/mode are accepted."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mmo_serving.model import tasks
 from mmo_serving.model.config import ConfigError
@@ -145,3 +147,26 @@ def test_generation_reports_the_prompt_tokens(model, samples) -> None:
         text_tokens + model.config.n_image_tokens,
         text_tokens,
     ]
+
+
+def test_framing_cuts_to_what_is_drawn() -> None:
+    from mmo_serving.model.preprocess import FRAME_MARGIN, frame_of, preprocess_array
+
+    img = Image.new("RGB", (400, 200), (20, 60, 200))
+    ImageDraw.Draw(img).ellipse((300, 150, 320, 170), fill=(230, 30, 30))  # 20 px circle
+    frame = frame_of(img)
+    assert frame.background == (20, 60, 200)
+    assert frame.side == math.ceil(21 * FRAME_MARGIN)
+    assert frame.left <= 300 and frame.left + frame.side >= 321
+    # the circle now fills most of the model's input instead of a few pixels
+    arr = preprocess_array(img, 32).astype(int)
+    red = (np.abs(arr - np.array([230, 30, 30])).sum(2) < 60).mean()
+    assert red > 0.3
+    # nothing drawn: the picture is only padded to a square
+    blank = frame_of(Image.new("RGB", (40, 20), (255, 255, 255)))
+    assert (blank.left, blank.top, blank.side) == (0, -10, 40)
+    # a frame that leaves the picture is filled with the background colour
+    corner = Image.new("RGB", (100, 100), (255, 255, 255))
+    ImageDraw.Draw(corner).rectangle((0, 0, 9, 9), fill=(0, 150, 0))
+    arr = preprocess_array(corner, 26)
+    assert tuple(arr[0, 0]) == (255, 255, 255) and tuple(arr[13, 13]) == (0, 150, 0)

@@ -42,6 +42,8 @@ def test_scenes_cover_the_issue_ranges() -> None:
     assert colours == set(tasks.COLOURS) and kinds == set(tasks.SHAPES)
     counts = {len(s.scene.shapes) for s in samples}
     assert counts == {1, 2, 3, 4}
+    smallest = min(sh.radius / max(s.image.size) for s in samples for sh in s.scene.shapes)
+    assert smallest < 0.07  # small shapes on a large canvas, not only big ones
     assert {qa.kind for s in samples for qa in s.qas} == set(tasks.QUESTION_KINDS)
 
 
@@ -94,6 +96,7 @@ def test_tokenizer_covers_the_task_and_round_trips(tmp_path) -> None:
     again = WordTokenizer.load(tmp_path / "tokenizer.json")
     assert again.vocab == tok.vocab
     assert tok.encode("What COLOR is the zebra?")[-1] == tok.unk_id
+    assert tok.encode("is there an orange circle?") == tok.encode("is there a orange circle?")
 
 
 def test_tokenizer_file_errors(tmp_path) -> None:

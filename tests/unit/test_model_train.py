@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmo_serving.model import tasks
-from mmo_serving.model.preprocess import preprocess_array
+from mmo_serving.model.preprocess import frame_of, preprocess_array, to_pil
 from mmo_serving.model.tokenizer import default_tokenizer
 from mmo_serving.model.train import N_DENSE, TrainSettings, losses, pack_samples, train
 from mmo_serving.model.transformer import build_model
@@ -40,7 +40,8 @@ def test_cell_labels_follow_the_drawn_pixels() -> None:
     grid = 8
     for i in range(20):
         s = tasks.make_sample(i, seed=11)
-        colour, kind, centre = tasks.cell_labels(s.scene, grid)
+        frame = frame_of(to_pil(s.image))
+        colour, kind, centre = tasks.cell_labels(s.scene, grid, (frame.left, frame.top, frame.side))
         arr = preprocess_array(s.image, grid * 8).astype(int)
         assert int(centre.sum()) == len(s.scene.shapes)  # shape centres lie cells apart
         for cell in np.flatnonzero(colour):

@@ -28,6 +28,7 @@ COUNT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 QUESTION_KINDS: tuple[str, ...] = ("colour", "shape", "count", "exists")
 MAX_SHAPES = 4
 MIN_SIZE, MAX_SIZE = 32, 512
+MIN_RADIUS = 0.06  # smallest shape radius / long side of the picture
 SPLITS: dict[str, int] = {"train": 1, "val": 2, "test": 3}
 
 # Several common renderings of each colour name (CSS / X11 / paint programs).
@@ -174,7 +175,7 @@ def generate_scene(rng: np.random.Generator, augment: bool = True) -> Scene:
     for kind, colour, rgb in zip(kinds, colours, rgbs, strict=True):
         for _attempt in range(200):
             # radius as a fraction of the long side (the model sees a padded square)
-            r = rng.uniform(0.09, hi_frac) * big
+            r = rng.uniform(MIN_RADIUS, hi_frac) * big
             r = min(r, 0.42 * small)
             bound = r * 1.3
             if 2 * bound >= small:
@@ -339,14 +340,20 @@ def _inside(shape: Shape, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return inside
 
 
-def cell_labels(scene: Scene, grid: int, sub: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cell_labels(
+    scene: Scene, grid: int, frame: tuple[int, int, int] | None = None, sub: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dense training targets for the model's ``grid x grid`` image tokens, in the frame
-    the model sees (the drawing padded to a centred square): per cell, the colour index
-    (0 = background, else 1 + COLOURS index) and kind index (0 = background, else 1 +
-    SHAPES index) of the shape covering most of it (at least a quarter), and whether a
-    shape's centre lies in the cell."""
-    side = max(scene.width, scene.height)
-    ox, oy = (side - scene.width) // 2, (side - scene.height) // 2
+    the model sees (``frame`` = left, top, side in picture pixels, as
+    ``preprocess.frame_of`` finds it; default: the drawing padded to a centred square):
+    per cell, the colour index (0 = background, else 1 + COLOURS index) and kind index
+    (0 = background, else 1 + SHAPES index) of the shape covering most of it (at least a
+    quarter), and whether a shape's centre lies in the cell."""
+    if frame is None:
+        side = max(scene.width, scene.height)
+        frame = ((scene.width - side) // 2, (scene.height - side) // 2, side)
+    left, top, side = frame
+    ox, oy = -left, -top
     step = side / grid
     offs = (np.arange(sub) + 0.5) / sub
     gx = (np.arange(grid)[:, None] + offs[None, :]).reshape(-1) * step - ox  # grid*sub
@@ -362,7 +369,7 @@ def cell_labels(scene: Scene, grid: int, sub: int = 4) -> tuple[np.ndarray, np.n
         colour[win] = 1 + COLOURS.index(s.colour)
         kind[win] = 1 + SHAPES.index(s.kind)
         best = np.maximum(best, cover)
-        cx = min(grid - 1, int((s.cx + ox) / step))
-        cy = min(grid - 1, int((s.cy + oy) / step))
+        cx = min(grid - 1, max(0, int((s.cx + ox) / step)))
+        cy = min(grid - 1, max(0, int((s.cy + oy) / step)))
         centre[cy * grid + cx] = 1.0
     return colour, kind, centre

@@ -1,9 +1,10 @@
 """Word-level tokenizer, saved with the checkpoint as ``tokenizer.json`` (no torch import).
 
 Text is lower-cased and split into ``[a-z]+`` / ``[0-9]+`` words; punctuation is dropped
-and unknown words map to ``<unk>``. Special tokens: ``<pad>`` (0), ``<unk>``, ``<bos>``
-(starts a question), ``<sep>`` (ends a question, the answer follows), ``<eos>``, and
-``<emb>`` (starts a text to embed).
+and unknown words map to ``<unk>``; "an" is read as "a" (the task's questions use "a"
+before every word, people write "an orange circle"). Special tokens: ``<pad>`` (0),
+``<unk>``, ``<bos>`` (starts a question), ``<sep>`` (ends a question, the answer
+follows), ``<eos>``, and ``<emb>`` (starts a text to embed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 SPECIALS: tuple[str, ...] = ("<pad>", "<unk>", "<bos>", "<sep>", "<eos>", "<emb>")
 FORMAT = "mmo-word-tokenizer"
 _WORD = re.compile(r"[a-z]+|[0-9]+")
+_SAME_AS = {"an": "a"}
 
 
 class TokenizerError(ValueError):
@@ -37,7 +39,7 @@ class WordTokenizer:
 
     @staticmethod
     def words(text: str) -> list[str]:
-        return _WORD.findall(text.lower())
+        return [_SAME_AS.get(w, w) for w in _WORD.findall(text.lower())]
 
     def encode(self, text: str) -> list[int]:
         return [self.index.get(w, self.unk_id) for w in self.words(text)]

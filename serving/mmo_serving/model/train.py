@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mmo_serving.model import tasks
 from mmo_serving.model.config import ModelConfig
-from mmo_serving.model.preprocess import preprocess
+from mmo_serving.model.preprocess import frame_of, preprocess, to_pil
 from mmo_serving.model.tokenizer import WordTokenizer, default_tokenizer
 from mmo_serving.model.transformer import Block, ShapesMoE, build_model
 
@@ -118,8 +118,15 @@ def pack_samples(samples: list[tasks.Sample], tok: WordTokenizer, cfg: ModelConf
         sees_t[i, :n] = torch.tensor(sees)
         valid[i, :n] = True
         cap_t[i, :n] = torch.tensor(cap)
-    images = torch.stack([preprocess(s.image, cfg.image_size) for s in samples])
-    cells = [tasks.cell_labels(s.scene, cfg.grid) for s in samples]
+    pictures = [to_pil(s.image) for s in samples]
+    frames = [frame_of(p) for p in pictures]
+    images = torch.stack(
+        [preprocess(p, cfg.image_size, f) for p, f in zip(pictures, frames, strict=True)]
+    )
+    cells = [
+        tasks.cell_labels(s.scene, cfg.grid, (f.left, f.top, f.side))
+        for s, f in zip(samples, frames, strict=True)
+    ]
     return PackedBatch(
         images,
         text_ids,
