@@ -219,12 +219,18 @@ class Kube:
         return result
 
     def json_patch(
-        self, api_version: str, kind: str, namespace: str, name: str, ops: Sequence[Obj]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        ops: Sequence[Obj],
+        subresource: str = "",
     ) -> Obj:
         """A JSON patch (RFC 6902): exactly the fields named, guarded by its ``test`` ops."""
         result: Obj = self.request(
             "PATCH",
-            path_of(api_version, kind, namespace, name),
+            path_of(api_version, kind, namespace, name, subresource),
             body=list(ops),
             content_type="application/json-patch+json",
         )
@@ -250,16 +256,16 @@ class Kube:
         A JSON patch whose ``test`` op checks ``metadata.generation``: kopf's own writes
         to the metadata (finalizer, annotations) do not conflict with it, a new spec does.
         Returns False when the spec moved on (the reconcile of the new one writes)."""
-        path = path_of(f"{GROUP}/{VERSION}", "MultimodalModel", namespace, name, "status")
+        model = (f"{GROUP}/{VERSION}", "MultimodalModel", namespace, name)
         ops: list[Obj] = [{"op": "add", "path": "/status", "value": status}]
         if generation is not None:
             ops.insert(0, {"op": "test", "path": "/metadata/generation", "value": generation})
         try:
-            self.request("PATCH", path, body=ops, content_type="application/json-patch+json")
+            self.json_patch(*model, ops, subresource="status")
         except ApiFailure as e:
             if e.status != 422 or generation is None:
                 raise
-            current = self.get(f"{GROUP}/{VERSION}", "MultimodalModel", namespace, name)
+            current = self.get(*model)
             if current is None or current["metadata"].get("generation") != generation:
                 return False
             raise
