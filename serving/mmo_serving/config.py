@@ -162,6 +162,11 @@ class AppArgs(_Camel):
 
     name: str = Field(description="Served model name (the MultimodalModel's name).")
     model_source: str = Field(description="builtin://NAME, pvc://CLAIM/PATH or a local path.")
+    engine: Literal["mmo", "vllm"] = Field(
+        default="mmo",
+        description="mmo: the built-in expert-parallel engine (builtin:// models); "
+        "vllm: Ray Serve LLM running vLLM (real checkpoints).",
+    )
     model_version: str = Field(default="1", description="Part of every cache key.")
     dtype: Literal["bfloat16", "float16", "float32"] = "float32"
     quantization: Literal["none", "int8", "int4"] = "none"
