@@ -22,7 +22,8 @@ from mmo_operator.api.problems import InvalidResource, Problem
 # Modules that add commands; each has `register(subparsers)`.
 COMMAND_MODULES = (
     "mmo_serving.model.commands",  # train, eval
-    "mmo_serving.commands",  # up, ask
+    "mmo_operator.up_command",  # up
+    "mmo_serving.commands",  # ask
     "mmo_operator.operator_commands",  # render, operator
 )
 

@@ -123,9 +123,9 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         seen |= _descendants(proc.pid)
         assert len(seen) >= 3  # Ray's processes were started below mmo up
 
-        from mmo_serving.local import UpOptions, app_args_for
+        from mmo_operator.up_command import up_app_args
 
-        args = app_args_for(UpOptions(file=str(small_spec)))
+        args = up_app_args(str(small_spec))
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json=sample_request(args),
