@@ -22,7 +22,8 @@ from mmo_operator.api.problems import InvalidResource, Problem
 # Modules that add commands; each has `register(subparsers)`.
 COMMAND_MODULES = (
     "mmo_serving.model.commands",  # train, eval
-    "mmo_serving.commands",  # up, ask
+    "mmo_operator.up_command",  # up
+    "mmo_serving.commands",  # ask
     "mmo_operator.operator_commands",  # render, operator
 )
 
@@ -217,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="capacity and expert placement for a MultimodalModel")
     p.add_argument("file", metavar="FILE")
     p.add_argument(
-        "--loads", metavar="LOADS.json", help='observed loads: {"layers": [[tokens per expert]]}'
+        "--loads",
+        metavar="LOADS.json",
+        help='observed loads: {"layers": [[tokens per expert]]}, or the JSON a running '
+        "model returns on GET /v1/expert-load (its tokens, summed over ranks)",
     )
     p.add_argument("--redundant", type=_non_negative, metavar="N", help="override redundantExperts")
     p.add_argument(

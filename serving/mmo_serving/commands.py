@@ -1,6 +1,8 @@
-"""``mmo up`` and ``mmo ask`` (registered by ``mmo_operator.cli``).
+"""``mmo ask`` (registered by ``mmo_operator.cli``; ``mmo up`` is
+``mmo_operator.up_command``, which validates the spec and hands AppArgs to
+:mod:`mmo_serving.local`).
 
-Importing this module is light: ray, httpx and the app load inside the commands.
+Importing this module is light: httpx and Pillow load inside the command.
 """
 
 from __future__ import annotations
@@ -11,43 +13,12 @@ import os
 import sys
 from typing import Any
 
+from mmo_serving.extras import ASK_NEEDS, missing_serving_extra
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "up",
-        help="serve a MultimodalModel on a private local Ray (no cluster needed)",
-        description=(
-            "Validate FILE, plan the experts and build the Serve application exactly as "
-            "the operator does, then run it on a private local Ray with logical GPUs. "
-            "Ctrl-C stops everything."
-        ),
-    )
-    p.add_argument("file", metavar="FILE", help="a MultimodalModel YAML file")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
-    p.add_argument("--port", type=int, help="HTTP port (default: spec.serving.port)")
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=8080,
-        help="Ray's Prometheus metrics port (default: %(default)s)",
-    )
-    p.add_argument("--num-cpus", type=int, help="logical CPUs for Ray (default: max(4, cores))")
-    p.add_argument(
-        "--ca-bundle",
-        metavar="PEM",
-        help="hybrid mode: CA bundle to verify the cloud endpoint (e.g. a self-signed one)",
-    )
-    p.add_argument(
-        "--audit-file",
-        metavar="PATH",
-        help="audit lines (JSON, one per decision) go here (default: a file in the temp dir)",
-    )
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
-    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Serve's logs")
-    p.set_defaults(func=cmd_up)
-
     p = subparsers.add_parser(
         "ask",
         help="ask a running endpoint a question, optionally about a picture",
@@ -70,24 +41,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_ask)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from mmo_serving.local import UpOptions, run_up
-
-    return run_up(
-        UpOptions(
-            file=args.file,
-            host=args.host,
-            port=args.port,
-            metrics_port=args.metrics_port,
-            num_cpus=args.num_cpus,
-            ca_bundle=args.ca_bundle,
-            audit_file=args.audit_file,
-            timeout_s=args.timeout,
-            verbose=args.verbose,
-        )
-    )
-
-
 def _error_text(resp: Any) -> str:
     try:
         err = resp.json()["error"]
@@ -97,6 +50,10 @@ def _error_text(resp: Any) -> str:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    missing = missing_serving_extra("ask", ASK_NEEDS)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 1
     import httpx
 
     url = args.url.rstrip("/")

@@ -168,15 +168,23 @@ def encode_data_url(array: np.ndarray, fmt: str = "PNG") -> str:
 
 
 def file_to_data_url(path: str) -> str:
-    """Read an image file and return it as an inline data URL (re-encoded if needed)."""
+    """Read an image file and return it as an inline data URL (re-encoded if needed).
+
+    ValueError naming the file and the reason when it is not a picture Pillow reads."""
     with open(path, "rb") as fh:
         raw = fh.read()
     try:
         with Image.open(io.BytesIO(raw)) as img:
             fmt = img.format or ""
             if fmt in ("PNG", "JPEG", "WEBP"):
+                img.verify()  # a truncated or corrupt file fails here, not on the server
                 mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}[fmt]
                 return f"data:{mime};base64,{base64.b64encode(raw).decode()}"
             return encode_data_url(np.asarray(img.convert("RGB")))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not an image Pillow can read: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        kind = "an empty file" if not raw else "not in an image format Pillow reads"
+        raise ValueError(
+            f"{path}: not an image ({kind}; send a PNG, JPEG, WebP, GIF or BMP picture)"
+        ) from exc
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: cannot read the picture: {exc}") from exc

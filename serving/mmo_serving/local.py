@@ -1,29 +1,33 @@
 """``mmo up FILE``: the operator's Serve application on a private local Ray.
 
-Same spec, same validation, same plan, same AppArgs as the operator
-(``mmo_operator.builders.app_args.plan_and_app_args``), then:
+The command line validates FILE and builds the AppArgs exactly as the operator does; this
+module takes those AppArgs, applies the local overrides, then:
 
-1. a private Ray (``include_dashboard=False``, logical GPUs = the spec's GPUs, the
+1. checks that the Serve and metrics ports are free (before Ray starts),
+2. a private Ray (``include_dashboard=False``, logical GPUs = the spec's GPUs, the
    Prometheus metrics port fixed and printed),
-2. Serve on ``--host:--port``, the app deployed with ``serve.run`` while progress is
+3. Serve on ``--host:--port``, the app deployed with ``serve.run`` while progress is
    printed,
-3. the endpoint, the metrics URL and a ready-to-paste request,
-4. on Ctrl-C or SIGTERM: ``serve.shutdown()`` then ``ray.shutdown()``: nothing is left
+4. the endpoint, the metrics URL and a ready-to-paste request,
+5. on Ctrl-C or SIGTERM: ``serve.shutdown()`` then ``ray.shutdown()``: nothing is left
    running.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -37,7 +41,7 @@ SAMPLE_QUESTION = "what colour is the circle?"
 
 @dataclass
 class UpOptions:
-    file: str
+    source: str = ""  # the spec file, for messages
     host: str = "127.0.0.1"
     port: int | None = None  # None: spec.serving.port
     metrics_port: int = DEFAULT_METRICS_PORT
@@ -52,21 +56,9 @@ class UpError(Exception):
     """A problem that stops ``mmo up`` before anything starts (exit code 1)."""
 
 
-def app_args_for(opts: UpOptions) -> AppArgs:
-    """Validate the file and build AppArgs exactly as the operator does; then the local
-    overrides (port, CA bundle, audit file)."""
-    from mmo_operator.api.problems import InvalidResource
-    from mmo_operator.api.validation import validate_file
-    from mmo_operator.builders.app_args import plan_and_app_args
-
-    try:
-        validated = validate_file(opts.file)
-    except InvalidResource as exc:
-        lines = [f"{opts.file}: {p}" for p in exc.problems]
-        raise UpError("\n".join(lines) or str(exc)) from exc
-    except OSError as exc:
-        raise UpError(f"{opts.file}: {exc.strerror or exc}") from exc
-    _plan, args = plan_and_app_args(validated)
+def local_app_args(args: AppArgs, opts: UpOptions) -> AppArgs:
+    """The operator's AppArgs with the local overrides (port, CA bundle, audit file)."""
+    args = AppArgs.model_validate(args.model_dump())
     if opts.port is not None:
         args.port = opts.port
     if opts.ca_bundle is not None:
@@ -84,6 +76,39 @@ def app_args_for(opts: UpOptions) -> AppArgs:
     return AppArgs.model_validate(args.model_dump())
 
 
+def check_port_free(host: str, port: int, what: str, flag: str) -> None:
+    """UpError naming the port and the flag that changes it when ``host:port`` is taken.
+
+    Bound the way the servers bind (SO_REUSEADDR), so a port only in TIME_WAIT is free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UpError(
+                f"port {port} ({what}) on {host or '0.0.0.0'} is not free "
+                f"({exc.strerror or exc}): choose another with {flag}"
+            ) from exc
+
+
+def check_ports(args: AppArgs, opts: UpOptions) -> None:
+    check_port_free(opts.host, args.port, "the Serve HTTP port", "--port PORT")
+    # Ray's metrics agent listens on every interface.
+    check_port_free("", opts.metrics_port, "Ray's metrics port", "--metrics-port PORT")
+
+
+def hybrid_key_warning(args: AppArgs, env: Mapping[str, str] = os.environ) -> str | None:
+    """A warning when hybrid mode has no API key: every offload would fall back to local."""
+    hybrid = args.isolation.hybrid
+    if hybrid is None or env.get(hybrid.credentials_env):
+        return None
+    return (
+        f"mmo up: warning: {hybrid.credentials_env} is not set: requests the gateway "
+        "offloads to the cloud endpoint will fall back to local serving "
+        f"(export {hybrid.credentials_env}=... before mmo up to offload)"
+    )
+
+
 def sample_image_data_url() -> str:
     """A 64x64 red circle on white: small enough to paste into a shell."""
     from PIL import Image, ImageDraw
@@ -92,8 +117,6 @@ def sample_image_data_url() -> str:
     ImageDraw.Draw(img).ellipse((14, 14, 50, 50), fill=(220, 20, 20))
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
-    import base64
-
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -110,6 +133,18 @@ def sample_request(args: AppArgs) -> dict[str, Any]:
             }
         ],
     }
+
+
+def mmo_command(argv0: str | None = None, cwd: str | None = None) -> str:
+    """How to run this CLI from the user's shell: the path it was started by (relative
+    to the working directory when under it, e.g. ``.venv/bin/mmo``), since ``make up``
+    does not put ``mmo`` on PATH."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if os.path.basename(argv0) != "mmo":
+        return "mmo"
+    path = os.path.abspath(argv0)
+    rel = os.path.relpath(path, cwd or os.getcwd())
+    return path if rel.startswith("..") else rel
 
 
 def banner(args: AppArgs, url: str, metrics_url: str) -> str:
@@ -129,7 +164,8 @@ def banner(args: AppArgs, url: str, metrics_url: str) -> str:
             f"  audit:     {args.isolation.audit_path or 'off'}",
             "  try:",
             f"    {curl}",
-            f'    mmo ask --url {url} --image PICTURE.png "{SAMPLE_QUESTION}"',
+            f"    {shlex.quote(mmo_command())} ask --url {url} --image PICTURE.png "
+            f"{shlex.quote(SAMPLE_QUESTION)}",
             "  Ctrl-C stops everything.",
             "",
         ]
@@ -172,10 +208,14 @@ def _progress(out: TextIO, t0: float, last: list[str]) -> None:
         last[:] = [line, str(now)]
 
 
-def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
+def run_up(app_args: AppArgs, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     """Start, serve until Ctrl-C/SIGTERM, stop. Returns the exit code."""
     try:
-        args = app_args_for(opts)
+        args = local_app_args(app_args, opts)
+        warning = hybrid_key_warning(args)
+        if warning:
+            print(warning, file=sys.stderr)
+        check_ports(args, opts)
     except UpError as exc:
         print(f"mmo up: {exc}", file=sys.stderr)
         return 1
@@ -183,7 +223,7 @@ def run_up(opts: UpOptions, out: TextIO = sys.stdout) -> int:
     url = f"http://{opts.host}:{args.port}"
     metrics_url = f"http://127.0.0.1:{opts.metrics_port}/metrics"
     out.write(
-        f"mmo up: {opts.file} valid; plan: {args.num_gpus} GPU(s), balancedness "
+        f"mmo up: {opts.source} valid; plan: {args.num_gpus} GPU(s), balancedness "
         f"{args.placement.balancedness if args.placement else 1.0:.3f}\n"
         f"mmo up: starting a private Ray ({num_cpus} CPUs, {args.num_gpus} logical GPUs)\n"
     )

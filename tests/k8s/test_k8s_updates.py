@@ -92,13 +92,15 @@ def test_cluster_change_rolls_with_a_new_cluster(
     assert before["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
     cluster.patch(MMM, "tiny", {"spec": {"resources": {"gpuType": "H100-80GB"}}})
     after = wait_for(
-        "the H100 node selector",
+        "the H100 node affinity",
         lambda: (
             (rs := cluster.get(RAYSERVICES, "tiny"))
             and rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"][
-                "nodeSelector"
-            ]["nvidia.com/gpu.product"]
-            == "NVIDIA-H100-80GB-HBM3"
+                "affinity"
+            ]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+                "nodeSelectorTerms"
+            ][0]["matchExpressions"][0]["values"]
+            == ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"]
             and rs
         ),
     )

@@ -123,9 +123,9 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         seen |= _descendants(proc.pid)
         assert len(seen) >= 3  # Ray's processes were started below mmo up
 
-        from mmo_serving.local import UpOptions, app_args_for
+        from mmo_operator.up_command import up_app_args
 
-        args = app_args_for(UpOptions(file=str(small_spec)))
+        args = up_app_args(str(small_spec))
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json=sample_request(args),
@@ -146,6 +146,18 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         assert (done.returncode, done.stdout.strip()) == (0, "red"), done.stderr
         lines = audit.read_text().splitlines()  # the gateway audited both requests
         assert len(lines) >= 2 and "circle" not in audit.read_text()
+        # a question outside the built-in model's task: the fixed sentence, "stop"
+        import json
+
+        from mmo_serving.model.scope import REFUSAL
+
+        done = subprocess.run(
+            [*ask[:4], "--json", "hello, who are you?"], capture_output=True, text=True, timeout=120
+        )
+        choice = json.loads(done.stdout)["choices"][0]
+        assert (choice["message"]["content"], choice["finish_reason"]) == (REFUSAL, "stop")
+        # the banner's mmo ask line is pasteable: the path this mmo was started by
+        assert f"{MMO} ask --url {url} --image PICTURE.png" in output
         done = subprocess.run(
             [*ask[:4], "--model", "nope", "hi"], capture_output=True, text=True, timeout=120
         )

@@ -112,8 +112,8 @@ def test_mmo_plan_json_on_the_trillion_case(capsys: pytest.CaptureFixture[str]) 
     assert main(["plan", "-o", "json", str(path)]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is False
-    assert out["capacity"]["total_weight_bytes"] > 3.5e12
-    assert out["capacity"]["gpu_memory_bytes"] == 80 * 10**9
+    assert out["capacity"]["totalWeightBytes"] > 3.5e12
+    assert out["capacity"]["gpuMemoryBytes"] == 80 * 10**9
     assert out["placement"] is None
 
 
@@ -121,7 +121,7 @@ def test_mmo_plan_json_on_deepseek(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "-o", "json", str(ROOT / "manifests/samples/deepseek-v3-int4.yaml")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is True
-    assert out["capacity"]["bytes_per_gpu"] > 0
+    assert out["capacity"]["bytesPerGpu"] > 0
     assert out["placement"]["numGpus"] == 8
     assert len(out["placement"]["layers"]) == 58
 

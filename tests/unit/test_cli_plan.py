@@ -307,3 +307,37 @@ def test_closed_pipe_ends_quietly() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+SAMPLE_LOADS = ROOT / "manifests/samples/private-vqa-expert-load.json"
+
+
+def test_the_expert_load_endpoint_json_plans_hot_experts_with_copies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The shipped sample is what GET /v1/expert-load returned for private-vqa: saved
+    live load re-plans as it is, summed over ranks."""
+    doc = json.loads(SAMPLE_LOADS.read_text())
+    assert {"numLayers", "numExperts", "numRanks", "tokens", "window"} <= set(doc)
+    sample = str(ROOT / "manifests/samples/private-vqa.yaml")
+    rc, out = _plan(capsys, sample, "--loads", str(SAMPLE_LOADS))
+    assert rc == 0 and isinstance(out, dict)
+    per_expert = [[sum(ranks) for ranks in layer] for layer in doc["tokens"]]
+    for layer, loads in zip(out["placement"]["layers"], per_expert, strict=True):
+        hottest = loads.index(max(loads))
+        coldest = loads.index(min(loads))
+        assert layer["replicas"][hottest] > layer["replicas"][coldest], layer["layer"]
+    rc, uniform = _plan(capsys, sample)
+    assert isinstance(uniform, dict)
+    assert out["placement"]["layers"] != uniform["placement"]["layers"]
+
+
+def test_capacity_keys_are_camel_case_like_the_placement(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rc, out = _plan(capsys, DEEPSEEK)
+    assert rc == 0 and isinstance(out, dict)
+    for part in ("capacity", "placement"):
+        assert all(re.fullmatch(r"[a-z]+([A-Z][a-z0-9]*)*", k) for k in out[part]), out[part]
+    assert out["capacity"]["slotsNeededPerGpu"] == out["placement"]["slotsPerGpu"]
+    assert out["capacity"]["gpuMemoryBytes"] == 80 * 10**9

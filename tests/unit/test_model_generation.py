@@ -64,9 +64,17 @@ def test_batched_answers_equal_single_answers(model, samples) -> None:
     """Left padding and rows without images do not leak into other rows."""
     images = [samples[0].image, None, samples[2].image]
     questions = ["what shape is the red one in the image?", "how many?", "is there a blue square?"]
-    batched = answer_batch(model, TOK, images, questions)
-    single = [answer(model, TOK, im, q) for im, q in zip(images, questions, strict=True)]
+    batched = generate_ids(model, TOK, images, questions, max_new_tokens=4)
+    single = [
+        generate_ids(model, TOK, [im], [q], max_new_tokens=4)[0]
+        for im, q in zip(images, questions, strict=True)
+    ]
     assert batched == single
+    with_image = [0, 2]  # answer_batch runs only these (a question without a picture is refused)
+    answers = answer_batch(model, TOK, images, questions)
+    assert [answers[i] for i in with_image] == [
+        answer(model, TOK, images[i], questions[i]) for i in with_image
+    ]
 
 
 def test_generation_input_errors(model) -> None:

@@ -62,6 +62,28 @@ def test_every_child_is_labelled_owned_and_hashed() -> None:
         assert meta["annotations"][HASH_ANNOTATION], key
 
 
+def test_gpu_type_selects_every_product_name_of_that_gpu() -> None:
+    from mmo_operator.builders.gpu_nodes import GPU_PRODUCTS
+
+    assert set(GPU_PRODUCTS) == {"A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB", "L40S-48GB"}
+    for gpu_type, products in GPU_PRODUCTS.items():
+        pod = _worker(_children(_doc(resources__gpuType=gpu_type)))["spec"]
+        affinity = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        (expr,) = affinity["nodeSelectorTerms"][0]["matchExpressions"]
+        assert expr == {"key": "nvidia.com/gpu.product", "operator": "In", "values": list(products)}
+
+
+def test_node_selector_replaces_the_gpu_affinity() -> None:
+    labels = {"gpu.example.com/model": "a100-80g", "pool": "inference"}
+    children = _children(_doc(resources__nodeSelector=labels))
+    pod = _worker(children)["spec"]
+    assert pod["nodeSelector"] == labels
+    assert "affinity" not in pod
+    before = _children(_doc())["RayService/tiny"]["metadata"]["annotations"]
+    after = children["RayService/tiny"]["metadata"]["annotations"]
+    assert after["serving.mmo.dev/cluster-hash"] != before["serving.mmo.dev/cluster-hash"]
+
+
 def test_gpu_workers_and_head() -> None:
     children = _children(_doc())
     cluster = children["RayService/tiny"]["spec"]["rayClusterConfig"]
@@ -71,7 +93,19 @@ def test_gpu_workers_and_head() -> None:
     pod = _worker(children)["spec"]
     container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert "nodeSelector" not in pod
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"] == [
+        {
+            "matchExpressions": [
+                {
+                    "key": "nvidia.com/gpu.product",
+                    "operator": "In",
+                    "values": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"],
+                }
+            ]
+        }
+    ]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
         pod["tolerations"]
     )

@@ -28,6 +28,22 @@ def test_objects_and_bare_layer_lists_are_accepted() -> None:
     assert read_loads([[1, 2]], num_layers=1, num_experts=2) == [[1.0, 2.0]]
 
 
+def test_the_expert_load_endpoint_json_is_accepted() -> None:
+    """GET /v1/expert-load: tokens[layer][expert][rank] since start, summed over ranks."""
+    doc = {
+        "numLayers": 2,
+        "numExperts": 2,
+        "numRanks": 2,
+        "planVersion": 1,
+        "tokens": [[[3, 4], [0, 1]], [[5, 0], [2, 2]]],
+        "window": [[[0, 0], [0, 0]], [[0, 0], [0, 0]]],
+        "balancedness": [1.0, 1.0],
+        "model": "m",
+        "placement": None,
+    }
+    assert read_loads(doc, num_layers=2, num_experts=2) == [[7.0, 1.0], [5.0, 4.0]]
+
+
 def test_no_loads_means_uniform() -> None:
     assert read_loads(None, num_layers=2, num_experts=3) == [[1.0] * 3, [1.0] * 3]
     assert uniform_loads(1, 2) == [[1.0, 1.0]]
@@ -43,8 +59,20 @@ def test_no_loads_means_uniform() -> None:
             "is not JSON: Expecting property name enclosed in double quotes at line 1 "
             'column 2; expected {"layers": [[tokens per expert, ...], ...]}',
         ),
-        ("[[1, 2]]", ': missing "layers" (got list); expected {"layers"'),
-        ('{"experts": []}', ': missing "layers" (got an object without it)'),
+        ("[[1, 2]]", ': missing "layers" or "tokens" (got list); expected {"layers"'),
+        ('{"experts": []}', ': missing "layers" or "tokens" (got an object without them)'),
+        ('{"tokens": {"0": 1}}', ': "tokens" is dict, expected a [layer][expert][rank] list'),
+        ('{"tokens": [[[1], [2]], 3]}', ": tokens[1] is int, expected a [layer][expert][rank]"),
+        (
+            '{"tokens": [[[1], []], [[1], [2]]]}',
+            ": tokens[0][1] is [], expected the token counts of each rank",
+        ),
+        (
+            '{"tokens": [[[1, 2], [3, -1]], [[1], [2]]]}',
+            ": tokens[0][1][1] is -1: loads must be finite and >= 0",
+        ),
+        ('{"tokens": [[[1], [2]]]}', ": 1 layers, but the model has 2 MoE layers"),
+        ('{"tokens": [[[1], [2], [3]], [[1], [2], [3]]]}', ": layer 0 has 3 experts, but"),
         ('{"layers": {"0": [1, 2]}}', ': "layers" is dict, expected a list of lists'),
         ('{"layers": [[1, 2]]}', ": 1 layers, but the model has 2 MoE layers"),
         ('{"layers": [[1, 2], 7]}', ": layer 1 is int, expected a list of 2 numbers"),

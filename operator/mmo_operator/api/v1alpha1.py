@@ -35,6 +35,11 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
 _HTTP_URL = r"^https?://.+"
 _SEMVER = r"^\d+\.\d+\.\d+$"
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 
 # What each pattern means, for error messages (a regex is no help to a person).
 PATTERN_HINTS = {
@@ -45,6 +50,8 @@ PATTERN_HINTS = {
     _CIDR: "expected a CIDR with its prefix length, e.g. 10.0.0.0/16 or 2001:db8::/32",
     _HTTP_URL: "expected an http:// or https:// URL",
     _SEMVER: "expected a version like 2.55.1",
+    _LABEL_VALUE: "expected a label value: letters, digits, '-', '_' and '.', starting and "
+    "ending with a letter or digit",
 }
 
 
@@ -58,6 +65,7 @@ def _public_only() -> list[DataClass]:
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=_DNS_LABEL)]
 Cidr = Annotated[str, Field(max_length=64, pattern=_CIDR)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=_LABEL_VALUE)]
 
 
 class ApiModel(BaseModel):
@@ -167,6 +175,31 @@ class Resources(ApiModel):
         le=2048,
         description="Host memory (GiB) a worker pod requests per GPU; half of it backs /dev/shm.",
     )
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        json_schema_extra={"minProperties": 1},
+        description="Node labels (label -> value) the GPU worker pods select, instead of "
+        "the default node affinity on nvidia.com/gpu.product (every product name of "
+        "gpuType); for clusters that label their GPU nodes differently.",
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value == {}:
+            raise ValueError(
+                "give at least one label: value, or leave nodeSelector out to select "
+                "the nodes of gpuType by nvidia.com/gpu.product"
+            )
+        for key in value or {}:
+            name = key.rsplit("/", 1)[-1]
+            if not _LABEL_KEY.match(key) or len(key) - len(name) > 254:
+                raise ValueError(
+                    f"{key!r} is not a label key: [PREFIX/]NAME, NAME up to 63 letters, "
+                    "digits, '-', '_' or '.', starting and ending with a letter or digit, "
+                    "PREFIX a DNS subdomain"
+                )
+        return value
 
 
 class Rebalance(ApiModel):

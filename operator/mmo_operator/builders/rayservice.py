@@ -5,7 +5,8 @@ Layout:
 - a head group without GPUs (``num-cpus: 0``: no Serve replica lands there; the Serve
   controller and the head's HTTP proxy do);
 - one worker group ``gpu`` whose pods take ``gpusPerNode`` GPUs of the requested type
-  (``nvidia.com/gpu.product`` node label), tolerate the GPU taint, mount a
+  (a node affinity on ``nvidia.com/gpu.product``, or ``spec.resources.nodeSelector``:
+  :mod:`.gpu_nodes`), tolerate the GPU taint, mount a
   memory-backed ``/dev/shm``, advertise a Ray custom resource naming the accelerator,
   and run under the restricted Pod Security Standard;
 - ``serveConfigV2``: one application ``import_path: mmo_serving.app:build_app``.
@@ -64,6 +65,7 @@ from .common import (
     metadata,
     rayservice_name,
 )
+from .gpu_nodes import node_placement
 
 IMPORT_PATH = "mmo_serving.app:build_app"
 INGRESS_DEPLOYMENT = "mmo-ingress"  # mmo_serving.app.INGRESS_DEPLOYMENT
@@ -72,18 +74,6 @@ PVC_ROOT = "/mnt/models"
 HYBRID_KEY_ENV = "MMO_CLOUD_API_KEY"
 HYBRID_SECRET_KEY = "api-key"
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-
-# nvidia.com/gpu.product values published by GPU feature discovery for the 8-GPU
-# (SXM/HGX) boards of each type.
-GPU_PRODUCTS: dict[str, str] = {
-    "A100-40GB": "NVIDIA-A100-SXM4-40GB",
-    "A100-80GB": "NVIDIA-A100-SXM4-80GB",
-    "H100-80GB": "NVIDIA-H100-80GB-HBM3",
-    "H200-141GB": "NVIDIA-H200",
-    "L40S-48GB": "NVIDIA-L40S",
-}
-
 # Fields of AppArgs that go to user_config / deployment options instead of args.
 IN_PLACE_ARGS = {"placement", "batching", "autoscaling"}
 
@@ -248,7 +238,7 @@ def _worker_template(model: MultimodalModel) -> Obj:
         "metadata": {"labels": _pod_labels(model, "worker")},
         "spec": {
             "securityContext": restricted_pod_context(),
-            "nodeSelector": {GPU_PRODUCT_LABEL: GPU_PRODUCTS[res.gpu_type]},
+            **node_placement(res),
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [
                 {

@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
 
 from mmo_operator.api.v1alpha1 import Architecture, Experts, Resources
 from mmo_operator.planning.placement import max_redundant, nearest_redundant
@@ -143,7 +144,9 @@ class CapacityReport:
         return self.gpus_per_node * self.nodes
 
     def to_dict(self) -> dict[str, object]:
-        out = asdict(self)
+        """The report with camelCase keys, as the placement plan and the status write
+        theirs (``suggestions[].changes`` keep their spec field paths)."""
+        out = {to_camel(k): v for k, v in asdict(self).items()}
         out["gpus"] = self.gpus
         return out
 

@@ -1,7 +1,10 @@
 """Expert load matrices: validation, the loads file of ``mmo plan``, the uniform default.
 
 A load matrix is ``[layers][experts]`` of non-negative finite numbers (tokens routed to
-each logical expert over some window). Pure: numpy only.
+each logical expert over some window). The loads file is either that matrix as
+``{"layers": ...}`` or what a model's ``GET /v1/expert-load`` returns (its ``tokens``,
+``[layer][expert][rank]`` counts since the engine started, summed over ranks). Pure:
+numpy only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
-LOADS_FORMAT = '{"layers": [[tokens per expert, ...], ...]}'
+LOADS_FORMAT = (
+    '{"layers": [[tokens per expert, ...], ...]} or the JSON of GET /v1/expert-load '
+    '({"tokens": [[[tokens per rank, ...] per expert] per layer], ...})'
+)
 
 
 def uniform_loads(num_layers: int, num_experts: int) -> list[list[float]]:
@@ -127,9 +133,13 @@ def read_loads(
                 f"{name} is not JSON: {err.msg} at line {err.lineno} column {err.colno}; "
                 f"expected {LOADS_FORMAT}"
             ) from None
+    if isinstance(data, Mapping) and "layers" not in data and "tokens" in data:
+        data = {"layers": _expert_load_layers(data["tokens"], name)}
     if not isinstance(data, Mapping) or "layers" not in data:
-        got = "an object without it" if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f'{name}: missing "layers" (got {got}); expected {LOADS_FORMAT}')
+        got = "an object without them" if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(
+            f'{name}: missing "layers" or "tokens" (got {got}); expected {LOADS_FORMAT}'
+        )
     layers = data["layers"]
     if not isinstance(layers, (list, tuple)):
         raise ValueError(
@@ -151,3 +161,30 @@ def read_loads(
             )
         result.append([_check_value(v, f"{name}: layer {i} expert {j}") for j, v in enumerate(row)])
     return result
+
+
+def _expert_load_layers(tokens: Any, name: str) -> list[Any]:
+    """``tokens[layer][expert][rank]`` of ``GET /v1/expert-load`` summed over ranks; the
+    layer and expert counts are checked against the model afterwards, like ``layers``."""
+    expected = "a [layer][expert][rank] list of token counts, as GET /v1/expert-load returns"
+    if not isinstance(tokens, (list, tuple)):
+        raise ValueError(f'{name}: "tokens" is {type(tokens).__name__}, expected {expected}')
+    layers: list[Any] = []
+    for li, layer in enumerate(tokens):
+        if not isinstance(layer, (list, tuple)):
+            raise ValueError(f"{name}: tokens[{li}] is {type(layer).__name__}, expected {expected}")
+        row: list[float] = []
+        for ei, per_rank in enumerate(layer):
+            if not isinstance(per_rank, (list, tuple)) or not per_rank:
+                raise ValueError(
+                    f"{name}: tokens[{li}][{ei}] is {per_rank!r}, expected the token counts "
+                    "of each rank (a non-empty list of numbers)"
+                )
+            row.append(
+                sum(
+                    _check_value(v, f"{name}: tokens[{li}][{ei}][{ri}]")
+                    for ri, v in enumerate(per_rank)
+                )
+            )
+        layers.append(row)
+    return layers

@@ -7,9 +7,10 @@ KV cache; the router's softmax and top-k run in float32 whatever the dtype), app
 INT8 when ``AppArgs.quantization == "int8"``, and wraps the model. ``tiny`` builds a
 random model instead (tests and benchmarks of the engine alone, no checkpoint needed).
 
-A shard of generation requests runs as one batch through the model's reference greedy
-loop (prefill, then one KV-cached decode step per token) with the shard's largest
-``max_new_tokens``; each answer is then cut to its own limit (greedy rows are
+A question outside the model's task gets a fixed sentence (``mmo_serving.model.scope``)
+without running the model. The other requests of a shard run as one batch through the
+model's reference greedy loop (prefill, then one KV-cached decode step per token) with
+the shard's largest ``max_new_tokens``; each answer is then cut to its own limit (greedy rows are
 independent, so this equals running each request alone).
 """
 
@@ -36,12 +37,13 @@ class ShapesRunner:
         self.model.to(device)
 
     def generate(self, items: list[GenerationRequest]) -> list[GenerationResult]:
-        from mmo_serving.model.inference import generate_ids, prompt_token_counts
+        from mmo_serving.model.inference import answer_ids, prompt_token_counts
+        from mmo_serving.model.scope import REFUSAL
 
         if not items:
             return []
         longest = max(i.max_new_tokens for i in items)
-        ids = generate_ids(
+        ids = answer_ids(
             self.model,  # type: ignore[arg-type]
             self.tokenizer,
             [i.image for i in items],
@@ -56,6 +58,9 @@ class ShapesRunner:
         )
         out = []
         for item, row, prompt in zip(items, ids, prompts, strict=True):
+            if row is None:  # outside the task: the fixed sentence, no token generated
+                out.append(GenerationResult(REFUSAL, 0, prompt))
+                continue
             row = row[: item.max_new_tokens]
             out.append(GenerationResult(self.tokenizer.decode(row), len(row), prompt))
         return out

@@ -1,4 +1,8 @@
-"""High-level inference: answers to questions about images, and embeddings."""
+"""High-level inference: answers to questions about images, and embeddings.
+
+Questions outside the task (:mod:`.scope`) are answered with a fixed sentence and never
+reach the model (:func:`answer_ids`); :func:`generate_ids` is the raw greedy loop.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 import torch
 
 from mmo_serving.model.preprocess import preprocess
+from mmo_serving.model.scope import REFUSAL, refusal_reason
 from mmo_serving.model.tokenizer import WordTokenizer
 from mmo_serving.model.transformer import ShapesMoE
 
@@ -86,6 +91,35 @@ def generate_ids(
     return out
 
 
+def answer_ids(
+    model: ShapesMoE,
+    tokenizer: WordTokenizer,
+    images: list[Any],
+    questions: list[str],
+    max_new_tokens: int = 4,
+) -> list[list[int] | None]:
+    """Generated ids per question; None for a question outside the task (refused: only
+    the questions the model can answer run through it)."""
+    if len(images) != len(questions):
+        raise ValueError(f"got {len(images)} images but {len(questions)} questions")
+    keep = [
+        i
+        for i, (image, q) in enumerate(zip(images, questions, strict=True))
+        if refusal_reason(tokenizer, q, image is not None) is None
+    ]
+    ids = generate_ids(
+        model,
+        tokenizer,
+        [images[i] for i in keep],
+        [questions[i] for i in keep],
+        max_new_tokens,
+    )
+    out: list[list[int] | None] = [None] * len(questions)
+    for i, row in zip(keep, ids, strict=True):
+        out[i] = row
+    return out
+
+
 def answer_batch(
     model: ShapesMoE,
     tokenizer: WordTokenizer,
@@ -93,9 +127,10 @@ def answer_batch(
     questions: list[str],
     max_new_tokens: int = 4,
 ) -> list[str]:
-    """Answers for (image, question) pairs; an image may be None (text-only prompt)."""
-    ids = generate_ids(model, tokenizer, images, questions, max_new_tokens)
-    return [tokenizer.decode(s) for s in ids]
+    """Answers for (image, question) pairs; an image may be None (text-only prompt).
+    A question outside the task gets :data:`~mmo_serving.model.scope.REFUSAL`."""
+    rows = answer_ids(model, tokenizer, images, questions, max_new_tokens)
+    return [REFUSAL if row is None else tokenizer.decode(row) for row in rows]
 
 
 def answer(model: ShapesMoE, tokenizer: WordTokenizer, image: Any, question: str) -> str:
