@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "serving.mmo.dev"
@@ -28,6 +35,21 @@ Modality = Literal["text", "image"]
 Placement = Literal["balanced", "contiguous", "roundRobin"]
 IsolationMode = Literal["private", "hybrid", "federated"]
 DataClass = Literal["public", "internal", "sensitive"]
+Engine = Literal["mmo", "vllm"]
+# vLLM 0.29's --all2all-backend choices (vllm.config.parallel.All2AllBackend)
+All2AllBackend = Literal[
+    "naive",
+    "pplx",
+    "allgather_reducescatter",
+    "deepep_high_throughput",
+    "deepep_low_latency",
+    "deepep_v2",
+    "mori_high_throughput",
+    "mori_low_latency",
+    "nixl_ep",
+    "flashinfer_nvlink_two_sided",
+    "flashinfer_nvlink_one_sided",
+]
 
 SOURCE_SCHEMES = ("builtin://", "pvc://", "s3://", "hf://", "https://")
 _SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|pvc://[a-z0-9][a-z0-9.-]*/.+|s3://[a-z0-9][a-z0-9.-]*/.+|hf://[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|https://.+)$"
@@ -342,8 +364,68 @@ class Isolation(ApiModel):
 # --- spec.serving / monitoring ------------------------------------------------------------
 
 
+# A scalar engine argument. The CRD keeps any value (structural schemas have no "one of
+# string, number, boolean"); `mmo validate` and the webhook refuse lists and mappings.
+def _scalar(value: object) -> str | bool | int | float:
+    if not isinstance(value, str | bool | int | float):
+        raise ValueError("expected a string, number or true/false")
+    return value
+
+
+EngineArgValue = Annotated[
+    str | bool | int | float,
+    PlainValidator(_scalar),
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class Vllm(ApiModel):
+    """Settings of the vLLM engine (engine vllm only)."""
+
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        le=10_000_000,
+        description="Longest prompt plus answer in tokens; sizes the KV cache that admission "
+        "checks (omit: the checkpoint's own limit, not checked).",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="Share of each GPU's memory vLLM takes for weights, activations and KV cache.",
+    )
+    all2all_backend: All2AllBackend | None = Field(
+        default=None,
+        alias="all2allBackend",
+        description="Expert-parallel all-to-all kernels (omit: vLLM's default, "
+        "allgather_reducescatter).",
+    )
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="GPUs per data-parallel rank; the replica's GPUs divided by it give the "
+        "data-parallel size.",
+    )
+    engine_args: dict[str, EngineArgValue] | None = Field(
+        default=None,
+        max_length=64,
+        description="More vLLM engine arguments by their snake_case name (scalars only); "
+        "names mmo sets from other fields are refused.",
+    )
+
+
 class Serving(ApiModel):
     """The Ray cluster that serves the model."""
+
+    engine: Engine | None = Field(
+        default=None,
+        description="mmo: the built-in engine (builtin:// sources only); vllm: vLLM on Ray "
+        "Serve LLM (checkpoints: pvc://, s3://, hf://, https://). Omitted: mmo for "
+        "builtin:// sources, vllm for every other source.",
+    )
+    vllm: Vllm | None = Field(default=None, description="vLLM settings (engine vllm only).")
 
     image: str = Field(
         default="ghcr.io/mmo-dev/mmo-serving:0.1.0",
@@ -458,6 +540,13 @@ class MultimodalModel(ApiModel):
 
 def is_builtin(source: str) -> bool:
     return source.startswith("builtin://")
+
+
+def engine_of(spec: MultimodalModelSpec) -> Engine:
+    """spec.serving.engine, or its default: mmo for builtin:// sources, vllm otherwise."""
+    if spec.serving.engine is not None:
+        return spec.serving.engine
+    return "mmo" if is_builtin(spec.model.source) else "vllm"
 
 
 def builtin_name(source: str) -> str:

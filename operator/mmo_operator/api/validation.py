@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from mmo_operator.planning.capacity import CapacityReport, plan_capacity
 from mmo_operator.planning.placement import nearest_redundant
+from mmo_operator.policy.engine import check_engine
 
 from .builtin import BUILTIN_QUANTIZATIONS, UnknownBuiltin, builtin_architecture
 from .problems import InvalidResource, Problem, format_loc
@@ -318,6 +319,7 @@ def validate(doc: dict[str, Any]) -> Validated:
     capacity = capacity_of(model, arch)
     problems += capacity_problems(capacity)
     problems += isolation_problems(model)
+    problems += check_engine(model)
     if problems:
         raise InvalidResource(problems)
     return Validated(model=model, architecture=arch, capacity=capacity, warnings=capacity.warnings)
