@@ -194,7 +194,17 @@ class AppArgs(_Camel):
     )
     model_version: str = Field(default="1", description="Part of every cache key.")
     dtype: Literal["bfloat16", "float16", "float32"] = "float32"
-    quantization: Literal["none", "int8", "int4"] = "none"
+    quantization: Literal[
+        "none",
+        "int8",
+        "int4",
+        "awq-int4",
+        "gptq-int4",
+        "w4a16",
+        "w8a8-int8",
+        "fp8",
+        "experts-int8",
+    ] = "none"
     modalities: list[Modality] = Field(default_factory=_text_and_image)
     num_gpus: int = Field(default=1, ge=1, description="Expert-parallel ranks per replica.")
     placement: PlacementPlan | None = None

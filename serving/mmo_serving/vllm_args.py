@@ -30,6 +30,8 @@ EPLB_WINDOW_FRACTION = 3
 IMAGES_PER_PROMPT = 4
 CPU_KV_CACHE_BYTES = 2**30
 PLACEMENT_STRATEGY = {"contiguous": "linear", "roundRobin": "round_robin"}
+# Formats vLLM applies on load; the others it reads from the checkpoint's quantization_config
+LOAD_TIME_QUANTIZATION = {"fp8": "fp8", "experts-int8": "experts_int8"}
 
 Accelerator = Literal["gpu", "cpu"]
 
@@ -116,6 +118,8 @@ def engine_kwargs(args: AppArgs, vllm: VllmArgs, accelerator: Accelerator) -> di
             kw["expert_placement_strategy"] = PLACEMENT_STRATEGY[vllm.expert_placement]
         if vllm.all2all_backend is not None:
             kw["all2all_backend"] = vllm.all2all_backend
+    if args.quantization in LOAD_TIME_QUANTIZATION:
+        kw["quantization"] = LOAD_TIME_QUANTIZATION[args.quantization]
     if vllm.max_model_len is not None:
         kw["max_model_len"] = vllm.max_model_len
     if accelerator == "gpu":

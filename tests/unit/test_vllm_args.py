@@ -45,7 +45,7 @@ def test_deepseek_sample_maps_to_expert_parallel_vllm() -> None:
     config = llm_config(args)
     assert config["model_loading_config"] == {
         "model_id": "deepseek-v3-int4",
-        "model_source": "/mnt/models/model-store/deepseek-v3",
+        "model_source": "/mnt/models/model-store/deepseek-v3-awq",
     }
     assert config["accelerator_type"] == "A100-80G"
     assert "accelerator_config" not in config
@@ -54,7 +54,7 @@ def test_deepseek_sample_maps_to_expert_parallel_vllm() -> None:
     assert kw["enable_expert_parallel"] is True
     assert kw["enable_eplb"] is True
     assert kw["eplb_config"]["num_redundant_experts"] == args.vllm.redundant_experts
-    assert kw["max_num_seqs"] == 32
+    assert kw["max_num_seqs"] == 16
     assert kw["limit_mm_per_prompt"] == {"image": 0}  # text only
     assert kw["served_model_name"] == "deepseek-v3-int4"
     assert "expert_placement_strategy" not in kw
@@ -116,7 +116,7 @@ def test_autoscaling_counts_data_parallel_groups() -> None:
     # Ray Serve LLM multiplies these by data_parallel_size: they count whole replicas
     assert (auto["min_replicas"], auto["max_replicas"], auto["initial_replicas"]) == (1, 3, 1)
     assert auto["target_ongoing_requests"] == 4
-    assert deployment["max_ongoing_requests"] == 64  # 2 x maxBatchSize 32
+    assert deployment["max_ongoing_requests"] == 32  # 2 x maxBatchSize 16
 
 
 def test_one_gpu_has_no_expert_parallelism() -> None:

@@ -47,7 +47,7 @@ def _configs() -> dict[str, dict[str, Any]]:
 
 
 def test_there_are_vllm_samples_to_check() -> None:
-    assert len(_configs()) >= 3
+    assert len(_configs()) >= 6
 
 
 @pytest.mark.skipif(

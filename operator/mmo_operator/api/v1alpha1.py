@@ -30,8 +30,20 @@ SHORT_NAMES = ["mmm"]
 
 GpuType = Literal["A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB", "L40S-48GB"]
 Dtype = Literal["bfloat16", "float16", "float32"]
-Quantization = Literal["none", "int8", "int4"]
+# int8/int4: the built-in engine's own; the others name a checkpoint format vLLM runs
+Quantization = Literal[
+    "none",
+    "int8",
+    "int4",
+    "awq-int4",
+    "gptq-int4",
+    "w4a16",
+    "w8a8-int8",
+    "fp8",
+    "experts-int8",
+]
 Modality = Literal["text", "image"]
+Attention = Literal["mla", "gqa"]
 Placement = Literal["balanced", "contiguous", "roundRobin"]
 IsolationMode = Literal["private", "hybrid", "federated"]
 DataClass = Literal["public", "internal", "sensitive"]
@@ -113,10 +125,36 @@ class Architecture(ApiModel):
         default=None, ge=1, description="Intermediate width of one expert's feed-forward."
     )
     vocab_size: int | None = Field(default=None, ge=1, description="Tokenizer vocabulary size.")
+    attention: Attention | None = Field(
+        default=None,
+        description="mla (multi-head latent attention: kvLoraRank, qkRopeHeadDim) or gqa "
+        "(grouped-query: numKvHeads, headDim); with its sizes the KV cache is planned.",
+    )
+    num_kv_heads: int | None = Field(
+        default=None, ge=1, le=1024, description="Key/value heads (gqa)."
+    )
+    head_dim: int | None = Field(default=None, ge=1, le=4096, description="Head size (gqa).")
+    kv_lora_rank: int | None = Field(
+        default=None, ge=1, le=65536, description="Compressed key/value width (mla)."
+    )
+    qk_rope_head_dim: int | None = Field(
+        default=None, ge=0, le=4096, description="Rotary part of each key (mla)."
+    )
 
     @property
     def moe_layers(self) -> int:
         return self.num_moe_layers if self.num_moe_layers is not None else self.num_layers
+
+    def kv_values_per_token(self) -> int | None:
+        """Cached values per token in all layers; None when the sizes are not given.
+
+        mla caches one compressed vector (kvLoraRank + qkRopeHeadDim) per layer; gqa a key
+        and a value per key/value head (2 x numKvHeads x headDim)."""
+        if self.attention == "mla" and self.kv_lora_rank and self.qk_rope_head_dim is not None:
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim)
+        if self.attention == "gqa" and self.num_kv_heads and self.head_dim:
+            return self.num_layers * 2 * self.num_kv_heads * self.head_dim
+        return None
 
 
 class S3Source(ApiModel):
@@ -154,7 +192,11 @@ class ModelSpec(ApiModel):
     )
     dtype: Dtype = Field(default="bfloat16", description="Weight and activation precision.")
     quantization: Quantization = Field(
-        default="none", description="Weight quantization of linear layers."
+        default="none",
+        description="Weight quantization of linear layers. int8, int4: the built-in engine's. "
+        "For vLLM, the checkpoint's format: awq-int4, gptq-int4, w4a16 (int4 weights), "
+        "w8a8-int8, fp8 (W8A8, compute capability 8.9+), experts-int8 (routed experts "
+        "quantized on load).",
     )
 
     @field_validator("modalities")

@@ -16,7 +16,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mmo_operator.planning.capacity import CapacityReport, plan_capacity
+from mmo_operator.planning.capacity import (
+    MMO_QUANTIZATIONS,
+    VLLM_QUANTIZATIONS,
+    CapacityReport,
+    kv_cache_bytes,
+    plan_capacity,
+)
 from mmo_operator.planning.placement import nearest_redundant
 from mmo_operator.policy.engine import check_engine
 
@@ -30,6 +36,7 @@ from .v1alpha1 import (
     Architecture,
     MultimodalModel,
     builtin_name,
+    engine_of,
     is_builtin,
 )
 
@@ -278,6 +285,16 @@ def builtin_rule_problems(model: MultimodalModel, arch: Architecture) -> list[Pr
 
 def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
     spec = model.spec
+    vllm = spec.serving.vllm
+    kv = 0
+    if vllm is not None:  # vLLM reserves the KV cache for maxModelLen up front
+        kv = kv_cache_bytes(
+            arch,
+            dtype=spec.model.dtype,
+            max_model_len=vllm.max_model_len,
+            max_seqs=spec.batching.max_batch_size,
+            tensor_parallel_size=vllm.tensor_parallel_size,
+        )
     return plan_capacity(
         arch,
         dtype=spec.model.dtype,
@@ -288,6 +305,8 @@ def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
         redundant_experts=spec.experts.redundant_experts,
         headroom_fraction=spec.resources.headroom_fraction,
         placement=spec.experts.placement,
+        kv_bytes=kv,
+        quantizations=VLLM_QUANTIZATIONS if engine_of(spec) == "vllm" else MMO_QUANTIZATIONS,
     )
 
 

@@ -8,6 +8,12 @@ The CRD's CEL rules already refuse an engine that cannot serve the source and a
   ``make vllm-engine-args``); a misspelled one is refused with the nearest valid name.
   Names that mmo sets from its own fields are refused with the field to use instead:
   two places for one setting would let them disagree.
+- ``model.quantization`` under engine vllm names the checkpoint's format (awq-int4,
+  gptq-int4, w4a16, w8a8-int8, fp8, experts-int8): the built-in engine's generic int8 and
+  int4 do not say which kernels vLLM would need.
+- fp8 is W8A8 FP8, which needs FP8 tensor cores: compute capability 8.9 (L40S, H100,
+  H200). An A100 (8.0) runs FP8 checkpoints weight-only at best, so admission refuses it
+  there and names formats that run on the GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import difflib
 import re
 
 from mmo_operator.api import MultimodalModel, Problem
+from mmo_operator.api.v1alpha1 import engine_of
 from mmo_serving.vllm_args import engine_arg_names
 
 ENGINE_ARGS_PATH = "spec.serving.vllm.engineArgs"
@@ -67,6 +74,48 @@ def engine_arg_problems(model: MultimodalModel) -> list[Problem]:
     return problems
 
 
+QUANTIZATION_PATH = "spec.model.quantization"
+COMPUTE_CAPABILITY = {
+    "A100-40GB": (8, 0),
+    "A100-80GB": (8, 0),
+    "L40S-48GB": (8, 9),
+    "H100-80GB": (9, 0),
+    "H200-141GB": (9, 0),
+}
+FP8_MIN_CAPABILITY = (8, 9)
+VLLM_FORMATS = {
+    "int8": "w8a8-int8 or experts-int8",
+    "int4": "awq-int4, gptq-int4 or w4a16",
+}
+
+
+def quantization_problems(model: MultimodalModel) -> list[Problem]:
+    spec = model.spec
+    quantization, gpu = spec.model.quantization, spec.resources.gpu_type
+    if engine_of(spec) != "vllm":
+        return []
+    if quantization in VLLM_FORMATS:
+        return [
+            Problem(
+                QUANTIZATION_PATH,
+                f"{quantization} is the built-in engine's; with engine vllm name the "
+                f"checkpoint's format: {VLLM_FORMATS[quantization]}",
+            )
+        ]
+    capability = COMPUTE_CAPABILITY[gpu]
+    if quantization == "fp8" and capability < FP8_MIN_CAPABILITY:
+        able = ", ".join(g for g, c in COMPUTE_CAPABILITY.items() if c >= FP8_MIN_CAPABILITY)
+        return [
+            Problem(
+                QUANTIZATION_PATH,
+                f"fp8 (W8A8) needs compute capability 8.9 ({able}); {gpu} has "
+                f"{capability[0]}.{capability[1]}: use a w8a8-int8, awq-int4, gptq-int4 or "
+                "w4a16 checkpoint, or a GPU type that has FP8",
+            )
+        ]
+    return []
+
+
 def check_engine(model: MultimodalModel) -> list[Problem]:
     """Every engine rule beyond the CRD's."""
-    return engine_arg_problems(model)
+    return engine_arg_problems(model) + quantization_problems(model)
