@@ -196,3 +196,19 @@ def test_the_kept_engine_argument_list_knows_every_owned_name() -> None:
     assert version == "0.29.0"
     assert set(OWNED_ENGINE_ARGS) <= names
     assert {"enforce_eager", "kv_cache_memory_bytes", "trust_remote_code"} <= names
+
+
+@pytest.mark.parametrize(
+    ("quantization", "gpu", "engine_value"),
+    [
+        ("awq-int4", "A100-80GB", None),  # read from the checkpoint's quantization_config
+        ("w8a8-int8", "H200-141GB", None),
+        ("experts-int8", "H200-141GB", "experts_int8"),  # quantized by vLLM on load
+        ("fp8", "H200-141GB", "fp8"),
+    ],
+)
+def test_quantization_formats_reach_vllm(quantization: str, gpu: str, engine_value: str) -> None:
+    doc = _with({"resources": {"gpuType": gpu, "nodesPerReplica": 2}})  # 8-bit: 16 GPUs
+    doc["spec"]["model"]["quantization"] = quantization
+    kw = llm_config(_args(doc))["engine_kwargs"]
+    assert kw.get("quantization") == engine_value

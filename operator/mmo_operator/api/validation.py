@@ -283,7 +283,10 @@ def builtin_rule_problems(model: MultimodalModel, arch: Architecture) -> list[Pr
     return problems
 
 
-def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
+def capacity_of(
+    model: MultimodalModel, arch: Architecture, *, checkpoint_bytes: int | None = None
+) -> CapacityReport:
+    """``checkpoint_bytes``: the weights' real size (a safetensors index's total_size)."""
     spec = model.spec
     vllm = spec.serving.vllm
     kv = 0
@@ -306,6 +309,7 @@ def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
         headroom_fraction=spec.resources.headroom_fraction,
         placement=spec.experts.placement,
         kv_bytes=kv,
+        checkpoint_bytes=checkpoint_bytes,
         quantizations=VLLM_QUANTIZATIONS if engine_of(spec) == "vllm" else MMO_QUANTIZATIONS,
     )
 

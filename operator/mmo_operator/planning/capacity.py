@@ -189,13 +189,19 @@ def plan_capacity(
     with_options: bool = True,
     kv_bytes: int = 0,
     quantizations: tuple[str, ...] = MMO_QUANTIZATIONS,
+    checkpoint_bytes: int | None = None,
 ) -> CapacityReport:
     """``kv_bytes``: the KV cache each GPU holds (see :func:`kv_cache_bytes`); like the
-    dense weights it does not shrink with more GPUs (each rank serves its own batch)."""
+    dense weights it does not shrink with more GPUs (each rank serves its own batch).
+    ``checkpoint_bytes``: the real size of the weights; the dense and expert bytes are
+    scaled to it (other precisions suggested are other checkpoints: not scaled)."""
     split = split_params(arch)
     gpu_mem = GPU_MEMORY_GB[gpu_type] * 10**9
     usable = int(gpu_mem * (1 - headroom_fraction))
     dense_b, expert_b = _weight_bytes(split, dtype, quantization)
+    if checkpoint_bytes:
+        scale = checkpoint_bytes / (dense_b + split.moe_layers * split.num_experts * expert_b)
+        dense_b, expert_b = int(dense_b * scale), math.ceil(expert_b * scale)
     slot_b = split.moe_layers * expert_b
     gpus = gpus_per_node * nodes
     needed = math.ceil((split.num_experts + redundant_experts) / gpus)
@@ -256,7 +262,8 @@ def plan_capacity(
             f"the dense weights alone ({fmt_bytes(dense_b)}) exceed a GPU's usable memory"
             if dense_b > usable
             else f"the dense weights ({fmt_bytes(dense_b)}) and the KV cache "
-            f"({fmt_bytes(kv_bytes)}) exceed a GPU's usable memory"
+            f"({fmt_bytes(kv_bytes)}) exceed a GPU's usable memory (lower "
+            "serving.vllm.maxModelLen or batching.maxBatchSize)"
         )
     elif need is None:
         where = (
