@@ -2,7 +2,8 @@
 
 `spec.serving.vllm.engineArgs` is checked against that list. Run with the python of the
 venv that has vLLM (`make vllm-engine-args`): the names are the dataclass fields of
-``AsyncEngineArgs`` (the engine arguments Ray Serve LLM passes on), so the list follows
+``AsyncEngineArgs`` (the engine arguments Ray Serve LLM passes on; private ones, with a
+leading underscore, left out), so the list follows
 the installed vLLM exactly. ``--source arg_utils.py`` reads the same fields from vLLM's
 source file instead, for a machine without vLLM installed.
 """
@@ -24,7 +25,8 @@ def names_from_vllm() -> tuple[list[str], str]:
     import vllm
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    return [f.name for f in dataclasses.fields(AsyncEngineArgs)], vllm.__version__
+    fields = dataclasses.fields(AsyncEngineArgs)
+    return [f.name for f in fields if not f.name.startswith("_")], vllm.__version__
 
 
 def names_from_source(path: Path) -> list[str]:

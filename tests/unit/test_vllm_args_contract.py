@@ -66,3 +66,25 @@ def test_llm_configs_pass_ray_and_vllm_checks() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAILED" not in result.stdout
+
+
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=".venv-vllm is absent (see above)")
+def test_the_contract_check_catches_what_vllm_refuses() -> None:
+    config = next(iter(_configs().values()))
+    broken = copy.deepcopy(config)
+    broken["engine_kwargs"]["max_num_seq"] = 8  # not an engine argument
+    bad_eplb = copy.deepcopy(config)
+    bad_eplb["engine_kwargs"]["eplb_config"]["window_size"] = 0
+    result = subprocess.run(
+        [str(VLLM_PYTHON), str(SCRIPT)],
+        input=json.dumps({"good": config, "broken": broken, "bad-eplb": bad_eplb}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert lines["good"] == "ok"
+    assert "max_num_seq" in lines["broken"] and lines["broken"].startswith("FAILED")
+    assert "window_size" in lines["bad-eplb"] and lines["bad-eplb"].startswith("FAILED")
