@@ -166,12 +166,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _use_checkpoint(model: Any, directory: str) -> int | None:
     """Put the architecture of DIR/config.json in the spec; the checkpoint's bytes, if
     its safetensors index gives them."""
-    from mmo_operator.planning.checkpoint import CheckpointConfigError, read_checkpoint
+    from mmo_operator.planning.checkpoint import (
+        CheckpointConfigError,
+        quantization_problem,
+        read_checkpoint,
+    )
 
     try:
         info = read_checkpoint(directory)
     except CheckpointConfigError as e:
         raise InvalidResource([Problem("--checkpoint", str(e))]) from e
+    wrong = quantization_problem(info.quant_method, model.spec.model.quantization)
+    if wrong:
+        raise InvalidResource([Problem("spec.model.quantization", wrong)])
     model.spec.model.architecture = info.architecture
     return info.weight_bytes
 
@@ -179,6 +186,7 @@ def _use_checkpoint(model: Any, directory: str) -> int | None:
 def cmd_architecture(args: argparse.Namespace) -> int:
     from mmo_operator.planning.capacity import fmt_bytes
     from mmo_operator.planning.checkpoint import (
+        QUANTIZATIONS_OF_METHOD,
         CheckpointConfigError,
         architecture_yaml,
         read_checkpoint,
@@ -196,6 +204,9 @@ def cmd_architecture(args: argparse.Namespace) -> int:
     facts = [f"model_type {info.model_type}"]
     if info.quant_method:
         facts.append(f"quantization_config {info.quant_method}")
+    valid = QUANTIZATIONS_OF_METHOD.get(info.quant_method)
+    if valid:
+        facts.append(f"quantization {' or '.join(valid)}")
     if info.weight_bytes:
         facts.append(f"weights {fmt_bytes(info.weight_bytes)}")
     if info.max_position_embeddings:

@@ -152,6 +152,7 @@ def test_mmo_architecture_prints_the_block(capsys: pytest.CaptureFixture[str]) -
     assert main(["architecture", str(CHECKPOINTS / "qwen3-vl-30b-a3b")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# ") and "modalities [text, image]" in out.splitlines()[0]
+    assert "quantization none or fp8 or experts-int8" in out.splitlines()[0]
     block = yaml.safe_load(out)["architecture"]
     assert block["numExperts"] == 128 and block["attention"] == "gqa"
     assert Architecture.model_validate(block, by_alias=True) == (
@@ -177,10 +178,16 @@ def test_samples_carry_the_architecture_of_their_checkpoints() -> None:
         assert block == read_checkpoint(CHECKPOINTS / checkpoint).architecture
 
 
+def _awq_copy(name: str, directory: Path) -> None:
+    cfg = json.loads((CHECKPOINTS / name / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": 128}
+    (directory / "config.json").write_text(json.dumps(cfg))
+
+
 def test_plan_with_checkpoint_uses_its_architecture_and_bytes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    shutil.copy(CHECKPOINTS / "deepseek-v3/config.json", tmp_path)
+    _awq_copy("deepseek-v3", tmp_path)
     assert main(["plan", str(DEEPSEEK_SAMPLE), "--checkpoint", str(tmp_path), "-o", "json"]) == 0
     computed = json.loads(capsys.readouterr().out)["capacity"]
     # a checkpoint twice as heavy as int4 weights would be (e.g. int8) no longer fits
@@ -195,3 +202,13 @@ def test_plan_with_a_bad_checkpoint_names_the_flag(
 ) -> None:
     assert main(["plan", str(DEEPSEEK_SAMPLE), "--checkpoint", str(tmp_path)]) == 1
     assert "--checkpoint: " in capsys.readouterr().err
+
+
+def test_plan_refuses_a_quantization_the_checkpoint_does_not_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(CHECKPOINTS / "deepseek-v3/config.json", tmp_path)  # the FP8 original
+    assert main(["plan", str(DEEPSEEK_SAMPLE), "--checkpoint", str(tmp_path)]) == 1
+    assert (
+        "spec.model.quantization: the checkpoint has quantization_config fp8: use fp8, got awq-int4"
+    ) in capsys.readouterr().err

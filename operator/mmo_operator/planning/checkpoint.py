@@ -26,6 +26,28 @@ CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
 
 
+# spec.model.quantization values that fit a checkpoint's quantization_config.quant_method
+# (an unquantized checkpoint may be quantized by vLLM on load: fp8, experts-int8)
+QUANTIZATIONS_OF_METHOD: dict[str | None, tuple[str, ...]] = {
+    None: ("none", "fp8", "experts-int8"),
+    "awq": ("awq-int4",),
+    "awq_marlin": ("awq-int4",),
+    "gptq": ("gptq-int4",),
+    "gptq_marlin": ("gptq-int4",),
+    "fp8": ("fp8",),
+    "compressed-tensors": ("w4a16", "w8a8-int8", "fp8"),
+}
+
+
+def quantization_problem(quant_method: str | None, quantization: str) -> str | None:
+    """Why ``quantization`` does not describe a checkpoint of ``quant_method``, or None."""
+    valid = QUANTIZATIONS_OF_METHOD.get(quant_method)
+    if valid is None or quantization in valid:
+        return None
+    method = f"quantization_config {quant_method}" if quant_method else "no quantization_config"
+    return f"the checkpoint has {method}: use {' or '.join(valid)}, got {quantization}"
+
+
 class CheckpointConfigError(ValueError):
     """config.json cannot be read as a Mixture-of-Experts model; the message says why."""
 
