@@ -29,6 +29,10 @@ EPLB_STEPS_PER_SECOND = 10
 EPLB_WINDOW_FRACTION = 3
 IMAGES_PER_PROMPT = 4
 CPU_KV_CACHE_BYTES = 2**30
+# A replica whose engine spans 8 GPUs can stall in one long step (EPLB moving experts, a
+# long prefill): Serve's default 30 s health timeout would restart it and reload the model
+HEALTH_CHECK_PERIOD_S = 10
+HEALTH_CHECK_TIMEOUT_S = 120
 PLACEMENT_STRATEGY = {"contiguous": "linear", "roundRobin": "round_robin"}
 # Formats vLLM applies on load; the others it reads from the checkpoint's quantization_config
 LOAD_TIME_QUANTIZATION = {"fp8": "fp8", "experts-int8": "experts_int8"}
@@ -135,6 +139,8 @@ def deployment_config(args: AppArgs) -> dict[str, Any]:
     return {
         "autoscaling_config": args.autoscaling.serve_autoscaling_config(),
         "max_ongoing_requests": args.autoscaling.max_ongoing_requests,
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
     }
 
 
@@ -158,6 +164,8 @@ def llm_config(
         "llm_engine": "vLLM",
         "engine_kwargs": engine_kwargs(args, vllm, accelerator),
         "deployment_config": deployment_config(args),
+        # each token to the client as soon as it is decoded, not in 50 ms bursts
+        "experimental_configs": {"stream_batching_interval_ms": 0},
     }
     if accelerator == "cpu":
         config["accelerator_config"] = {"kind": "cpu"}

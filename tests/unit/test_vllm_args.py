@@ -117,6 +117,12 @@ def test_autoscaling_counts_data_parallel_groups() -> None:
     assert (auto["min_replicas"], auto["max_replicas"], auto["initial_replicas"]) == (1, 3, 1)
     assert auto["target_ongoing_requests"] == 4
     assert deployment["max_ongoing_requests"] == 32  # 2 x maxBatchSize 16
+    assert deployment["health_check_timeout_s"] >= 120  # an 8-GPU engine's long steps
+
+
+def test_tokens_stream_as_they_are_decoded() -> None:
+    config = llm_config(_args(_doc()))
+    assert config["experimental_configs"] == {"stream_batching_interval_ms": 0}
 
 
 def test_one_gpu_has_no_expert_parallelism() -> None:
