@@ -66,3 +66,9 @@ federated-venv:
 chart-generate: $(STAMP)
 	$(BIN)/python hack/gen_dashboards.py
 	$(BIN)/python hack/gen_kustomize_base.py
+
+# Refresh the engine-argument names that spec.serving.vllm.engineArgs is checked against,
+# from the vLLM installed in .venv-vllm.
+.PHONY: vllm-engine-args
+vllm-engine-args:
+	.venv-vllm/bin/python hack/vllm_engine_args.py

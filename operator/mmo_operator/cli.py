@@ -119,13 +119,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         problems = cross_field_problems(model)
         if problems:
             raise InvalidResource(problems)
+        checkpoint_bytes = None
+        if args.checkpoint is not None:
+            checkpoint_bytes = _use_checkpoint(model, args.checkpoint)
         arch = resolve_architecture(model)
         problems = builtin_rule_problems(model, arch)
         if problems:
             raise InvalidResource(problems)
     except InvalidResource as e:
         return _plan_failed(args, e.problems)
-    capacity = capacity_of(model, arch)
+    capacity = capacity_of(model, arch, checkpoint_bytes=checkpoint_bytes)
     out: dict[str, Any] = {
         "name": model.name,
         "fits": capacity.fits,
@@ -159,6 +162,60 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         _dump(out, args.output)
     return code
+
+
+def _use_checkpoint(model: Any, directory: str) -> int | None:
+    """Put the architecture of DIR/config.json in the spec; the checkpoint's bytes, if
+    its safetensors index gives them."""
+    from mmo_operator.planning.checkpoint import (
+        CheckpointConfigError,
+        quantization_problem,
+        read_checkpoint,
+    )
+
+    try:
+        info = read_checkpoint(directory)
+    except CheckpointConfigError as e:
+        raise InvalidResource([Problem("--checkpoint", str(e))]) from e
+    wrong = quantization_problem(info.quant_method, model.spec.model.quantization)
+    if wrong:
+        raise InvalidResource([Problem("spec.model.quantization", wrong)])
+    model.spec.model.architecture = info.architecture
+    return info.weight_bytes
+
+
+def cmd_architecture(args: argparse.Namespace) -> int:
+    from mmo_operator.planning.capacity import fmt_bytes
+    from mmo_operator.planning.checkpoint import (
+        QUANTIZATIONS_OF_METHOD,
+        CheckpointConfigError,
+        architecture_yaml,
+        read_checkpoint,
+    )
+
+    try:
+        info = read_checkpoint(args.directory)
+    except CheckpointConfigError as e:
+        print(f"mmo architecture: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    block = architecture_yaml(info.architecture)
+    if args.output == "json":
+        _dump(block, "json")
+        return 0
+    facts = [f"model_type {info.model_type}"]
+    if info.quant_method:
+        facts.append(f"quantization_config {info.quant_method}")
+    valid = QUANTIZATIONS_OF_METHOD.get(info.quant_method)
+    if valid:
+        facts.append(f"quantization {' or '.join(valid)}")
+    if info.weight_bytes:
+        facts.append(f"weights {fmt_bytes(info.weight_bytes)}")
+    if info.max_position_embeddings:
+        facts.append(f"max_position_embeddings {info.max_position_embeddings}")
+    facts.append("modalities [text, image]" if info.image else "modalities [text]")
+    print(f"# {args.directory}: {', '.join(facts)}")
+    sys.stdout.write(yaml.safe_dump(block, sort_keys=False))
+    return 0
 
 
 def _plan_failed(args: argparse.Namespace, problems: list[Problem]) -> int:
@@ -237,7 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --current: most experts moved per layer",
     )
     p.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text")
+    p.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="plan with the architecture of DIR/config.json (and the real bytes of its "
+        "safetensors index) instead of the spec's",
+    )
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "architecture",
+        help="print the architecture block of a MultimodalModel from a Hugging Face "
+        "checkpoint's config.json",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    p.set_defaults(func=cmd_architecture)
 
     for name in COMMAND_MODULES:
         try:

@@ -157,6 +157,31 @@ class RuntimeConfig(_Camel):
     placement: PlacementPlan | None = None
 
 
+EngineArgValue = str | bool | int | float
+
+
+class VllmArgs(_Camel):
+    """What the vLLM engine needs beyond the common fields (engine vllm only); turned
+    into Ray Serve LLM's ``LLMConfig`` by :func:`mmo_serving.vllm_args.llm_config`."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    num_nodes: int = Field(default=1, ge=1, description="Nodes one replica spans.")
+    accelerator_type: str | None = Field(
+        default=None, description="Ray's accelerator name of the GPUs, e.g. A100-80G."
+    )
+    expert_placement: Literal["balanced", "contiguous", "roundRobin"] = "balanced"
+    redundant_experts: int = Field(default=0, ge=0)
+    rebalance_interval_s: float = Field(
+        default=300, gt=0, description="How often balanced placement re-places experts."
+    )
+    max_model_len: int | None = Field(default=None, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    all2all_backend: str | None = None
+    engine_args: dict[str, EngineArgValue] = Field(
+        default_factory=dict, description="Passed to vLLM last, by their snake_case names."
+    )
+
+
 class AppArgs(_Camel):
     """Everything the Serve app needs, validated before anything starts."""
 
@@ -169,7 +194,17 @@ class AppArgs(_Camel):
     )
     model_version: str = Field(default="1", description="Part of every cache key.")
     dtype: Literal["bfloat16", "float16", "float32"] = "float32"
-    quantization: Literal["none", "int8", "int4"] = "none"
+    quantization: Literal[
+        "none",
+        "int8",
+        "int4",
+        "awq-int4",
+        "gptq-int4",
+        "w4a16",
+        "w8a8-int8",
+        "fp8",
+        "experts-int8",
+    ] = "none"
     modalities: list[Modality] = Field(default_factory=_text_and_image)
     num_gpus: int = Field(default=1, ge=1, description="Expert-parallel ranks per replica.")
     placement: PlacementPlan | None = None
@@ -180,6 +215,7 @@ class AppArgs(_Camel):
     max_new_tokens: int = Field(default=8, ge=1, le=512)
     max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     port: int = Field(default=8000, ge=1, le=65535)
+    vllm: VllmArgs | None = Field(default=None, description="Engine vllm's settings.")
 
     @model_validator(mode="after")
     def _placement_matches_gpus(self) -> AppArgs:

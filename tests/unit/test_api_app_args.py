@@ -21,9 +21,9 @@ def deepseek():
 def test_app_args_follow_the_spec(deepseek) -> None:
     plan, args = plan_and_app_args(deepseek)
     assert args.name == "deepseek-v3-int4"
-    assert args.quantization == "int4"
+    assert args.quantization == "awq-int4"
     assert args.num_gpus == 8
-    assert args.batching.max_batch_size == 32
+    assert args.batching.max_batch_size == 16
     assert args.batching.batch_wait_timeout_s == pytest.approx(0.02)
     assert args.placement == plan
     assert plan.num_experts == 256 and len(plan.layers) == 58

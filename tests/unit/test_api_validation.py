@@ -101,6 +101,7 @@ def test_defaults_are_applied() -> None:
 def test_unknown_builtin_names_the_available_ones() -> None:
     doc = copy.deepcopy(_doc())
     doc["spec"]["model"] = {"source": "builtin://nope"}
+    doc["spec"].pop("serving", None)  # engine vllm and its settings belong to checkpoints
     with pytest.raises(InvalidResource) as e:
         validate(doc)
     (problem,) = e.value.problems

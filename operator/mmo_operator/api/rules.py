@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .v1alpha1 import MultimodalModelSpec
+from .v1alpha1 import MultimodalModelSpec, engine_of, is_builtin
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,13 @@ def _mode(s: MultimodalModelSpec) -> str:
 
 def _has_arch(s: MultimodalModelSpec) -> bool:
     return s.model.architecture is not None
+
+
+# CEL for engine_of(spec): the engine given, or the default for the source
+_CEL_ENGINE = (
+    "(has(self.serving.engine) ? self.serving.engine : "
+    "(self.model.source.startsWith('builtin://') ? 'mmo' : 'vllm'))"
+)
 
 
 RULES: list[CrossFieldRule] = [
@@ -147,6 +154,38 @@ RULES: list[CrossFieldRule] = [
             s.model.architecture is None
             or s.experts.placement != "balanced"
             or (s.model.architecture.num_experts + s.experts.redundant_experts) % s.total_gpus == 0
+        ),
+    ),
+    CrossFieldRule(
+        at=(),
+        field="serving.engine",
+        cel="!has(self.serving.engine) || "
+        "(self.serving.engine == 'mmo') == self.model.source.startsWith('builtin://')",
+        message="engine mmo serves only builtin:// sources and engine vllm only checkpoints "
+        "(pvc://, s3://, hf://, https://); set engine to match model.source or omit it "
+        "(mmo for builtin://, vllm otherwise)",
+        holds=lambda s: (
+            s.serving.engine is None or ((s.serving.engine == "mmo") == is_builtin(s.model.source))
+        ),
+    ),
+    CrossFieldRule(
+        at=(),
+        field="serving.vllm",
+        cel=f"!has(self.serving.vllm) || {_CEL_ENGINE} == 'vllm'",
+        message="the vllm block applies only to engine vllm (the default for sources other "
+        "than builtin://); remove it or use a checkpoint source",
+        holds=lambda s: s.serving.vllm is None or engine_of(s) == "vllm",
+    ),
+    CrossFieldRule(
+        at=(),
+        field="serving.vllm.tensorParallelSize",
+        cel="!has(self.serving.vllm) || "
+        "(self.resources.gpusPerNode * self.resources.nodesPerReplica) % "
+        "self.serving.vllm.tensorParallelSize == 0",
+        message="tensorParallelSize must divide the replica's GPU count "
+        "(gpusPerNode * nodesPerReplica): the data-parallel size is their quotient",
+        holds=lambda s: (
+            s.serving.vllm is None or s.total_gpus % s.serving.vllm.tensor_parallel_size == 0
         ),
     ),
 ]

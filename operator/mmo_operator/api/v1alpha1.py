@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "serving.mmo.dev"
@@ -23,11 +30,38 @@ SHORT_NAMES = ["mmm"]
 
 GpuType = Literal["A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB", "L40S-48GB"]
 Dtype = Literal["bfloat16", "float16", "float32"]
-Quantization = Literal["none", "int8", "int4"]
+# int8/int4: the built-in engine's own; the others name a checkpoint format vLLM runs
+Quantization = Literal[
+    "none",
+    "int8",
+    "int4",
+    "awq-int4",
+    "gptq-int4",
+    "w4a16",
+    "w8a8-int8",
+    "fp8",
+    "experts-int8",
+]
 Modality = Literal["text", "image"]
+Attention = Literal["mla", "gqa"]
 Placement = Literal["balanced", "contiguous", "roundRobin"]
 IsolationMode = Literal["private", "hybrid", "federated"]
 DataClass = Literal["public", "internal", "sensitive"]
+Engine = Literal["mmo", "vllm"]
+# vLLM 0.29's --all2all-backend choices (vllm.config.parallel.All2AllBackend)
+All2AllBackend = Literal[
+    "naive",
+    "pplx",
+    "allgather_reducescatter",
+    "deepep_high_throughput",
+    "deepep_low_latency",
+    "deepep_v2",
+    "mori_high_throughput",
+    "mori_low_latency",
+    "nixl_ep",
+    "flashinfer_nvlink_two_sided",
+    "flashinfer_nvlink_one_sided",
+]
 
 SOURCE_SCHEMES = ("builtin://", "pvc://", "s3://", "hf://", "https://")
 _SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|pvc://[a-z0-9][a-z0-9.-]*/.+|s3://[a-z0-9][a-z0-9.-]*/.+|hf://[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|https://.+)$"
@@ -99,10 +133,36 @@ class Architecture(ApiModel):
         default=None, ge=1, description="Intermediate width of one expert's feed-forward."
     )
     vocab_size: int | None = Field(default=None, ge=1, description="Tokenizer vocabulary size.")
+    attention: Attention | None = Field(
+        default=None,
+        description="mla (multi-head latent attention: kvLoraRank, qkRopeHeadDim) or gqa "
+        "(grouped-query: numKvHeads, headDim); with its sizes the KV cache is planned.",
+    )
+    num_kv_heads: int | None = Field(
+        default=None, ge=1, le=1024, description="Key/value heads (gqa)."
+    )
+    head_dim: int | None = Field(default=None, ge=1, le=4096, description="Head size (gqa).")
+    kv_lora_rank: int | None = Field(
+        default=None, ge=1, le=65536, description="Compressed key/value width (mla)."
+    )
+    qk_rope_head_dim: int | None = Field(
+        default=None, ge=0, le=4096, description="Rotary part of each key (mla)."
+    )
 
     @property
     def moe_layers(self) -> int:
         return self.num_moe_layers if self.num_moe_layers is not None else self.num_layers
+
+    def kv_values_per_token(self) -> int | None:
+        """Cached values per token in all layers; None when the sizes are not given.
+
+        mla caches one compressed vector (kvLoraRank + qkRopeHeadDim) per layer; gqa a key
+        and a value per key/value head (2 x numKvHeads x headDim)."""
+        if self.attention == "mla" and self.kv_lora_rank and self.qk_rope_head_dim is not None:
+            return self.num_layers * (self.kv_lora_rank + self.qk_rope_head_dim)
+        if self.attention == "gqa" and self.num_kv_heads and self.head_dim:
+            return self.num_layers * 2 * self.num_kv_heads * self.head_dim
+        return None
 
 
 class S3Source(ApiModel):
@@ -140,7 +200,11 @@ class ModelSpec(ApiModel):
     )
     dtype: Dtype = Field(default="bfloat16", description="Weight and activation precision.")
     quantization: Quantization = Field(
-        default="none", description="Weight quantization of linear layers."
+        default="none",
+        description="Weight quantization of linear layers. int8, int4: the built-in engine's. "
+        "For vLLM, the checkpoint's format: awq-int4, gptq-int4, w4a16 (int4 weights), "
+        "w8a8-int8, fp8 (W8A8, compute capability 8.9+), experts-int8 (routed experts "
+        "quantized on load).",
     )
 
     @field_validator("modalities")
@@ -375,8 +439,68 @@ class Isolation(ApiModel):
 # --- spec.serving / monitoring ------------------------------------------------------------
 
 
+# A scalar engine argument. The CRD keeps any value (structural schemas have no "one of
+# string, number, boolean"); `mmo validate` and the webhook refuse lists and mappings.
+def _scalar(value: object) -> str | bool | int | float:
+    if not isinstance(value, str | bool | int | float):
+        raise ValueError("expected a string, number or true/false")
+    return value
+
+
+EngineArgValue = Annotated[
+    str | bool | int | float,
+    PlainValidator(_scalar),
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class Vllm(ApiModel):
+    """Settings of the vLLM engine (engine vllm only)."""
+
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        le=10_000_000,
+        description="Longest prompt plus answer in tokens; sizes the KV cache that admission "
+        "checks (omit: the checkpoint's own limit, not checked).",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="Share of each GPU's memory vLLM takes for weights, activations and KV cache.",
+    )
+    all2all_backend: All2AllBackend | None = Field(
+        default=None,
+        alias="all2allBackend",
+        description="Expert-parallel all-to-all kernels (omit: vLLM's default, "
+        "allgather_reducescatter).",
+    )
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="GPUs per data-parallel rank; the replica's GPUs divided by it give the "
+        "data-parallel size.",
+    )
+    engine_args: dict[str, EngineArgValue] | None = Field(
+        default=None,
+        max_length=64,
+        description="More vLLM engine arguments by their snake_case name (scalars only); "
+        "names mmo sets from other fields are refused.",
+    )
+
+
 class Serving(ApiModel):
     """The Ray cluster that serves the model."""
+
+    engine: Engine | None = Field(
+        default=None,
+        description="mmo: the built-in engine (builtin:// sources only); vllm: vLLM on Ray "
+        "Serve LLM (checkpoints: pvc://, s3://, hf://, https://). Omitted: mmo for "
+        "builtin:// sources, vllm for every other source.",
+    )
+    vllm: Vllm | None = Field(default=None, description="vLLM settings (engine vllm only).")
 
     image: str = Field(
         default="ghcr.io/mmo-dev/mmo-serving:0.1.0",
@@ -491,6 +615,13 @@ class MultimodalModel(ApiModel):
 
 def is_builtin(source: str) -> bool:
     return source.startswith("builtin://")
+
+
+def engine_of(spec: MultimodalModelSpec) -> Engine:
+    """spec.serving.engine, or its default: mmo for builtin:// sources, vllm otherwise."""
+    if spec.serving.engine is not None:
+        return spec.serving.engine
+    return "mmo" if is_builtin(spec.model.source) else "vllm"
 
 
 def builtin_name(source: str) -> str:

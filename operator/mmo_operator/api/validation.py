@@ -16,8 +16,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mmo_operator.planning.capacity import CapacityReport, plan_capacity
+from mmo_operator.planning.capacity import (
+    MMO_QUANTIZATIONS,
+    VLLM_QUANTIZATIONS,
+    CapacityReport,
+    kv_cache_bytes,
+    plan_capacity,
+)
 from mmo_operator.planning.placement import nearest_redundant
+from mmo_operator.policy.engine import check_engine
 
 from .builtin import BUILTIN_QUANTIZATIONS, UnknownBuiltin, builtin_architecture
 from .problems import InvalidResource, Problem, format_loc
@@ -29,6 +36,7 @@ from .v1alpha1 import (
     Architecture,
     MultimodalModel,
     builtin_name,
+    engine_of,
     is_builtin,
 )
 
@@ -275,8 +283,21 @@ def builtin_rule_problems(model: MultimodalModel, arch: Architecture) -> list[Pr
     return problems
 
 
-def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
+def capacity_of(
+    model: MultimodalModel, arch: Architecture, *, checkpoint_bytes: int | None = None
+) -> CapacityReport:
+    """``checkpoint_bytes``: the weights' real size (a safetensors index's total_size)."""
     spec = model.spec
+    vllm = spec.serving.vllm
+    kv = 0
+    if vllm is not None:  # vLLM reserves the KV cache for maxModelLen up front
+        kv = kv_cache_bytes(
+            arch,
+            dtype=spec.model.dtype,
+            max_model_len=vllm.max_model_len,
+            max_seqs=spec.batching.max_batch_size,
+            tensor_parallel_size=vllm.tensor_parallel_size,
+        )
     return plan_capacity(
         arch,
         dtype=spec.model.dtype,
@@ -287,6 +308,9 @@ def capacity_of(model: MultimodalModel, arch: Architecture) -> CapacityReport:
         redundant_experts=spec.experts.redundant_experts,
         headroom_fraction=spec.resources.headroom_fraction,
         placement=spec.experts.placement,
+        kv_bytes=kv,
+        checkpoint_bytes=checkpoint_bytes,
+        quantizations=VLLM_QUANTIZATIONS if engine_of(spec) == "vllm" else MMO_QUANTIZATIONS,
     )
 
 
@@ -318,6 +342,7 @@ def validate(doc: dict[str, Any]) -> Validated:
     capacity = capacity_of(model, arch)
     problems += capacity_problems(capacity)
     problems += isolation_problems(model)
+    problems += check_engine(model)
     if problems:
         raise InvalidResource(problems)
     return Validated(model=model, architecture=arch, capacity=capacity, warnings=capacity.warnings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from mmo_operator.api.v1alpha1 import MultimodalModel
+from mmo_operator.api.v1alpha1 import MultimodalModel, engine_of
 from mmo_operator.api.validation import Validated
 from mmo_operator.planning import plan_for_model
 from mmo_serving.config import (
@@ -16,7 +16,17 @@ from mmo_serving.config import (
     HybridArgs,
     IsolationArgs,
     PlacementPlan,
+    VllmArgs,
 )
+
+# Ray's accelerator names (ray.util.accelerators) of the GPU types the API knows.
+RAY_ACCELERATOR_TYPE = {
+    "A100-40GB": "A100-40G",
+    "A100-80GB": "A100-80G",
+    "H100-80GB": "H100",
+    "H200-141GB": "H200",
+    "L40S-48GB": "L40S",
+}
 
 
 def model_version(model: MultimodalModel) -> str:
@@ -26,8 +36,31 @@ def model_version(model: MultimodalModel) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def vllm_args(model: MultimodalModel) -> VllmArgs:
+    spec = model.spec
+    settings = spec.serving.vllm
+    common = {
+        "num_nodes": spec.resources.nodes_per_replica,
+        "accelerator_type": RAY_ACCELERATOR_TYPE[spec.resources.gpu_type],
+        "expert_placement": spec.experts.placement,
+        "redundant_experts": spec.experts.redundant_experts,
+        "rebalance_interval_s": spec.experts.rebalance.interval_seconds,
+    }
+    if settings is None:
+        return VllmArgs(**common)
+    return VllmArgs(
+        **common,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        max_model_len=settings.max_model_len,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        all2all_backend=settings.all2all_backend,
+        engine_args=dict(settings.engine_args or {}),
+    )
+
+
 def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArgs:
     spec = model.spec
+    engine = engine_of(spec)
     iso = spec.isolation
     hybrid = None
     if iso.hybrid is not None:
@@ -41,6 +74,8 @@ def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArg
     return AppArgs(
         name=model.name,
         model_source=spec.model.source,
+        engine=engine,
+        vllm=vllm_args(model) if engine == "vllm" else None,
         model_version=model_version(model),
         dtype=spec.model.dtype,
         quantization=spec.model.quantization,

@@ -36,9 +36,25 @@ GPU_MEMORY_GB: dict[str, int] = {
     "L40S-48GB": 48,
 }
 DTYPE_BYTES: dict[str, float] = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
-# int8: one byte per weight with a per-row scale (negligible); int4: half a byte plus a
-# 16-bit scale per group of 128 weights.
-QUANT_BYTES: dict[str, float | None] = {"none": None, "int8": 1.0, "int4": 0.5 + 2 / 128}
+# int8 formats and fp8: one byte per weight with a per-row or per-block scale
+# (negligible); int4 formats (AWQ, GPTQ, compressed-tensors W4A16): half a byte plus a
+# 16-bit scale per group of 128 weights. experts-int8 quantizes the routed experts only.
+_INT4 = 0.5 + 2 / 128
+QUANT_BYTES: dict[str, float | None] = {
+    "none": None,
+    "int8": 1.0,
+    "int4": _INT4,
+    "awq-int4": _INT4,
+    "gptq-int4": _INT4,
+    "w4a16": _INT4,
+    "w8a8-int8": 1.0,
+    "fp8": 1.0,
+    "experts-int8": 1.0,
+}
+EXPERTS_ONLY = frozenset({"experts-int8"})
+# What `_options` may suggest, lightest last: names the engine can run.
+MMO_QUANTIZATIONS = ("none", "int8", "int4")
+VLLM_QUANTIZATIONS = ("none", "w8a8-int8", "awq-int4")
 CONSISTENCY_TOLERANCE = 0.05
 MAX_NODES_SEARCHED = 4096
 
@@ -135,6 +151,7 @@ class CapacityReport:
     max_redundant_experts: int
     bytes_per_gpu: int
     message: str
+    kv_cache_bytes: int = 0  # per GPU, included in bytes_per_gpu
     options: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
@@ -156,7 +173,8 @@ def _weight_bytes(split: ParamSplit, dtype: str, quantization: str) -> tuple[int
     plain = DTYPE_BYTES[dtype]
     q = QUANT_BYTES[quantization]
     linear = plain if q is None else q
-    dense = (split.dense - split.embeddings) * linear + split.embeddings * plain
+    dense_linear = plain if quantization in EXPERTS_ONLY else linear
+    dense = (split.dense - split.embeddings) * dense_linear + split.embeddings * plain
     return int(dense), math.ceil(split.per_expert * linear)
 
 
@@ -172,16 +190,27 @@ def plan_capacity(
     headroom_fraction: float = 0.15,
     placement: str = "balanced",
     with_options: bool = True,
+    kv_bytes: int = 0,
+    quantizations: tuple[str, ...] = MMO_QUANTIZATIONS,
+    checkpoint_bytes: int | None = None,
 ) -> CapacityReport:
+    """``kv_bytes``: the KV cache each GPU holds (see :func:`kv_cache_bytes`); like the
+    dense weights it does not shrink with more GPUs (each rank serves its own batch).
+    ``checkpoint_bytes``: the real size of the weights; the dense and expert bytes are
+    scaled to it (other precisions suggested are other checkpoints: not scaled)."""
     split = split_params(arch)
     gpu_mem = GPU_MEMORY_GB[gpu_type] * 10**9
     usable = int(gpu_mem * (1 - headroom_fraction))
     dense_b, expert_b = _weight_bytes(split, dtype, quantization)
+    if checkpoint_bytes:
+        scale = checkpoint_bytes / (dense_b + split.moe_layers * split.num_experts * expert_b)
+        dense_b, expert_b = int(dense_b * scale), math.ceil(expert_b * scale)
     slot_b = split.moe_layers * expert_b
     gpus = gpus_per_node * nodes
     needed = math.ceil((split.num_experts + redundant_experts) / gpus)
-    per_gpu = dense_b + needed * slot_b
-    max_slots = int(max(0, (usable - dense_b) // slot_b) if slot_b else 0)
+    fixed_b = dense_b + kv_bytes
+    per_gpu = fixed_b + needed * slot_b
+    max_slots = int(max(0, (usable - fixed_b) // slot_b) if slot_b else 0)
     total = dense_b + split.num_experts * slot_b
     fits = per_gpu <= usable
     report = CapacityReport(
@@ -202,19 +231,21 @@ def plan_capacity(
         max_redundant_experts=max_redundant(split.num_experts, gpus, max_slots),
         bytes_per_gpu=per_gpu,
         message="",
+        kv_cache_bytes=kv_bytes,
         warnings=list(split.warnings),
     )
     node_label = f"{gpus_per_node}×{gpu_type}"
     precision = dtype if quantization == "none" else f"{quantization} ({dtype} activations)"
+    kv_words = f" ({fmt_bytes(kv_bytes)} of it KV cache)" if kv_bytes else ""
     if fits:
         report.message = (
-            f"fits: {fmt_bytes(per_gpu)} per GPU of {fmt_bytes(usable)} usable "
+            f"fits: {fmt_bytes(per_gpu)} per GPU{kv_words} of {fmt_bytes(usable)} usable "
             f"({fmt_bytes(gpu_mem)} less {headroom_fraction:.0%} headroom) on "
             f"{nodes} node(s) of {node_label} in {precision}; {needed} expert slot(s) per "
             f"GPU used of {max_slots} that fit"
         )
         return report
-    if redundant_experts and dense_b + math.ceil(split.num_experts / gpus) * slot_b <= usable:
+    if redundant_experts and fixed_b + math.ceil(split.num_experts / gpus) * slot_b <= usable:
         most = report.max_redundant_experts
         distinct = " (copies of one expert sit on distinct GPUs)"
         report.message = (
@@ -228,9 +259,15 @@ def plan_capacity(
             Suggestion(f"redundantExperts {most}", {"experts.redundantExperts": most})
         ]
         return report
-    need = nodes_needed(split, dense_b, slot_b, usable, gpus_per_node, redundant_experts, placement)
-    if need is None and dense_b > usable:
-        where = f"the dense weights alone ({fmt_bytes(dense_b)}) exceed a GPU's usable memory"
+    need = nodes_needed(split, fixed_b, slot_b, usable, gpus_per_node, redundant_experts, placement)
+    if need is None and fixed_b > usable:
+        where = (
+            f"the dense weights alone ({fmt_bytes(dense_b)}) exceed a GPU's usable memory"
+            if dense_b > usable
+            else f"the dense weights ({fmt_bytes(dense_b)}) and the KV cache "
+            f"({fmt_bytes(kv_bytes)}) exceed a GPU's usable memory (lower "
+            "serving.vllm.maxModelLen or batching.maxBatchSize)"
+        )
     elif need is None:
         where = (
             f"one expert slot ({fmt_bytes(slot_b)}: one expert in each of the "
@@ -257,7 +294,7 @@ def plan_capacity(
     report.message = (
         f"does not fit: {where} in {precision}; {fmt_bytes(total)} of weights against "
         f"{fmt_bytes(gpu_mem * gpus)} of GPU memory on {nodes} node(s), "
-        f"{fmt_bytes(per_gpu)} per GPU against {fmt_bytes(usable)} usable"
+        f"{fmt_bytes(per_gpu)} per GPU{kv_words} against {fmt_bytes(usable)} usable"
     )
     if with_options:
         options = _options(
@@ -270,10 +307,32 @@ def plan_capacity(
             redundant_experts,
             headroom_fraction,
             placement,
+            kv_bytes,
+            quantizations,
         )
         report.options = [o.text for o in options]
         report.suggestions += options
     return report
+
+
+def kv_cache_bytes(
+    arch: Architecture,
+    *,
+    dtype: str,
+    max_model_len: int | None,
+    max_seqs: int,
+    tensor_parallel_size: int = 1,
+) -> int:
+    """KV cache of one GPU: ``max_seqs`` sequences of ``max_model_len`` tokens in
+    ``dtype`` (0 when the length or the attention sizes are not given). Grouped-query
+    heads are split over tensor-parallel GPUs; an mla latent is held whole by each."""
+    per_token = arch.kv_values_per_token()
+    if per_token is None or max_model_len is None:
+        return 0
+    split = 1
+    if arch.attention == "gqa" and arch.num_kv_heads:
+        split = min(tensor_parallel_size, arch.num_kv_heads)
+    return math.ceil(per_token * DTYPE_BYTES[dtype] * max_model_len * max_seqs / split)
 
 
 def redundant_for(num_experts: int, redundant: int, gpus: int, placement: str) -> int | None:
@@ -336,15 +395,21 @@ def _options(
     redundant: int,
     headroom: float,
     placement: str,
+    kv_bytes: int = 0,
+    quantizations: tuple[str, ...] = MMO_QUANTIZATIONS,
 ) -> list[Suggestion]:
     """Nearest settings that would fit: lower precisions (on more nodes when needed),
     then bigger GPUs."""
     candidates: list[tuple[str, str]] = []
     if dtype == "float32" and quantization == "none":
         candidates.append(("bfloat16", "none"))
-    order = ["none", "int8", "int4"]
-    for q in order[order.index(quantization) + 1 :]:
-        candidates.append((dtype if dtype != "float32" else "bfloat16", q))
+
+    def weight_bytes(q: str) -> float:
+        return QUANT_BYTES[q] or DTYPE_BYTES[dtype]
+
+    for q in quantizations:
+        if weight_bytes(q) < weight_bytes(quantization):
+            candidates.append((dtype if dtype != "float32" else "bfloat16", q))
     split = split_params(arch)
 
     def at(d: str, q: str, g: str) -> CapacityReport:
@@ -359,6 +424,7 @@ def _options(
             headroom_fraction=headroom,
             placement=placement,
             with_options=False,
+            kv_bytes=kv_bytes,
         )
 
     def copies_on(n: int) -> tuple[str, dict[str, object]] | None:
@@ -379,7 +445,7 @@ def _options(
             continue
         n = nodes_needed(
             split,
-            rep.dense_bytes,
+            rep.dense_bytes + kv_bytes,
             rep.slot_bytes,
             rep.usable_bytes_per_gpu,
             gpus_per_node,
