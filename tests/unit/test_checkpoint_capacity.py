@@ -191,7 +191,7 @@ def test_plan_with_checkpoint_uses_its_architecture_and_bytes(
     assert main(["plan", str(DEEPSEEK_SAMPLE), "--checkpoint", str(tmp_path), "-o", "json"]) == 0
     computed = json.loads(capsys.readouterr().out)["capacity"]
     # a checkpoint twice as heavy as int4 weights would be (e.g. int8) no longer fits
-    heavier = {"metadata": {"total_size": 2 * computed["total_weight_bytes"]}}
+    heavier = {"metadata": {"total_size": 2 * computed["totalWeightBytes"]}}
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(heavier))
     assert main(["plan", str(DEEPSEEK_SAMPLE), "--checkpoint", str(tmp_path)]) == 1
     assert "does not fit" in capsys.readouterr().out
