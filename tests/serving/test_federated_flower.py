@@ -1,4 +1,5 @@
-"""A real Flower federation on loopback: SuperLink + 3 SuperNodes + ``flwr run``.
+"""Real Flower federations on loopback: SuperLink + 3 SuperNodes + ``flwr run`` (plain
+FedAvg), and SuperLink + 4 SuperNodes with secure aggregation (SecAgg+) and dropouts.
 
 Flower cannot share the serving venv (its FastAPI/Starlette pins break Ray Serve), so
 the federation runs with ``.venv-federated`` (created here when missing, as by
@@ -251,7 +252,7 @@ def secure_federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         "head-init": "zeros",
         "clip-norm": CLIP,
         "noise-multiplier": SECURE_NOISE,
-        "scenes-per-site": 30,
+        "scenes-per-site": 12,
         "local-epochs": 1,
     }
     cmd = [str(PY), "-m", "mmo_serving.federated", "local", str(work)]
