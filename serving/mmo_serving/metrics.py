@@ -161,3 +161,12 @@ def serving_metrics() -> ServingMetrics:
     if _METRICS is None:
         _METRICS = ServingMetrics()
     return _METRICS
+
+
+# Federated mode: the aggregator's ServerApp runs in the federated venv (no Ray), so it
+# writes its counter in the Prometheus text format (OUT/metrics.prom, for node-exporter's
+# textfile collector or a sidecar) instead of registering it here.
+FEDERATED_ROUNDS = "mmo_federated_rounds_total"
+FEDERATED_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    FEDERATED_ROUNDS: ("counter", ("secure", "outcome")),
+}

@@ -1,4 +1,5 @@
-"""A real Flower federation on loopback: SuperLink + 3 SuperNodes + ``flwr run``.
+"""Real Flower federations on loopback: SuperLink + 3 SuperNodes + ``flwr run`` (plain
+FedAvg), and SuperLink + 4 SuperNodes with secure aggregation (SecAgg+) and dropouts.
 
 Flower cannot share the serving venv (its FastAPI/Starlette pins break Ray Serve), so
 the federation runs with ``.venv-federated`` (created here when missing, as by
@@ -228,3 +229,160 @@ def test_clipping_bound_holds_and_noise_is_added(federation: dict[str, Any]) -> 
         norm = json.loads(a)["update_norm"]
         assert norm <= CLIP + std * (math.sqrt(dim) + 6), norm
         assert norm > 0
+
+
+# Secure aggregation (SecAgg+) on 4 SuperNodes, 2 rounds: in round 1 site 3 fails after
+# sending its masked update (tolerated: 3 shares of 4 suffice to remove its mask); in
+# round 2 site 2 fails before sending it (not tolerated: the sum would hold 3 updates and
+# Flower would unmask it; the round must fail, visibly).
+SECURE_SITES = 4
+SECURE_NOISE = 1.0
+
+
+@pytest.fixture(scope="module")
+def secure_federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    ensure_venv()
+    work = tmp_path_factory.mktemp("secure-federation")
+    config = {
+        "secure-aggregation": "true",
+        "keep-received": "true",
+        "min-clients": SECURE_SITES,
+        "num-rounds": 2,
+        "model-source": _model_source(),
+        "head-init": "zeros",
+        "clip-norm": CLIP,
+        "noise-multiplier": SECURE_NOISE,
+        "scenes-per-site": 12,
+        "local-epochs": 1,
+    }
+    cmd = [str(PY), "-m", "mmo_serving.federated", "local", str(work)]
+    cmd += ["--sites", str(SECURE_SITES), "--timeout", "500", "--keep-updates"]
+    for drop in ("3:1:before-unmask", "2:2:before-masking"):
+        cmd += ["--drop", drop]
+    for key, value in config.items():
+        cmd += ["-c", f"{key}={value}"]
+    runner = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = runner.communicate(timeout=560)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+        _kill_recorded(work)
+    logs = "".join(
+        f"\n== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in work.glob("*.log")
+    )
+    assert (work / "out" / "rounds.jsonl").is_file(), f"no round ran:\n{out}\n{err}{logs}"
+    return {
+        "work": work,
+        "out": work / "out",
+        "sites": work / "site-logs",
+        "returncode": runner.returncode,
+        "output": out + err,
+        "logs": logs,
+    }
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+
+
+def _site_updates(sites: Path, server_round: int) -> list[np.ndarray]:
+    from mmo_serving.federated.site import PARAM_NAMES
+
+    out = []
+    for p in range(SECURE_SITES):
+        with np.load(sites / f"update-{p}-{server_round}.npz") as z:
+            out.append(_flat([z[k] for k in PARAM_NAMES]))
+    return out
+
+
+def _rounds(fed: dict[str, Any]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (fed["out"] / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_secure_aggregate_is_the_mean_of_every_site_within_quantization(
+    secure_federation: dict[str, Any],
+) -> None:
+    from mmo_serving.federated.site import PARAM_NAMES
+
+    fed = secure_federation
+    params = json.loads((fed["out"] / "secagg.json").read_text())
+    assert (params["num_shares"], params["reconstruction_threshold"]) == (4, 3)
+    assert _rounds(fed)[0] == {"round": 1, "outcome": "aggregated", "secure": True, "sites": 4}
+    with np.load(fed["out"] / "aggregate-1.npz") as z:
+        aggregate = _flat([z[k] for k in PARAM_NAMES])
+    updates = _site_updates(fed["sites"], 1)
+    plain_mean = np.mean(updates, axis=0)
+    bound = 2 * params["clipping_range"] / params["quantization_range"]
+    err = float(np.max(np.abs(aggregate - plain_mean)))
+    print(f"max |secure - plain mean| = {err:.3g} (quantization bound {bound:.3g})")
+    assert err <= bound + 1e-6
+    # site 3 dropped after sending its masked update: its update is in the mean all the same
+    without_dropped = np.mean(updates[:3], axis=0)
+    assert float(np.max(np.abs(aggregate - without_dropped))) > 1000 * (bound + 1e-6)
+
+
+def test_the_server_receives_only_masked_updates(secure_federation: dict[str, Any]) -> None:
+    fed = secure_federation
+    params = json.loads((fed["out"] / "secagg.json").read_text())
+    c, q = params["clipping_range"], params["quantization_range"]
+    updates = _site_updates(fed["sites"], 1)
+    received = sorted((fed["out"] / "received").glob("masked-1-*.npz"))
+    assert len(received) == SECURE_SITES
+    for path in received:
+        with np.load(path) as z:
+            vectors = [z[f"arr_{i}"] for i in range(len(z.files))]
+        assert vectors[0].shape == (1,)  # the masked weight, then the head's arrays
+        masked = _flat(vectors[1:])
+        assert masked.size == updates[0].size
+        assert masked.min() >= 0 and masked.max() < params["modulus_range"]
+        for update in updates:
+            quantized = np.round((np.clip(update, -c, c) + c) * q / (2 * c))
+            # what an unmasked reply would look like: the update itself, quantized ...
+            assert np.corrcoef(quantized, update)[0, 1] > 0.99
+            # ... and what arrived: neither equal to nor correlated with any site's update
+            assert not np.array_equal(masked, quantized)
+            assert abs(np.corrcoef(masked, update)[0, 1]) < 0.15, path.name
+    # no reply of any stage carried a plain array
+    arrivals = [
+        json.loads(line) for line in (fed["out"] / "arrivals.jsonl").read_text().splitlines()
+    ]
+    assert arrivals and all(a.get("array_values", 0) == 0 for a in arrivals)
+
+
+def test_losing_more_sites_than_tolerated_fails_visibly(secure_federation: dict[str, Any]) -> None:
+    fed = secure_federation
+    last = _rounds(fed)[-1]
+    assert (last["round"], last["outcome"], last["secure"]) == (2, "failed", True)
+    assert "only 3 of 4 sites sent their masked update" in last["reason"], last
+    metrics = (fed["out"] / "metrics.prom").read_text()
+    assert 'mmo_federated_rounds_total{secure="true",outcome="aggregated"} 1' in metrics
+    assert 'mmo_federated_rounds_total{secure="true",outcome="failed"} 1' in metrics
+    assert not (fed["out"] / "aggregate-2.npz").exists()
+    assert not (fed["out"] / "done.json").exists()
+    assert fed["returncode"] != 0, fed["output"]
+
+
+def test_secure_sites_clip_and_add_their_share_of_the_noise(
+    secure_federation: dict[str, Any],
+) -> None:
+    entries = [
+        json.loads(line)
+        for path in sorted(secure_federation["sites"].glob("site-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert {e["partition"] for e in entries} == set(range(SECURE_SITES))
+    for e in entries:
+        assert e["secure_sites"] == SECURE_SITES
+        assert e["clipped_norm"] <= CLIP * (1 + 1e-9)
+        assert e["noise_std"] == pytest.approx(SECURE_NOISE * CLIP / math.sqrt(SECURE_SITES))
+
+
+def test_no_process_left_after_a_failed_secure_run(secure_federation: dict[str, Any]) -> None:
+    pgids = [int(x) for x in (secure_federation["work"] / "pgids.txt").read_text().split()]
+    assert len(pgids) == 1 + SECURE_SITES
+    for pgid in pgids:
+        assert _live_members(pgid) == []

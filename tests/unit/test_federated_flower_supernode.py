@@ -70,3 +70,17 @@ def test_partition_annotation() -> None:
     bad["metadata"]["annotations"] = {PARTITION_ANNOTATION: "3/3"}
     with pytest.raises(ValueError, match="expected 'I/N' with 0 <= I < N"):
         build_supernode(parse_model(bad))
+
+
+def _node_config(doc: dict[str, Any]) -> str:
+    dep = build_supernode(parse_model(doc))
+    assert dep is not None
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return str(args[args.index("--node-config") + 1])
+
+
+def test_secure_aggregation_makes_the_site_vouch_for_its_sums() -> None:
+    assert "secure-shares" not in _node_config(_doc("federated-vqa.yaml"))
+    doc = _doc("federated-vqa.yaml")
+    doc["spec"]["isolation"]["federated"].update(secureAggregation=True, minClients=5)
+    assert "secure-shares=5" in _node_config(doc)

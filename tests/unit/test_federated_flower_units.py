@@ -161,3 +161,58 @@ def test_apply_head_writes_the_answer_rows() -> None:
     assert torch.equal(model.lm_head.weight[mask], other[mask])
     with pytest.raises(ValueError, match="head-init must be one of checkpoint, zeros"):
         head.initial_head(model, tok, "random")
+
+
+def test_cli_parses_booleans_and_dropouts() -> None:
+    from mmo_serving.federated.__main__ import _parse_kv, main
+
+    assert _parse_kv(["secure-aggregation=true", "keep-received=False"]) == {
+        "secure-aggregation": True,
+        "keep-received": False,
+    }
+    with pytest.raises(SystemExit, match="secure-aggregation takes true or false"):
+        _parse_kv(["secure-aggregation=yes"])
+    with pytest.raises(
+        SystemExit,
+        match=r"bad --drop .4:1:before-unmask.: expected SITE:ROUND:WHEN with SITE < --sites",
+    ):
+        main(["local", "/tmp/x", "--sites", "4", "--drop", "4:1:before-unmask"])
+    with pytest.raises(SystemExit, match="WHEN one of before-masking, before-unmask"):
+        main(["local", "/tmp/x", "--sites", "4", "--drop", "1:1:later"])
+
+
+def test_secure_local_federation_sites_vouch_for_min_clients() -> None:
+    from mmo_serving.federated.local import secure_node_config
+
+    assert secure_node_config({}) == {}
+    assert secure_node_config({"secure-aggregation": True, "min-clients": 5}) == {
+        "secure-shares": 5
+    }
+
+
+def test_site_config_secure_sites_and_kept_updates(tmp_path: Path) -> None:
+    node = {"partition-id": 0, "num-partitions": 4, "secure-shares": 4, "keep-updates": True}
+    cfg = SiteConfig.from_configs(node, {}, {})
+    assert (cfg.secure_sites, cfg.keep_updates, cfg.shares) == (4, True, 4)
+    assert (
+        SiteConfig.from_configs({"partition-id": 0, "num-partitions": 1}, {}, {}).secure_sites == 0
+    )
+    cfg = SiteConfig(
+        partition_id=0,
+        num_partitions=4,
+        model_source="random://0",
+        scenes=2,
+        clip_norm=0.5,
+        noise_multiplier=1.0,
+        shares=4,
+        log_dir=str(tmp_path),
+        keep_updates=True,
+    )
+    start = {
+        PARAM_NAMES[0]: np.zeros((len(data.ANSWERS), 128), np.float32),
+        PARAM_NAMES[1]: np.zeros(len(data.ANSWERS), np.float32),
+    }
+    res = local_round(cfg, start, 3)
+    assert res.log["noise_std"] == pytest.approx(0.25)  # 1.0 x 0.5 / sqrt(4)
+    with np.load(tmp_path / "update-0-3.npz") as z:
+        assert all(np.array_equal(z[k], res.update[k]) for k in PARAM_NAMES)

@@ -380,7 +380,8 @@ class Federated(ApiModel):
     )
     secure_aggregation: bool = Field(
         default=False,
-        description="Secure aggregation of the updates (not implemented yet: must be false).",
+        description="Aggregate with Flower SecAgg+: the aggregator learns only the mean of "
+        "minClients (>= 4) masked updates; each site adds 1/sqrt(minClients) of the noise.",
     )
 
 

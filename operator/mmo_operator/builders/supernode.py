@@ -4,8 +4,10 @@ One replica of ``flower-supernode`` connects to ``spec.isolation.federated.aggre
 (TLS: no ``--insecure``; the system CA bundle of the image verifies the SuperLink) and runs
 the mmo ClientApp (``mmo_serving.federated.client``) in a subprocess for each round. Its
 node config carries the site's own differential-privacy parameters (the ClientApp
-never lets the aggregator lower them) and where the site keeps its feature cache and
-the per-round clipping log.
+never lets the aggregator lower them), with ``secureAggregation`` the number of sites
+every sum must hold (``secure-shares``: the site then answers only SecAgg+ rounds of at
+least that many sites, see :mod:`mmo_serving.federated.secure`), and where the site
+keeps its feature cache and the per-round clipping log.
 
 The pod carries the model's labels (``serving.mmo.dev/model``), so the model's
 NetworkPolicies apply to it: default deny, DNS, and egress only to the aggregator's
@@ -76,6 +78,9 @@ def _node_config(model: MultimodalModel) -> str:
         "log-dir": f'"{WORK_DIR}/logs"',
         "cache-dir": f'"{WORK_DIR}/cache"',
     }
+    if fed.secure_aggregation:
+        # the site refuses unmasked or under-sized rounds and divides its noise by sqrt
+        values["secure-shares"] = str(fed.min_clients)
     return " ".join(f"{k}={v}" for k, v in values.items())
 
 

@@ -44,8 +44,12 @@ federated
       adapter or answer head, whose L2 norms are well below 10; a larger bound clips
       nothing (the noise, clipNorm x noiseMultiplier, grows with it for no gain) and a
       bound under 0.001 shrinks every update to nothing.
-    - ``secureAggregation: true`` is refused: mmo does not implement it yet, and
-      admitting it would let users believe the aggregator cannot see single updates.
+    - ``secureAggregation: true`` (Flower SecAgg+): the protocol's parameters are derived
+      from ``minClients`` and ``differentialPrivacy``
+      (:func:`mmo_serving.federated.secure.derive`) and refused when they would make it
+      insecure or impossible (:func:`mmo_serving.federated.secure.problems`): fewer than
+      4 sites per round, a reconstruction threshold a colluding pair could meet or not
+      above half the shares, more shares than sites, a sum that could overflow.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ import re
 from urllib.parse import parse_qsl, urlsplit
 
 from mmo_operator.api import MultimodalModel, Problem
+from mmo_serving.federated import secure
 
 MIN_PREFIX = {4: 16, 6: 32}
 MIN_CLIENTS = 3
@@ -289,13 +294,11 @@ def _federated_problems(model: MultimodalModel) -> list[Problem]:
             )
         )
     if fed.secure_aggregation:
-        out.append(
-            Problem(
-                f"{base}.secureAggregation",
-                "secure aggregation is not implemented yet, so the aggregator sees each "
-                "site's (clipped, noised) update; set false",
-            )
-        )
+        params = secure.derive(fed.min_clients, dp.clip_norm, dp.noise_multiplier)
+        out += [
+            Problem(f"{base}.secureAggregation", f"with minClients {fed.min_clients}: {why}")
+            for why in secure.problems(params)
+        ]
     lo, hi = CLIP_BOUNDS
     if not lo <= dp.clip_norm <= hi:
         out.append(

@@ -4,8 +4,11 @@
 - :mod:`.data` each site's skewed share of the synthetic task; :mod:`.head` the tuned
   part (answer rows of ``lm_head``) and its features (torch); :mod:`.site` one round on
   a site; :mod:`.aggregate` the aggregator's checks and mean (numpy);
-- :mod:`.client` / :mod:`.server` the Flower ClientApp and ServerApp (need ``flwr``,
-  which cannot share a venv with Ray Serve: ``make federated-venv``);
+- :mod:`.secure` secure aggregation's parameters and checks, :mod:`.rounds` the record
+  and metric of each round (both pure);
+- :mod:`.client` / :mod:`.server` / :mod:`.secure_server` the Flower ClientApp and
+  ServerApp, plain and SecAgg+ (need ``flwr``, which cannot share a venv with Ray Serve:
+  ``make federated-venv``);
 - :mod:`.local` / ``python -m mmo_serving.federated local DIR``: SuperLink and SuperNodes
   as processes on loopback, one ``flwr run``.
 """

@@ -40,6 +40,8 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "seed": 0,
     "round-timeout": 600.0,
     "out-dir": "",
+    "secure-aggregation": False,
+    "keep-received": False,
 }
 
 
@@ -112,6 +114,7 @@ class LocalFederation:
     work: Path
     sites: int = 3
     node_extra: Mapping[str, Any] = field(default_factory=dict)
+    site_extra: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # by site
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     port: int = 0
 
@@ -169,6 +172,7 @@ class LocalFederation:
                     "log-dir": str(self.work / "site-logs"),
                     "cache-dir": str(self.work / f"site-{i}-cache"),
                     **self.node_extra,
+                    **self.site_extra.get(i, {}),
                 }
                 self._start(
                     f"supernode-{i}",
@@ -241,13 +245,27 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def secure_node_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a site vouches for when the run aggregates securely: every sum holds
+    ``min-clients`` updates (its noise is divided by their square root)."""
+    cfg = {**DEFAULT_RUN_CONFIG, **run_config}
+    return {"secure-shares": int(cfg["min-clients"])} if cfg["secure-aggregation"] else {}
+
+
 def run_local(
-    work: Path, run_config: Mapping[str, Any], *, sites: int = 3, timeout: float = 600
+    work: Path,
+    run_config: Mapping[str, Any],
+    *,
+    sites: int = 3,
+    timeout: float = 600,
+    node_extra: Mapping[str, Any] | None = None,
+    site_extra: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run one federation end to end; returns paths and the ``flwr run`` output."""
     out = work / "out"
     app = write_app(work / "app", {**run_config, "out-dir": str(out)})
-    with LocalFederation(work, sites=sites) as fed:
+    extra = {**secure_node_config(run_config), **(node_extra or {})}
+    with LocalFederation(work, sites=sites, node_extra=extra, site_extra=site_extra or {}) as fed:
         proc = fed.run(app, timeout)
     return {
         "returncode": proc.returncode,

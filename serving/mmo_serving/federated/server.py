@@ -6,7 +6,11 @@ sends the global answer head, checks every reply (exactly the head's arrays, one
 with equal weights and adds the mean to the global head. What arrived is recorded, per
 reply, in ``OUT/arrivals.jsonl`` (names, shapes, dtypes, record names -- no values) when
 the run config sets ``out-dir``; the initial and final heads go to ``OUT/initial.npz``
-and ``OUT/final.npz``.
+and ``OUT/final.npz``; every round's outcome to ``OUT/rounds.jsonl`` and
+``OUT/metrics.prom`` (:mod:`.rounds`).
+
+With ``secure-aggregation`` in the run config the rounds run Flower's SecAgg+ workflow
+instead (:mod:`.secure_server`): the aggregator never holds one site's update.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from mmo_serving.federated.aggregate import Shapes, mean_update, shapes_of, update_problem
 from mmo_serving.federated.dp import global_norm
+from mmo_serving.federated.rounds import RoundLog
+from mmo_serving.federated.secure_server import run_secure
 
 app = ServerApp()
 
@@ -36,7 +42,9 @@ def _to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 
 class DeltaFedAvg(FedAvg):
-    def __init__(self, *, min_clients: int, expected: Shapes, out_dir: Path | None) -> None:
+    def __init__(
+        self, *, min_clients: int, expected: Shapes, out_dir: Path | None, rounds: RoundLog
+    ) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=0.0,
@@ -46,6 +54,7 @@ class DeltaFedAvg(FedAvg):
         )
         self.expected = expected
         self.out_dir = out_dir
+        self.rounds = rounds
         self.current: dict[str, np.ndarray] = {}
 
     def configure_train(
@@ -94,7 +103,9 @@ class DeltaFedAvg(FedAvg):
                 entry["update_norm"] = global_norm(list(update.values()))
             self._record(entry)
         if not accepted:
+            self.rounds.record(server_round, "failed", sites=0, reason="no accepted update")
             return None, None
+        self.rounds.record(server_round, "aggregated", sites=len(accepted))
         new = mean_update(self.current, accepted)
         return _to_record(new), MetricRecord({"accepted": len(accepted)})
 
@@ -113,23 +124,31 @@ def main(grid: Grid, context: Context) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     model, tok = head.load_base(str(cfg.get("model-source", "builtin://shapes-moe")))
     initial = head.initial_head(model, tok, str(cfg.get("head-init", "checkpoint")))
-    strategy = DeltaFedAvg(
-        min_clients=int(cfg.get("min-clients", 3)),
-        expected=shapes_of(initial),
-        out_dir=out_dir,
-    )
-    train_config = ConfigRecord(
-        {k: cfg[k] for k in ("clip-norm", "noise-multiplier", "local-epochs", "lr") if k in cfg}
-    )
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=_to_record(initial),
-        num_rounds=int(cfg.get("num-rounds", 3)),
-        train_config=train_config,
-        timeout=float(cfg.get("round-timeout", 600)),
-    )
+    train_config: dict[str, Any] = {
+        k: cfg[k] for k in ("clip-norm", "noise-multiplier", "local-epochs", "lr") if k in cfg
+    }
+    num_rounds = int(cfg.get("num-rounds", 3))
+    secure = bool(cfg.get("secure-aggregation", False))
+    rounds = RoundLog(out_dir, secure)
+    if secure:
+        final = run_secure(grid, context, cfg, initial, train_config, rounds)
+    else:
+        strategy = DeltaFedAvg(
+            min_clients=int(cfg.get("min-clients", 3)),
+            expected=shapes_of(initial),
+            out_dir=out_dir,
+            rounds=rounds,
+        )
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=_to_record(initial),
+            num_rounds=num_rounds,
+            train_config=ConfigRecord(train_config),
+            timeout=float(cfg.get("round-timeout", 600)),
+        )
+        final = _to_numpy(result.arrays)
     if out_dir is not None:
-        final: dict[str, Any] = _to_numpy(result.arrays)
         np.savez(out_dir / "initial.npz", **dict[str, Any](initial))
-        np.savez(out_dir / "final.npz", **final)
-        (out_dir / "done.json").write_text(json.dumps({"rounds": int(cfg.get("num-rounds", 3))}))
+        np.savez(out_dir / "final.npz", **dict[str, Any](final))
+        done = {"rounds": num_rounds, "secure": secure, "outcomes": dict(rounds.counts)}
+        (out_dir / "done.json").write_text(json.dumps(done))

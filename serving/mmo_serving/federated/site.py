@@ -6,7 +6,8 @@ the global head it received (same names, shapes and dtypes); samples, features, 
 and the local example count stay on the site. Each round appends one JSON line to the
 site's own log (``log-dir``): the update's norm before clipping, the clipping factor, the
 noise level and the names/shapes that were sent, so that an operator (and the tests) can
-check the clipping bound without seeing any data.
+check the clipping bound without seeing any data. With ``keep-updates`` in the node
+config the site also keeps each update it sent (``update-P-R.npz``, on the site).
 
 The DP parameters are the site's: values in the node config (set by the operator from
 ``spec.isolation.federated.differentialPrivacy``) win over what the run asks for, and
@@ -45,6 +46,12 @@ class SiteConfig:
     lr: float = 0.01
     log_dir: str | None = None
     cache_dir: str | None = None
+    keep_updates: bool = False  # also keep each sent update in log_dir (tests, audits)
+
+    @property
+    def secure_sites(self) -> int:
+        """Sites every sum must hold when this site requires secure aggregation, else 0."""
+        return self.shares if self.shares > 1 else 0
 
     @classmethod
     def from_configs(
@@ -85,6 +92,7 @@ class SiteConfig:
             lr=float(pick("lr", cls.lr)),
             log_dir=str(node["log-dir"]) if node.get("log-dir") else None,
             cache_dir=str(node["cache-dir"]) if node.get("cache-dir") else None,
+            keep_updates=bool(node.get("keep-updates", False)),
         )
 
 
@@ -157,10 +165,14 @@ def local_round(
         "local_accuracy_before": head.accuracy(start, feats, labels),
         "local_accuracy_after": head.accuracy(tuned, feats, labels),
         "sent": {k: [list(v.shape), str(v.dtype)] for k, v in update.items()},
+        "secure_sites": cfg.secure_sites,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if cfg.log_dir:
         write_log(Path(cfg.log_dir), cfg.partition_id, log)
+        if cfg.keep_updates:
+            path = Path(cfg.log_dir) / f"update-{cfg.partition_id}-{server_round}.npz"
+            np.savez(path, **dict[str, Any](update))
     return RoundResult(update, log)
 
 
