@@ -8,10 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
-
-helm = pytest.importorskip("helm_python")
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mmo"
@@ -163,9 +162,6 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_schemas() -> Path:
-    """`shared/schemas` beside the clone (CI) or the checkout's own shared/ (sessions)."""
-    for base in (REPO.parent / "shared", REPO / "shared"):
-        if (base / "schemas").is_dir():
-            return base / "schemas"
-    pytest.fail(f"shared/schemas not found beside {REPO}: the CRD schemas are needed")
+def crd_schemas() -> Path:
+    """The vendored upstream CRDs (hack/schemas/README.md)."""
+    return REPO / "hack" / "schemas"
