@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 
-helm = pytest.importorskip("helm_python")
 CHART = Path(__file__).resolve().parents[2] / "charts" / "mmo"
 
 

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 
-helm = pytest.importorskip("helm_python")
 SCHEMA = Path(__file__).resolve().parents[2] / "charts" / "mmo" / "values.schema.json"
 
 BAD: list[tuple[dict[str, Any], str]] = [
