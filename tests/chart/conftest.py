@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,6 @@ ALL_ON: Obj = {
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
         ],
     },
-    "kuberay-operator": {"enabled": True},
 }
 
 # The webhook without cert-manager: a user-supplied TLS Secret and CA bundle.
@@ -110,35 +108,6 @@ def notes(chart: Any) -> Callable[[Obj | None], str]:
         return next(text for name, text in out.items() if name.endswith("NOTES.txt"))
 
     return _notes
-
-
-@pytest.fixture(scope="session")
-def chart_with_dependency_stub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the chart with an empty stand-in for the KubeRay dependency archive.
-
-    The real archive comes from `helm dependency build` (network); lint reports its absence.
-    With a stub of the same name and version, lint checks everything else strictly.
-    """
-    root = tmp_path_factory.mktemp("chart")
-    copy = root / "mmo"
-    shutil.copytree(CHART, copy)
-    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    dep = next(d for d in meta["dependencies"] if d["name"] == "kuberay-operator")
-    stub = copy / "charts" / "kuberay-operator"
-    (stub / "templates").mkdir(parents=True)
-    (stub / "Chart.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v2",
-                "name": "kuberay-operator",
-                "version": dep["version"],
-                "description": "test stand-in for the KubeRay operator chart",
-                "icon": "https://example.com/icon.svg",
-            }
-        )
-    )
-    (stub / "values.yaml").write_text("{}\n")
-    return copy
 
 
 @pytest.fixture
