@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUTSIDE = [
     re.compile(r"\.\./" + "shared"),
     re.compile(r"/work/" + "shared"),
-    # path building: parent / "shared", parents[2] / 'shared', os.path.join("..", "shared")
+    # path building with pathlib (parent / NAME) or os.path.join("..", NAME)
     re.compile(r"/\s*[\"']" + r"shared[\"']"),
     re.compile(r"[\"']\.\.[\"']\s*,\s*[\"']" + r"shared[\"']"),
 ]
