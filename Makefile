@@ -4,10 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Upstream versions of the vendored CRD schemas (hack/schemas/README.md).
+KUBERAY_VERSION ?= 1.7.0
+PROMETHEUS_OPERATOR_VERSION ?= 0.93.0
 # e.g. https://download.pytorch.org/whl/cpu to force the CPU wheel of torch
 TORCH_INDEX ?=
 
-.PHONY: help venv test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv
+.PHONY: help venv tools test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv schemas
 
 help:
 	@echo "make test   - create .venv if missing, install everything, run the test suite"
@@ -15,6 +18,7 @@ help:
 	@echo "make up     - serve manifests/samples/private-vqa.yaml on a local Ray (no cluster)"
 	@echo "make crd    - regenerate the CRD files from the API models"
 	@echo "make docs   - regenerate the README's field reference from the API models"
+	@echo "make schemas - download the vendored KubeRay/prometheus-operator CRDs again (network)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +32,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# promtool/prometheus and shellcheck (Debian packages), installed when missing and apt-get
+# is usable; otherwise one line says which package to install.
+tools:
+	hack/ensure-tools.sh
+
+test: tools $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -72,3 +81,12 @@ chart-generate: $(STAMP)
 .PHONY: vllm-engine-args
 vllm-engine-args:
 	.venv-vllm/bin/python hack/vllm_engine_args.py
+# The CRD schemas the tests validate against (hack/schemas/README.md): needs Internet access.
+KUBERAY_RAW := https://raw.githubusercontent.com/ray-project/kuberay/v$(KUBERAY_VERSION)/ray-operator/config/crd/bases
+PROMOP_RAW := https://raw.githubusercontent.com/prometheus-operator/prometheus-operator/v$(PROMETHEUS_OPERATOR_VERSION)/example/prometheus-operator-crd
+
+schemas:
+	curl -fsSL -o hack/schemas/ray.io_rayservices.v$(KUBERAY_VERSION).yaml $(KUBERAY_RAW)/ray.io_rayservices.yaml
+	for kind in podmonitors servicemonitors prometheusrules; do \
+	  curl -fsSL -o hack/schemas/monitoring.coreos.com_$$kind.yaml $(PROMOP_RAW)/monitoring.coreos.com_$$kind.yaml || exit 1; \
+	done

@@ -50,6 +50,7 @@ helm upgrade --install cert-manager jetstack/cert-manager \
   --namespace cert-manager --create-namespace --version "${cert_manager_version}" \
   --set crds.enabled=true --wait --timeout 10m
 
+# KubeRay is a prerequisite with its own chart, not a dependency of the mmo chart.
 echo ">> KubeRay ${kuberay_version}"
 helm upgrade --install kuberay-operator kuberay/kuberay-operator \
   --namespace kuberay --create-namespace --version "${kuberay_version}" --wait --timeout 10m
@@ -70,7 +71,6 @@ echo ">> mmo images (${registry}/mmo-*:${tag})"
 REGISTRY="${registry}" TAG="${tag}" "${repo_root}/hack/build-images.sh" --kind "${cluster}"
 
 echo ">> mmo chart"
-helm dependency build "${repo_root}/charts/mmo"
 helm upgrade --install mmo "${repo_root}/charts/mmo" \
   --namespace mmo-system --create-namespace \
   --set operator.image.repository="${registry}/mmo-operator" \

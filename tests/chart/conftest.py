@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
-
-helm = pytest.importorskip("helm_python")
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "mmo"
@@ -66,7 +64,6 @@ ALL_ON: Obj = {
             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
         ],
     },
-    "kuberay-operator": {"enabled": True},
 }
 
 # The webhook without cert-manager: a user-supplied TLS Secret and CA bundle.
@@ -113,35 +110,6 @@ def notes(chart: Any) -> Callable[[Obj | None], str]:
     return _notes
 
 
-@pytest.fixture(scope="session")
-def chart_with_dependency_stub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the chart with an empty stand-in for the KubeRay dependency archive.
-
-    The real archive comes from `helm dependency build` (network); lint reports its absence.
-    With a stub of the same name and version, lint checks everything else strictly.
-    """
-    root = tmp_path_factory.mktemp("chart")
-    copy = root / "mmo"
-    shutil.copytree(CHART, copy)
-    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    dep = next(d for d in meta["dependencies"] if d["name"] == "kuberay-operator")
-    stub = copy / "charts" / "kuberay-operator"
-    (stub / "templates").mkdir(parents=True)
-    (stub / "Chart.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v2",
-                "name": "kuberay-operator",
-                "version": dep["version"],
-                "description": "test stand-in for the KubeRay operator chart",
-                "icon": "https://example.com/icon.svg",
-            }
-        )
-    )
-    (stub / "values.yaml").write_text("{}\n")
-    return copy
-
-
 @pytest.fixture
 def values_all_on() -> Obj:
     return copy.deepcopy(ALL_ON)
@@ -163,9 +131,6 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_schemas() -> Path:
-    """`shared/schemas` beside the clone (CI) or the checkout's own shared/ (sessions)."""
-    for base in (REPO.parent / "shared", REPO / "shared"):
-        if (base / "schemas").is_dir():
-            return base / "schemas"
-    pytest.fail(f"shared/schemas not found beside {REPO}: the CRD schemas are needed")
+def crd_schemas() -> Path:
+    """The vendored upstream CRDs (hack/schemas/README.md)."""
+    return REPO / "hack" / "schemas"

@@ -33,7 +33,7 @@ def key(obj: Obj) -> tuple[str, str, str]:
 def kustomized() -> list[Obj]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed (it renders kustomize bases)")
+        pytest.fail("kubectl not found (it renders the kustomize base): see hack/ensure-tools.sh")
     proc = subprocess.run(
         [kubectl, "kustomize", str(REPO / "manifests" / "base")],
         capture_output=True,

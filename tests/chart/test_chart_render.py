@@ -285,4 +285,6 @@ def test_notes_tell_how_to_start(notes: Any, values_user_tls: Obj) -> None:
     assert "kubectl -n mmo-system rollout status deploy/mmo" in text
     assert "certificate from cert-manager" in text
     assert "grafana_dashboard=1" in text
+    # KubeRay is a prerequisite, installed with its own chart (not a dependency of this one)
+    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0" in text
     assert "certificate from Secret mmo-webhook-tls" in notes(values_user_tls)

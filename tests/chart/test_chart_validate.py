@@ -1,5 +1,5 @@
 """Rendered objects are valid Kubernetes: core kinds with kubernetes-validate, monitoring kinds
-against the prometheus-operator CRD schemas in ../shared/schemas/."""
+against the prometheus-operator CRD schemas vendored in hack/schemas/."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 Obj = dict[str, Any]
 K8S_VERSION = "1.30.0"
@@ -19,7 +18,7 @@ CRD_FILES = {
     "ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
     "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml",
 }
-# cert-manager kinds have no schema in shared/; their fields are checked in test_chart_render.
+# cert-manager kinds have no schema in hack/schemas/; their fields are checked in test_chart_render.
 NO_SCHEMA = {"Certificate", "Issuer"}
 
 
@@ -78,9 +77,9 @@ def test_kubernetes_validate_catches_a_broken_object(render: Any) -> None:
 
 @pytest.mark.parametrize("kind", sorted(CRD_FILES))
 def test_monitoring_objects_match_their_crd_schema(
-    render: Any, values_all_on: Obj, shared_schemas: Path, kind: str
+    render: Any, values_all_on: Obj, crd_schemas: Path, kind: str
 ) -> None:
-    validator = crd_validator(shared_schemas, kind)
+    validator = crd_validator(crd_schemas, kind)
     (doc,) = [d for d in render(values_all_on) if d["kind"] == kind]
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     errors = sorted(validator.iter_errors(doc), key=str)

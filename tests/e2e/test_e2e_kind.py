@@ -29,12 +29,17 @@ def missing_tools() -> list[str]:
     return [tool for tool in ("kind", "kubectl", "helm") if shutil.which(tool) is None]
 
 
+# make test does not install these: a kind cluster needs Docker, which the tests leave alone.
+NOT_PROVIDED = "end-to-end on kind, not provided by make test"
 pytestmark = [
     pytest.mark.kind,
-    pytest.mark.skipif(bool(missing_tools()), reason=f"needs {', '.join(missing_tools())}"),
+    pytest.mark.skipif(
+        bool(missing_tools()),
+        reason=f"{NOT_PROVIDED}: needs {', '.join(missing_tools())} on PATH",
+    ),
     pytest.mark.skipif(
         not missing_tools() and not docker_engine_answers(),
-        reason="needs a Docker engine (`docker info` failed)",
+        reason=f"{NOT_PROVIDED}: needs a running Docker engine (`docker info` failed)",
     ),
 ]
 

@@ -16,7 +16,7 @@ import yaml
 from kube_emulator import EmulatorThread
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
+SCHEMAS = REPO / "hack" / "schemas"
 DATA = Path(__file__).parent / "data"
 
 MMM = "serving.mmo.dev/v1alpha1/multimodalmodels"
@@ -40,11 +40,11 @@ def mmm_crd() -> dict[str, Any]:
 
 
 def kuberay_crd() -> dict[str, Any]:
-    return load_crd(SHARED_SCHEMAS / "ray.io_rayservices.v1.7.0.yaml")
+    return load_crd(SCHEMAS / "ray.io_rayservices.v1.7.0.yaml")
 
 
 def raycluster_crd() -> dict[str, Any]:
-    """A small stand-in for KubeRay's RayCluster CRD (no schema in shared/schemas)."""
+    """A small stand-in for KubeRay's RayCluster CRD (hack/schemas vendors none)."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -72,7 +72,7 @@ def raycluster_crd() -> dict[str, Any]:
 
 
 def podmonitor_crd() -> dict[str, Any]:
-    return load_crd(SHARED_SCHEMAS / "monitoring.coreos.com_podmonitors.yaml")
+    return load_crd(SCHEMAS / "monitoring.coreos.com_podmonitors.yaml")
 
 
 def peering_crds() -> list[dict[str, Any]]:

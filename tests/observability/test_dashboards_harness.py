@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,10 +16,6 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="needs Debian's prometheus"
-)
 
 
 @pytest.fixture(scope="module")

@@ -28,15 +28,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 import yaml
-
-httpx = pytest.importorskip("httpx")
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "manifests" / "samples" / "hybrid-vqa.yaml"
 SERVING_BOARDS = ["overview.json", "experts.json", "isolation.json"]
-MISSING_MODEL = "unknown builtin model"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -140,12 +138,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
         server.server_close()
 
 
-def only_the_model_is_missing(log: str) -> bool:
-    """`mmo up` refused the file only because the built-in model is not installed yet."""
-    problems = [line for line in log.splitlines() if ": spec." in line]
-    return bool(problems) and all(MISSING_MODEL in line for line in problems)
-
-
 def hybrid_spec(tmp: Path, endpoint: str) -> tuple[Path, str]:
     spec = yaml.safe_load(SAMPLE.read_text())
     hybrid = spec["spec"]["isolation"]["hybrid"]
@@ -182,8 +174,6 @@ def mmo_up(
         while True:
             if proc.poll() is not None:
                 text = log.read_text()
-                if only_the_model_is_missing(text):
-                    pytest.skip(f"`mmo up` cannot serve yet: {text.strip()[-300:]}")
                 pytest.fail(f"`mmo up` exited with {proc.returncode}: {text[-3000:]}")
             try:
                 if httpx.get(url + "/readyz", timeout=5).status_code == 200:

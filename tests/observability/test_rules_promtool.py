@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 
@@ -62,7 +63,6 @@ def test_promtool_check_rules_on_the_rendered_prometheus_rule(
     promtool: str, tmp_path: Path
 ) -> None:
     """What the chart installs (with per-model targets) is valid Prometheus rule syntax."""
-    helm = pytest.importorskip("helm_python")
     values = {"prometheusRule": {"enabled": True, "latencyTargetsMs": {"vqa": 750, "chat-x": 1200}}}
     with helm.Chart.load(REPO / "charts" / "mmo") as chart:
         out = chart.render(values, name="mmo", namespace="mmo-system")
@@ -119,7 +119,6 @@ def _groups(path: Path) -> list[dict[str, Any]]:
 
 def test_override_thresholds_match_what_the_chart_renders() -> None:
     """rules_thresholds_override.yaml is the chart's output for latencyTargetsMs {fast: 300}."""
-    helm = pytest.importorskip("helm_python")
     with helm.Chart.load(REPO / "charts" / "mmo") as chart:
         out = chart.render(
             {"prometheusRule": {"enabled": True, "latencyTargetsMs": {"fast": 300}}},

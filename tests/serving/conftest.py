@@ -42,7 +42,8 @@ _load_engine_toy()
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
-    ray = pytest.importorskip("ray")
+    import ray
+
     if ray.is_initialized():
         raise RuntimeError("ray_cluster: Ray is already initialised in this process")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import ray
+from ray import serve
 
 from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import (
@@ -27,9 +29,6 @@ from mmo_serving.engine.types import (
     GenerationResult,
 )
 from mmo_serving.images import encode_data_url
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 MODEL = "shapes"
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}

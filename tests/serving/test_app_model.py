@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from ray import serve
 
-ray = pytest.importorskip("ray")
 SOURCE = "builtin://shapes-moe"
-serve = pytest.importorskip("ray.serve")
 
 
 def _builtin_available() -> bool:
@@ -31,8 +30,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def int8_url(ray_cluster: Any) -> Iterator[str]:
-    if not _builtin_available():
-        pytest.skip("builtin://shapes-moe checkpoint not installed")
+    assert _builtin_available(), "builtin://shapes-moe missing from serving/mmo_serving/assets"
     from mmo_serving.app import build_app
 
     port = _free_port()

@@ -78,8 +78,7 @@ def small_spec(tmp_path: Path) -> Path:
 
 
 def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
-    if not _builtin_available():
-        pytest.skip("builtin://shapes-moe checkpoint not installed")
+    assert _builtin_available(), "builtin://shapes-moe missing from serving/mmo_serving/assets"
     from mmo_operator.api.builtin import assets_dir, available_builtins
 
     # mmo up validates with the operator's own code: it must see the installed checkpoint

@@ -69,9 +69,8 @@ def ensure_venv() -> None:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
         if res.returncode != 0:
             out = (res.stdout + res.stderr)[-3000:]
-            if any(e in out for e in NETWORK_ERRORS):
-                pytest.skip(f"cannot create .venv-federated (no package index?): {out[-500:]}")
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{out}")
+            hint = " (no package index reachable?)" if any(e in out for e in NETWORK_ERRORS) else ""
+            pytest.fail(f"cannot create .venv-federated{hint}: {' '.join(cmd)} failed:\n{out}")
     assert _usable(), ".venv-federated was created but cannot import flwr and this mmo"
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ray import serve
 
 from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import (
@@ -26,9 +27,6 @@ from mmo_serving.engine.types import (
     GenerationRequest,
     GenerationResult,
 )
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 MODEL = "shapes"
 KEY_ENV = "MMO_GW_TEST_KEY"

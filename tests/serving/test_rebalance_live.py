@@ -22,17 +22,15 @@ from typing import Any
 import httpx
 import mmo_engine_toy as toy  # loaded by conftest.py
 import pytest
+from ray import serve
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
-
-from mmo_operator.api.v1alpha1 import MultimodalModel  # noqa: E402
-from mmo_operator.api.validation import validate  # noqa: E402
-from mmo_operator.builders.app_args import build_app_args, plan_and_app_args  # noqa: E402
-from mmo_operator.builders.rayservice import build_serve_config, deployment_config  # noqa: E402
-from mmo_operator.planning.live import parse_expert_load  # noqa: E402
-from mmo_operator.planning.rebalance import should_rebalance  # noqa: E402
-from mmo_serving.config import AppArgs, PlacementPlan  # noqa: E402
+from mmo_operator.api.v1alpha1 import MultimodalModel
+from mmo_operator.api.validation import validate
+from mmo_operator.builders.app_args import build_app_args, plan_and_app_args
+from mmo_operator.builders.rayservice import build_serve_config, deployment_config
+from mmo_operator.planning.live import parse_expert_load
+from mmo_operator.planning.rebalance import should_rebalance
+from mmo_serving.config import AppArgs, PlacementPlan
 
 RANKS = 4
 TINY = toy.TINY_SHAPES

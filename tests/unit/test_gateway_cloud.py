@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from mmo_serving.config import HybridArgs, IsolationArgs
 from mmo_serving.gateway import AuditLog, Gateway, RequestContext
 from mmo_serving.gateway.cloud import CloudClient, CloudError, check_endpoint
-
-web = pytest.importorskip("aiohttp.web")
 
 KEY_ENV = "MMO_TEST_CLOUD_KEY"
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -443,7 +442,7 @@ def test_endpoint_must_be_https_except_loopback() -> None:
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+        pytest.fail("openssl not found: install the Debian package `openssl` (make test does)")
     d = tmp_path_factory.mktemp("tls")
     cert, key = d / "cert.pem", d / "key.pem"
     subprocess.run(
