@@ -1,4 +1,4 @@
-"""The real Serve app with the real gateway (loaded through ``load_gateway``), real HTTP,
+"""The real Serve app with the real gateway (``mmo_serving.gateway.build_gateway``), real HTTP,
 and a fake OpenAI-compatible cloud endpoint on loopback that records what it receives.
 
 Two applications on one private Ray: a hybrid one (offload to the fake endpoint) and a
@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import (
     EmbeddingRequest,
@@ -166,7 +167,7 @@ def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         for app in ("hybrid", "private"):
             built = build_app(
                 _args(app, cloud.url, audit[app]),
-                engine_factory=make_engine,
+                engine_factory=BuiltinEngineFactory(make_engine),
                 options={"ray_actor_options": actor},
             )
             serve.run(built, name=app, route_prefix=f"/{app}")

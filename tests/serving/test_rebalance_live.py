@@ -32,6 +32,7 @@ from mmo_operator.builders.app_args import build_app_args, plan_and_app_args  # 
 from mmo_operator.builders.rayservice import build_serve_config, deployment_config  # noqa: E402
 from mmo_operator.planning.live import parse_expert_load  # noqa: E402
 from mmo_operator.planning.rebalance import should_rebalance  # noqa: E402
+from mmo_serving.builtin_engine import BuiltinEngineFactory  # noqa: E402
 from mmo_serving.config import AppArgs, PlacementPlan  # noqa: E402
 
 RANKS = 4
@@ -112,7 +113,7 @@ class Live:
 
         app = build_app(
             self.serve_args,
-            engine_factory=tiny_engine,
+            engine_factory=BuiltinEngineFactory(tiny_engine),
             options={"version": "v1", "user_config": user_config},
         )
         serve.run(app, name=self.model.name, route_prefix="/")
