@@ -24,7 +24,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,8 +32,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve import Application
 
-from mmo_serving.backend import ChatDelta, ChatEngine, ChatInput, ChatOutput, EngineUnsupported
-from mmo_serving.cache import CacheScope, ResponseCache, cache_key
+from mmo_serving.answer_cache import AnswerCache
+from mmo_serving.backend import ChatEngine, EmbedInput, EngineUnsupported
 from mmo_serving.config import AppArgs, RuntimeConfig
 from mmo_serving.deployment import INGRESS_DEPLOYMENT, deployment_options
 from mmo_serving.engines import EngineFactory, Tunable, default_engine_factory
@@ -43,7 +43,7 @@ from mmo_serving.metrics import ServingMetrics, serving_metrics
 from mmo_serving.openai import chat, embeddings
 from mmo_serving.openai import schema as oa
 from mmo_serving.openai.errors import error_response, install_error_handlers
-from mmo_serving.openai.sse import events, primed, stored_when_complete, words
+from mmo_serving.openai.sse import events, primed, words
 
 log = logging.getLogger("mmo_serving.app")
 
@@ -73,6 +73,18 @@ class _Outcome:
         self.request_id = ""
 
 
+def _scope(verdict: Local) -> tuple[str, str]:
+    return verdict.data_class, verdict.tenant
+
+
+def _embed_one(engine: ChatEngine, item: EmbedInput) -> Callable[[], Awaitable[list[float]]]:
+    async def one() -> list[float]:
+        (vector,) = await engine.embed([item])
+        return vector
+
+    return one
+
+
 @serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress(api)
 class MmoIngress:
@@ -89,9 +101,7 @@ class MmoIngress:
         self.metrics: ServingMetrics = serving_metrics()
         self.inflight = dict.fromkeys(ROUTES, 0)
         self.gateway: Gateway = (gateway_factory or build_gateway)(self.args)
-        self.cache: ResponseCache[Any] | None = None
-        if self.args.cache.enabled:
-            self.cache = ResponseCache(self.args.cache.max_entries, self.args.cache.ttl_seconds)
+        self.cache = AnswerCache(self.args, self.metrics)
         made = (engine_factory or default_engine_factory)(self.args, engine_handle)
         self.engine: ChatEngine = await made if inspect.isawaitable(made) else made
         self.expert_load = ExpertLoadRecorder(self.engine, self.metrics, lambda: self.inflight)
@@ -240,30 +250,6 @@ class MmoIngress:
             type=verdict.error_type,
         )  # fmt: skip
 
-    def _cache_key(self, out: _Outcome, parts: Any, verdict: Local) -> str | None:
-        """The cache key of a request, or None with the cache off; counts hit or miss."""
-        if self.cache is None:
-            out.cache = "off"
-            return None
-        scope = CacheScope(self.args.model_version, verdict.data_class, verdict.tenant)
-        return cache_key(out.route, parts, scope)
-
-    async def _cached(self, out: _Outcome, key: str | None, compute: Awaitable[Any]) -> Any:
-        if key is None or self.cache is None:
-            return await compute
-        hit = self.cache.get(key)
-        if hit is not None:
-            out.cache = "hit"
-            self.metrics.cache_hit()
-            if inspect.iscoroutine(compute):
-                compute.close()
-            return hit
-        out.cache = "miss"
-        self.metrics.cache_miss()
-        value = await compute
-        self.cache.put(key, value)
-        return value
-
     # ------------------------------------------------------------------ chat
 
     async def _chat(self, request: Request, out: _Outcome) -> Response:
@@ -277,33 +263,17 @@ class MmoIngress:
         inp = chat.chat_input(req, req.model_dump(mode="json", exclude_none=True), self.args,
                               out.request_id)  # fmt: skip
         out.modality = "image" if inp.images else "text"
-        key = self._cache_key(out, chat.cache_key_parts(inp), verdict)
-        headers = {"x-mmo-cache": out.cache, "x-mmo-data-class": verdict.data_class}
+        key = self.cache.key(CHAT_ROUTE, chat.cache_key_parts(inp), *_scope(verdict))
         if req.stream:
-            deltas = await primed(self._chat_deltas(out, key, inp))
-            headers["x-mmo-cache"] = out.cache
-            stream = events(chat.new_completion_id(), int(time.time()), req.model, deltas)
+            deltas, out.cache = self.cache.stream(key, lambda: self.engine.chat_stream(inp))
+            stream = events(
+                chat.new_completion_id(), int(time.time()), req.model, await primed(deltas)
+            )
+            headers = {"x-mmo-cache": out.cache, "x-mmo-data-class": verdict.data_class}
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        result: ChatOutput = await self._cached(out, key, self.engine.chat(inp))
-        headers["x-mmo-cache"] = out.cache
+        result, out.cache = await self.cache.answer(key, lambda: self.engine.chat(inp))
+        headers = {"x-mmo-cache": out.cache, "x-mmo-data-class": verdict.data_class}
         return JSONResponse(chat.completion_body(req.model, result), headers=headers)
-
-    def _chat_deltas(
-        self, out: _Outcome, key: str | None, inp: ChatInput
-    ) -> AsyncIterator[ChatDelta]:
-        """A streamed answer: a cached one word by word, or the engine's, stored in the
-        cache once complete."""
-        if key is None or self.cache is None:
-            return self.engine.chat_stream(inp)
-        hit = self.cache.get(key)
-        if hit is not None:
-            out.cache = "hit"
-            self.metrics.cache_hit()
-            return words(hit)
-        out.cache = "miss"
-        self.metrics.cache_miss()
-        cache = self.cache
-        return stored_when_complete(self.engine.chat_stream(inp), lambda o: cache.put(key, o))
 
     def _reply_offloaded(self, response: dict[str, Any], stream: bool) -> Response:
         headers = {"x-mmo-cache": "offload"}
@@ -329,23 +299,19 @@ class MmoIngress:
         items = embeddings.embed_items(req, self.args)
         if any(item.inp.image is not None for item in items):
             out.modality = "image"
-        subs = [_Outcome(EMBED_ROUTE) for _ in items]
-        jobs = [
-            self._cached(sub, self._cache_key(sub, item.cache_key_parts, verdict),
-                         self._embed_one(item.inp))
-            for sub, item in zip(subs, items, strict=True)
-        ]  # fmt: skip
-        vectors = await asyncio.gather(*jobs)
-        if self.cache is None:
-            out.cache = "off"
-        else:
-            out.cache = "hit" if all(sub.cache == "hit" for sub in subs) else "miss"
-        body = embeddings.embeddings_body(req, vectors)
+        answers = await asyncio.gather(
+            *(
+                self.cache.answer(
+                    self.cache.key(EMBED_ROUTE, item.cache_key_parts, *_scope(verdict)),
+                    _embed_one(self.engine, item.inp),
+                )
+                for item in items
+            )
+        )
+        statuses = {status for _, status in answers}
+        out.cache = statuses.pop() if len(statuses) == 1 else "miss"
+        body = embeddings.embeddings_body(req, [vector for vector, _ in answers])
         return JSONResponse(body, headers={"x-mmo-cache": out.cache})
-
-    async def _embed_one(self, item: Any) -> list[float]:
-        (vector,) = await self.engine.embed([item])
-        return vector
 
 
 # ---------------------------------------------------------------------------- builders
