@@ -16,8 +16,6 @@ engine deployment where there is one (vLLM). The deployment's ``user_config`` is
 without a restart. Deployment options come from :mod:`mmo_serving.deployment`.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import inspect

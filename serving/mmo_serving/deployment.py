@@ -12,6 +12,9 @@ Resources:
 - more: a placement group with one GPU bundle per expert-parallel rank
   (:mod:`mmo_serving.engine.resources`); the replica takes no GPU, each rank takes one.
 
+- engine ``vllm``: the front takes no GPU; the Ray Serve LLM deployment behind it
+  reserves its own (Ray Serve LLM computes that deployment's options).
+
 ``accelerator`` (the Ray custom resource a cluster's GPU nodes advertise, e.g.
 ``accelerator_type:A100``) pins the replica, or every bundle, to nodes of that type;
 ``nodes_per_replica > 1`` relaxes STRICT_PACK to PACK.
@@ -35,6 +38,8 @@ HEALTH_CHECK_PERIOD_S = 10
 
 
 def _resources(args: AppArgs, accelerator: str | None, nodes_per_replica: int) -> dict[str, Any]:
+    if args.engine == "vllm":  # the engine is its own deployment, with its own GPUs
+        return {"ray_actor_options": {"num_cpus": DEFAULT_REPLICA_CPUS}}
     if args.num_gpus == 1:
         actor: dict[str, Any] = {"num_cpus": DEFAULT_REPLICA_CPUS + DEFAULT_RANK_CPUS}
         actor["num_gpus"] = 1

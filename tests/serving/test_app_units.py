@@ -292,6 +292,15 @@ def test_app_deployment_options_one_gpu_replica_holds_it() -> None:
     assert deployment_options(ARGS)["ray_actor_options"] == {"num_cpus": 0.75, "num_gpus": 1}
 
 
+def test_app_deployment_options_vllm_front_takes_no_gpu() -> None:
+    from mmo_serving.deployment import deployment_options
+
+    vllm = ARGS.model_copy(update={"engine": "vllm", "num_gpus": 4})
+    opts = deployment_options(vllm, accelerator="accelerator_type:A100")
+    assert opts["ray_actor_options"] == {"num_cpus": 0.5}
+    assert "placement_group_bundles" not in opts
+
+
 def test_app_deployment_options_overrides_come_first() -> None:
     from mmo_serving.deployment import deployment_options
 

@@ -275,7 +275,10 @@ def test_private_sends_nothing_and_refuses_cloud_and_remote_images(env: Env) -> 
     body = {"model": MODEL, "messages": [{"role": "user", "content": remote}]}
     resp = env.http.post("/private/v1/chat/completions", json=body)
     assert resp.status_code == 403
-    assert "remote image URLs" in resp.json()["error"]["message"]
+    err = resp.json()["error"]
+    assert err["code"] == "remote_image_refused" and err["type"] == "policy_error"
+    assert err["message"].startswith("remote image URLs are not fetched")
+    assert "send the image inline as a data: URL" in err["message"]
     assert env.cloud.received[before:] == []
 
 
