@@ -12,7 +12,7 @@ from mmo_serving.openai import schema as oa
 from mmo_serving.openai.images import inline_image
 
 # The built-in model reads one picture; the check runs for every engine so that a
-# request means the same thing whichever engine serves it.
+# request means the same thing whichever engine serves it (the message says "one").
 MAX_IMAGES = 1
 
 
@@ -53,7 +53,7 @@ def chat_input(
         param = urls[MAX_IMAGES][1]
         raise oa.ApiError(
             400,
-            f"{param}: this model takes at most {MAX_IMAGES} image per request, got {len(urls)}",
+            f"{param}: this model takes at most one image per request, got {len(urls)}",
             code="too_many_images",
             param=param,
         )
