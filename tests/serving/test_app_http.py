@@ -152,6 +152,9 @@ ARGS = {
     "maxImageBytes": 20_000,
     "batching": {"maxBatchSize": 16, "batchWaitTimeoutS": 0.3},
     "cache": {"enabled": True, "maxEntries": 64, "ttlSeconds": 600},
+    # the declared class stays the class of a request with a picture, so that the cache
+    # scopes by class can be seen on picture questions
+    "isolation": {"imagesSensitive": False},
 }
 
 
