@@ -64,7 +64,8 @@ class ExpertLoadRecorder:
                             self.metrics.expert_tokens(layer, expert, rank, now - before)
                 self._balancedness[layer] = load.balancedness(layer)
                 self.metrics.balancedness(layer, self._balancedness[layer])
-            self._last_tokens = load.tokens
+            # a copy: an engine may hand out the counts it keeps updating
+            self._last_tokens = [[list(ranks) for ranks in layer] for layer in load.tokens]
             return load
 
     def check_health(self) -> None:

@@ -27,7 +27,15 @@ from mmo_serving.engine.types import (
     GenerationRequest,
     GenerationResult,
 )
-from mmo_serving.gateway import AuditLog, Gateway, Offloaded, Refused, RequestInfo, Verdict
+from mmo_serving.gateway import (
+    AuditLog,
+    Gateway,
+    Offloaded,
+    Refused,
+    RequestInfo,
+    ServingMetricsSink,
+    Verdict,
+)
 from mmo_serving.images import encode_data_url
 
 ray = pytest.importorskip("ray")
@@ -113,7 +121,9 @@ class ScriptedGateway(Gateway):
     offloaded."""
 
     def __init__(self, args: AppArgs) -> None:
-        super().__init__(args.isolation, audit=AuditLog(enabled=False))
+        super().__init__(
+            args.isolation, metrics=ServingMetricsSink(), audit=AuditLog(enabled=False)
+        )
 
     async def decide(self, info: RequestInfo) -> Verdict:
         text = json.dumps(info.body)
