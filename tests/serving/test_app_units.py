@@ -422,3 +422,38 @@ def test_app_default_engine_factory_for_vllm_needs_its_module() -> None:
         pytest.skip("mmo_serving.vllm_engine is present: its own tests cover it")
     with pytest.raises(ModuleNotFoundError, match=r"mmo_serving\.vllm_engine"):
         default_engine_factory(ARGS.model_copy(update={"engine": "vllm"}), None)
+
+
+def test_app_expert_load_recorder_exports_deltas_of_counts_updated_in_place() -> None:
+    from mmo_serving.engine.types import ExpertLoad
+    from mmo_serving.expert_load import ExpertLoadRecorder
+
+    exported: list[tuple[int, int, int, int]] = []
+
+    class Metrics:
+        def expert_tokens(self, layer: int, expert: int, rank: int, n: int) -> None:
+            exported.append((layer, expert, rank, n))
+
+        def balancedness(self, layer: int, value: float) -> None:
+            pass
+
+    class Engine:
+        def __init__(self) -> None:
+            self.tokens = [[[0, 0], [0, 0]]]  # the engine keeps updating this very list
+
+        async def expert_load(self) -> ExpertLoad:
+            t = self.tokens
+            return ExpertLoad(num_layers=1, num_experts=2, num_ranks=2, tokens=t, window=t)
+
+    async def main() -> None:
+        engine = Engine()
+        recorder = ExpertLoadRecorder(engine, Metrics(), dict)  # type: ignore[arg-type]
+        try:
+            await recorder.record()
+            engine.tokens[0][1][1] += 5
+            await recorder.record()
+        finally:
+            recorder.stop()
+
+    asyncio.run(main())
+    assert exported == [(0, 1, 1, 5)]
