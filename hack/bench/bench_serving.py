@@ -144,7 +144,7 @@ BARE_APP = textwrap.dedent(
     """
     import sys, time, uvicorn
     from fastapi import FastAPI
-    from mmo_serving import openai_schema as oa
+    from mmo_serving.openai import schema as oa
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())

@@ -1,6 +1,6 @@
 """Inline image decoding for the API: ``data:`` URLs only, with type and size checks.
 
-Every failure is an :class:`~mmo_serving.openai_schema.ApiError` naming the field and
+Every failure is an :class:`~mmo_serving.openai.schema.ApiError` naming the field and
 saying what is accepted. Remote ``http(s)://`` URLs are refused here (the gateway may
 refuse them earlier, with a 403, in private mode).
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmo_serving.openai_schema import ApiError
+from mmo_serving.openai.schema import ApiError
 
 # MIME type in the data URL -> the format Pillow must find in the bytes.
 SUPPORTED_TYPES: dict[str, str] = {

@@ -21,12 +21,22 @@ import pytest
 import ray
 from ray import serve
 
+from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import (
     EmbeddingRequest,
     ExpertLoad,
     GenerationRequest,
     GenerationResult,
+)
+from mmo_serving.gateway import (
+    AuditLog,
+    Gateway,
+    Offloaded,
+    Refused,
+    RequestInfo,
+    ServingMetricsSink,
+    Verdict,
 )
 from mmo_serving.images import encode_data_url
 
@@ -90,6 +100,10 @@ class FakeEngine:
     async def update_plan(self, plan: Any) -> None:
         self.plans.append(plan)
 
+    async def rank_info(self) -> list[dict[str, Any]]:
+        # the GPUs Ray gave the process the engine runs in (the replica's)
+        return [{"rank": 0, "gpuIds": [str(g) for g in ray.get_gpu_ids()]}]
+
     async def close(self) -> None:
         pass
 
@@ -98,20 +112,22 @@ def make_fake_engine(args: AppArgs) -> FakeEngine:
     return FakeEngine(args)
 
 
-class ScriptedGateway:
-    """Pass-through, except: texts with [refuse] are refused, [offload] is offloaded."""
+fake_engine_factory = BuiltinEngineFactory(make_fake_engine)
+
+
+class ScriptedGateway(Gateway):
+    """The isolation gateway, except: texts with [refuse] are refused, [offload] is
+    offloaded."""
 
     def __init__(self, args: AppArgs) -> None:
-        from mmo_serving.gateway_types import PassThroughGateway
+        super().__init__(
+            args.isolation, metrics=ServingMetricsSink(), audit=AuditLog(enabled=False)
+        )
 
-        self.inner = PassThroughGateway(args)
-
-    async def decide(self, info: Any) -> Any:
-        from mmo_serving.gateway_types import Decision
-
-        text = " ".join(info.texts)
+    async def decide(self, info: RequestInfo) -> Verdict:
+        text = json.dumps(info.body)
         if "[refuse]" in text:
-            return Decision("refuse", "sensitive", "sensitive data may not leave (test)")
+            return Refused(403, "sensitive data may not leave (test)", "policy_refused")
         if "[offload]" in text:
             response = {
                 "id": "chatcmpl-remote",
@@ -126,8 +142,8 @@ class ScriptedGateway:
                     }
                 ],
             }
-            return Decision("offload", "public", "offload", status=200, response=response)
-        return await self.inner.decide(info)
+            return Offloaded("public", "default", response)
+        return await super().decide(info)
 
 
 def _free_port() -> int:
@@ -145,6 +161,9 @@ ARGS = {
     "maxImageBytes": 20_000,
     "batching": {"maxBatchSize": 16, "batchWaitTimeoutS": 0.3},
     "cache": {"enabled": True, "maxEntries": 64, "ttlSeconds": 600},
+    # the declared class stays the class of a request with a picture, so that the cache
+    # scopes by class can be seen on picture questions
+    "isolation": {"imagesSensitive": False},
 }
 
 
@@ -175,17 +194,22 @@ def server(ray_cluster: Any) -> Iterator[Server]:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         app = build_app(
             ARGS,
-            engine_factory=make_fake_engine,
+            engine_factory=fake_engine_factory,
             gateway_factory=ScriptedGateway,
             # a fixed code version: a later serve.run that changes only user_config is a
             # lightweight update (reconfigure), as with serveConfigV2 under KubeRay
             options={"version": "test"},
         )
         serve.run(app, name="mmo", route_prefix="/")
-        # the same app with the default gateway (mmo_serving.gateway via load_gateway)
+        # the same app with the default gateway (mmo_serving.gateway.build_gateway)
         gw_args = {**ARGS, "name": "gw"}
         serve.run(
-            build_app(gw_args, engine_factory=make_fake_engine), name="gw", route_prefix="/gw"
+            build_app(gw_args, engine_factory=fake_engine_factory), name="gw", route_prefix="/gw"
+        )
+        # one GPU: the engine runs inside the replica, which must hold the GPU
+        one_args = {**ARGS, "name": "one", "numGpus": 1}
+        serve.run(
+            build_app(one_args, engine_factory=fake_engine_factory), name="one", route_prefix="/one"
         )
         yield Server(f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
@@ -269,6 +293,13 @@ def test_app_models_health_ready(server: Server) -> None:
     assert ready["modelVersion"] == "7"
 
 
+def test_app_one_gpu_engine_sees_its_gpu(server: Server) -> None:
+    ready = server.http.get("/one/readyz").json()
+    assert ready["numGpus"] == 1
+    (rank,) = ready["ranks"]
+    assert len(rank["gpuIds"]) == 1, ready  # Ray gave the replica (the engine's process) a GPU
+
+
 # --------------------------------------------------------------------------------- errors
 
 
@@ -302,12 +333,14 @@ def test_app_error_responses(server: Server) -> None:
     )
     big = "data:image/png;base64," + "A" * 40_000
     _error(server.chat(with_url(big)), 413, "image_too_large", "the limit is 20000 bytes")
-    _error(
+    err = _error(
         server.chat(with_url("http://x/y.png")),
-        400,
-        "unsupported_image_url",
-        "only inline data: URLs",
+        403,
+        "remote_image_refused",
+        "remote image URLs are not fetched: send the image inline as a data: URL",
     )
+    assert err["type"] == "policy_error"
+    _error(server.chat(with_url("x/y.png")), 400, "unsupported_image_url", "only inline data:")
     err = _error(
         server.chat([{"type": "image_url", "image_url": {"detail": "low"}}]),
         400,
@@ -326,8 +359,18 @@ def test_app_error_responses(server: Server) -> None:
     two = [*_ask("red"), {"type": "image_url", "image_url": {"url": _image("blue")}}]
     _error(server.chat(two), 400, "too_many_images", "at most one image")
     _error(
-        server.chat("hi", headers={"X-Data-Class": "secret"}), 400, "invalid_header", "X-Data-Class"
+        server.chat("hi", headers={"X-Data-Class": "secret"}),
+        400,
+        "invalid_data_class",
+        "header X-Data-Class: unknown value",
     )
+    _error(server.chat("hi", headers={"X-Route": "moon"}), 400, "invalid_route", "X-Route")
+    _error(server.chat("hi", headers={"X-Tenant": "t" * 65}), 400, "invalid_tenant", "X-Tenant")
+    err = _error(server.http.get("/v1/chat"), 404, "unknown_route", "no route /v1/chat")
+    assert err["type"] == "invalid_request_error"
+    r = server.http.get("/v1/chat/completions")
+    _error(r, 405, "method_not_allowed", "method GET is not allowed on /v1/chat/completions")
+    assert r.headers["allow"] == "POST"
     r = server.http.post("/v1/embeddings", json={"model": MODEL, "input": []})
     _error(r, 400, "invalid_schema", "input: must not be empty")
 
@@ -356,7 +399,7 @@ def test_app_default_gateway_is_the_isolation_gateway(server: Server) -> None:
         {"type": "text", "text": "what colour?"},
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
     ]
-    err = _error(ask(remote), 403, "policy_refused", "remote image")
+    err = _error(ask(remote), 403, "remote_image_refused", "remote image URLs are not fetched")
     assert err["type"] == "policy_error"
     ok = ask(_ask("red"))
     assert ok.status_code == 200, ok.text
@@ -416,7 +459,7 @@ def test_app_reconfigure_changes_batch_size_without_restart(server: Server) -> N
     plan = contiguous_plan(FakeEngine.LAYERS, FakeEngine.EXPERTS, 2)
     app = build_app(
         ARGS,
-        engine_factory=make_fake_engine,
+        engine_factory=fake_engine_factory,
         gateway_factory=ScriptedGateway,
         options={
             "version": "test",

@@ -6,19 +6,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import sys
-import types
+import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mmo_serving import openai_schema as oa
+from mmo_serving.backend import ChatDelta, ChatOutput
 from mmo_serving.cache import CacheScope, ResponseCache, cache_key
-from mmo_serving.config import AppArgs, RuntimeConfig
-from mmo_serving.gateway_types import PassThroughGateway, RequestInfo, load_gateway
+from mmo_serving.config import AppArgs, IsolationArgs, RuntimeConfig
+from mmo_serving.gateway import Local, RequestInfo, build_gateway
 from mmo_serving.images import decode_data_url, encode_data_url
 from mmo_serving.metrics import SERVING_METRICS
+from mmo_serving.openai import schema as oa
 
 # ------------------------------------------------------------------------------- cache
 
@@ -172,33 +174,11 @@ ARGS = AppArgs(name="m", model_source="builtin://shapes-moe")
 
 
 def _info(headers: dict[str, str]) -> RequestInfo:
-    return RequestInfo(
-        request_id="r",
-        route="/v1/chat/completions",
-        tenant="default",
-        headers=headers,
-        texts=["hi"],
-        image_urls=[],
-        body={},
-        queue_depth=1,
-    )
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    return RequestInfo("r", "/v1/chat/completions", headers, body, 1)
 
 
-def test_app_gateway_loader_uses_module_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    mod = types.ModuleType("mmo_serving.gateway")
-    sentinel = object()
-    mod.build_gateway = lambda args: (sentinel, args.name)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mmo_serving.gateway", mod)
-    assert load_gateway(ARGS) == (sentinel, "m")
-
-
-def test_app_gateway_loader_fails_closed_without_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "mmo_serving.gateway", types.ModuleType("x"))
-    with pytest.raises(RuntimeError, match="no build_gateway"):
-        load_gateway(ARGS)
-
-
-def test_app_passthrough_gateway_uses_header_or_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_app_gateway_uses_header_or_default_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, str]] = []
 
     class M:
@@ -206,11 +186,10 @@ def test_app_passthrough_gateway_uses_header_or_default(monkeypatch: pytest.Monk
             calls.append(kw)
 
     monkeypatch.setattr("mmo_serving.metrics.serving_metrics", lambda: M())
-    gw = PassThroughGateway(ARGS)
+    gw = build_gateway(ARGS.model_copy(update={"isolation": IsolationArgs(audit_enabled=False)}))
     d1 = asyncio.run(gw.decide(_info({"x-data-class": "public"})))
-    d2 = asyncio.run(gw.decide(_info({})))
-    assert (d1.action, d1.data_class) == ("local", "public")
-    assert (d2.action, d2.data_class) == ("local", "internal")
+    d2 = asyncio.run(gw.decide(_info({"X-Tenant": "acme"})))
+    assert d1 == Local("public", "default") and d2 == Local("internal", "acme")
     assert calls[0] == {"mode": "private", "decision": "local", "data_class": "public"}
 
 
@@ -265,7 +244,7 @@ def test_app_local_prometheus_renames_ray_mmo_series() -> None:
 
 
 def test_app_deployment_options_from_app_args() -> None:
-    from mmo_serving.app import deployment_options
+    from mmo_serving.deployment import deployment_options
 
     args = AppArgs.model_validate(
         {
@@ -282,6 +261,7 @@ def test_app_deployment_options_from_app_args() -> None:
         }
     )
     opts = deployment_options(args)
+    assert opts["name"] == "mmo-ingress"
     assert opts["placement_group_strategy"] == "STRICT_PACK"
     bundles = opts["placement_group_bundles"]
     assert len(bundles) == 8 and all(b["GPU"] == 1 for b in bundles)
@@ -293,6 +273,187 @@ def test_app_deployment_options_from_app_args() -> None:
     assert auto["target_ongoing_requests"] == 12
     assert opts["max_ongoing_requests"] == 48
     assert opts["user_config"] == {"batching": {"maxBatchSize": 16, "batchWaitTimeoutS": 0.02}}
-    one = deployment_options(args.model_copy(update={"num_gpus": 1}))
-    assert "placement_group_bundles" not in one
-    assert one["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
+    spread = deployment_options(args, accelerator="accelerator_type:A100", nodes_per_replica=2)
+    assert spread["placement_group_strategy"] == "PACK"
+    assert all(b["accelerator_type:A100"] == 1 for b in spread["placement_group_bundles"])
+
+
+def test_app_deployment_options_one_gpu_replica_holds_it() -> None:
+    from mmo_serving.deployment import deployment_options
+
+    one = deployment_options(ARGS, accelerator="accelerator_type:A100")
+    # the engine runs inside the replica: the replica, not a bundle, holds the GPU
+    assert "placement_group_bundles" not in one and "placement_group_strategy" not in one
+    assert one["ray_actor_options"] == {
+        "num_cpus": 0.75,
+        "num_gpus": 1,
+        "resources": {"accelerator_type:A100": 1.0},
+    }
+    assert deployment_options(ARGS)["ray_actor_options"] == {"num_cpus": 0.75, "num_gpus": 1}
+
+
+def test_app_deployment_options_vllm_front_takes_no_gpu() -> None:
+    from mmo_serving.deployment import deployment_options
+
+    vllm = ARGS.model_copy(update={"engine": "vllm", "num_gpus": 4})
+    opts = deployment_options(vllm, accelerator="accelerator_type:A100")
+    assert opts["ray_actor_options"] == {"num_cpus": 0.5}
+    assert "placement_group_bundles" not in opts
+
+
+def test_app_deployment_options_overrides_come_first() -> None:
+    from mmo_serving.deployment import deployment_options
+
+    cpu = {"num_cpus": 0.5, "num_gpus": 0}
+    opts = deployment_options(ARGS, overrides={"ray_actor_options": cpu, "version": "v"})
+    assert opts["ray_actor_options"] == cpu and opts["version"] == "v"
+    assert opts["max_ongoing_requests"] == ARGS.autoscaling.max_ongoing_requests
+
+
+# ----------------------------------------------------------------------------- front
+
+
+def _sse_events(deltas: list[ChatDelta]) -> list[Any]:
+    from mmo_serving.openai.sse import events
+
+    async def gen() -> AsyncIterator[ChatDelta]:
+        for d in deltas:
+            yield d
+
+    async def collect() -> list[str]:
+        return [e async for e in events("c1", 5, "m", gen())]
+
+    out = asyncio.run(collect())
+    assert out[-1] == "data: [DONE]\n\n"
+    return [json.loads(e.removeprefix("data: ")) for e in out[:-1]]
+
+
+def test_app_sse_from_deltas_role_content_finish() -> None:
+    chunks = _sse_events([ChatDelta("Hel"), ChatDelta("lo"), ChatDelta("", "length", 3, 2)])
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert [d.get("content") for d in deltas[1:3]] == ["Hel", "lo"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["id"] == "c1" and c["model"] == "m" for c in chunks)
+
+
+def test_app_sse_words_stream_a_whole_answer_word_by_word() -> None:
+    from mmo_serving.openai.sse import words
+
+    async def collect() -> list[ChatDelta]:
+        return [d async for d in words(ChatOutput("a red circle", "stop", 4, 3))]
+
+    got = asyncio.run(collect())
+    assert [d.text for d in got] == ["a", " red", " circle", ""]
+    assert (got[-1].finish_reason, got[-1].prompt_tokens, got[-1].completion_tokens) == (
+        "stop",
+        4,
+        3,
+    )
+
+
+def test_app_streamed_answer_is_stored_once_complete() -> None:
+    from mmo_serving.openai.sse import primed, stored_when_complete, words
+
+    stored: list[ChatOutput] = []
+
+    async def main() -> list[str]:
+        whole = ChatOutput("blue yes", "length", 2, 2)
+        deltas = await primed(stored_when_complete(words(whole), stored.append))
+        assert stored == []  # only the first delta has been computed
+        return [d.text async for d in deltas]
+
+    assert asyncio.run(main()) == ["blue", " yes", ""]
+    assert stored == [ChatOutput("blue yes", "length", 2, 2)]
+
+
+def test_app_primed_raises_before_the_response_starts() -> None:
+    from mmo_serving.openai.sse import primed
+
+    async def failing() -> AsyncIterator[ChatDelta]:
+        raise RuntimeError("rank 1 lost")
+        yield ChatDelta("")  # pragma: no cover
+
+    with pytest.raises(RuntimeError, match="rank 1 lost"):
+        asyncio.run(primed(failing()))
+
+
+def test_app_unknown_route_and_method_in_openai_shape() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mmo_serving.openai.errors import install_error_handlers
+
+    api = FastAPI()
+
+    @api.post("/v1/embeddings")
+    async def embed() -> dict[str, str]:
+        return {}
+
+    install_error_handlers(api)
+    client = TestClient(api)
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["code"] == "unknown_route" and "no route /v1/nothing" in err["message"]
+    assert "POST /v1/chat/completions" in err["message"]
+    r = client.get("/v1/embeddings")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    err = r.json()["error"]
+    assert err["code"] == "method_not_allowed" and err["type"] == "invalid_request_error"
+    assert "method GET is not allowed on /v1/embeddings; allowed: POST" in err["message"]
+
+
+def test_app_build_app_dispatches_per_engine() -> None:
+    from mmo_serving.app import APP_BUILDERS, build_app
+
+    assert set(APP_BUILDERS) == {"mmo", "vllm"}
+    with pytest.raises(NotImplementedError, match="engine vllm"):
+        build_app(ARGS.model_copy(update={"engine": "vllm"}))
+
+
+def test_app_default_engine_factory_for_vllm_needs_its_module() -> None:
+    import importlib.util
+
+    from mmo_serving.engines import default_engine_factory
+
+    if importlib.util.find_spec("mmo_serving.vllm_engine") is not None:
+        pytest.skip("mmo_serving.vllm_engine is present: its own tests cover it")
+    with pytest.raises(ModuleNotFoundError, match=r"mmo_serving\.vllm_engine"):
+        default_engine_factory(ARGS.model_copy(update={"engine": "vllm"}), None)
+
+
+def test_app_expert_load_recorder_exports_deltas_of_counts_updated_in_place() -> None:
+    from mmo_serving.engine.types import ExpertLoad
+    from mmo_serving.expert_load import ExpertLoadRecorder
+
+    exported: list[tuple[int, int, int, int]] = []
+
+    class Metrics:
+        def expert_tokens(self, layer: int, expert: int, rank: int, n: int) -> None:
+            exported.append((layer, expert, rank, n))
+
+        def balancedness(self, layer: int, value: float) -> None:
+            pass
+
+    class Engine:
+        def __init__(self) -> None:
+            self.tokens = [[[0, 0], [0, 0]]]  # the engine keeps updating this very list
+
+        async def expert_load(self) -> ExpertLoad:
+            t = self.tokens
+            return ExpertLoad(num_layers=1, num_experts=2, num_ranks=2, tokens=t, window=t)
+
+    async def main() -> None:
+        engine = Engine()
+        recorder = ExpertLoadRecorder(engine, Metrics(), dict)  # type: ignore[arg-type]
+        try:
+            await recorder.record()
+            engine.tokens[0][1][1] += 5
+            await recorder.record()
+        finally:
+            recorder.stop()
+
+    asyncio.run(main())
+    assert exported == [(0, 1, 1, 5)]

@@ -1,4 +1,4 @@
-"""The real Serve app with the real gateway (loaded through ``load_gateway``), real HTTP,
+"""The real Serve app with the real gateway (``mmo_serving.gateway.build_gateway``), real HTTP,
 and a fake OpenAI-compatible cloud endpoint on loopback that records what it receives.
 
 Two applications on one private Ray: a hybrid one (offload to the fake endpoint) and a
@@ -20,6 +20,7 @@ import httpx
 import pytest
 from ray import serve
 
+from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import (
     EmbeddingRequest,
@@ -164,7 +165,7 @@ def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         for app in ("hybrid", "private"):
             built = build_app(
                 _args(app, cloud.url, audit[app]),
-                engine_factory=make_engine,
+                engine_factory=BuiltinEngineFactory(make_engine),
                 options={"ray_actor_options": actor},
             )
             serve.run(built, name=app, route_prefix=f"/{app}")
@@ -272,7 +273,10 @@ def test_private_sends_nothing_and_refuses_cloud_and_remote_images(env: Env) -> 
     body = {"model": MODEL, "messages": [{"role": "user", "content": remote}]}
     resp = env.http.post("/private/v1/chat/completions", json=body)
     assert resp.status_code == 403
-    assert "remote image URLs" in resp.json()["error"]["message"]
+    err = resp.json()["error"]
+    assert err["code"] == "remote_image_refused" and err["type"] == "policy_error"
+    assert err["message"].startswith("remote image URLs are not fetched")
+    assert "send the image inline as a data: URL" in err["message"]
     assert env.cloud.received[before:] == []
 
 

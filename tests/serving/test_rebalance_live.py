@@ -30,6 +30,7 @@ from mmo_operator.builders.app_args import build_app_args, plan_and_app_args
 from mmo_operator.builders.rayservice import build_serve_config, deployment_config
 from mmo_operator.planning.live import parse_expert_load
 from mmo_operator.planning.rebalance import should_rebalance
+from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs, PlacementPlan
 
 RANKS = 4
@@ -110,7 +111,7 @@ class Live:
 
         app = build_app(
             self.serve_args,
-            engine_factory=tiny_engine,
+            engine_factory=BuiltinEngineFactory(tiny_engine),
             options={"version": "v1", "user_config": user_config},
         )
         serve.run(app, name=self.model.name, route_prefix="/")

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from mmo_serving.config import HybridArgs, IsolationArgs
-from mmo_serving.gateway import AuditLog, Gateway, RequestContext
+from mmo_serving.gateway import AuditLog, Gateway, Local, Offloaded, RequestInfo, Verdict
 from mmo_serving.gateway.cloud import CloudClient, CloudError, check_endpoint
 
 KEY_ENV = "MMO_TEST_CLOUD_KEY"
@@ -76,11 +76,38 @@ async def serve(fake: FakeCloud, ssl_context: ssl.SSLContext | None = None) -> A
         await runner.cleanup()
 
 
+@dataclass
+class Served:
+    """What the front makes of a verdict (the local model stands for the engine)."""
+
+    status: int
+    body: dict[str, Any]
+    decision: str
+    verdict: Verdict
+
+
+async def handle(
+    gw: Gateway,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    local_model: Callable[[dict[str, Any], Local], Awaitable[dict[str, Any]]],
+    queue_depth: int = 0,
+) -> Served:
+    info = RequestInfo("", "/v1/chat/completions", headers, body, queue_depth)
+    verdict = await gw.decide(info)
+    if isinstance(verdict, Local):
+        return Served(200, await local_model(body, verdict), verdict.outcome, verdict)
+    if isinstance(verdict, Offloaded):
+        return Served(200, verdict.response, "offload", verdict)
+    return Served(verdict.status, verdict.body(), "refuse", verdict)
+
+
 class LocalModel:
     def __init__(self) -> None:
-        self.calls: list[tuple[dict[str, Any], RequestContext]] = []
+        self.calls: list[tuple[dict[str, Any], Local]] = []
 
-    async def __call__(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+    async def __call__(self, body: dict[str, Any], ctx: Local) -> dict[str, Any]:
         self.calls.append((body, ctx))
         return {"object": "chat.completion", "choices": [{"message": {"content": "local"}}]}
 
@@ -161,8 +188,10 @@ def test_mixed_traffic_never_sends_sensitive_or_raw_pii() -> None:
             traffic = mixed_traffic()
             results = []
             for headers, body, queue, _ in traffic:
-                results.append(await gw.handle(body, headers, run_local=local, queue_depth=queue))
-            await gw.aclose()
+                results.append(
+                    await handle(gw, body, headers, local_model=local, queue_depth=queue)
+                )
+            await gw.close()
         sent = "\n".join(r.decode() for r in fake.raw)
         for value in PII_VALUES:
             assert value not in sent
@@ -217,10 +246,10 @@ def test_unknown_fields_holding_pii_never_reach_the_cloud() -> None:
         fake = FakeCloud()
         async with serve(fake) as endpoint:
             gw, audit, sink = make_gateway(endpoint)
-            res = await gw.handle(
-                body, {"X-Data-Class": "public", "X-Route": "cloud"}, run_local=LocalModel()
+            res = await handle(
+                gw, body, {"X-Data-Class": "public", "X-Route": "cloud"}, local_model=LocalModel()
             )
-            await gw.aclose()
+            await gw.close()
         assert res.decision == "offload"
         assert fake.received == [
             {
@@ -250,14 +279,14 @@ def test_pii_in_a_forwarded_keyword_value_is_never_sent() -> None:
         fake = FakeCloud()
         async with serve(fake) as endpoint:
             gw, audit, _ = make_gateway(endpoint)
-            res = await gw.handle(body, headers, run_local=LocalModel())
-            await gw.aclose()
+            res = await handle(gw, body, headers, local_model=LocalModel())
+            await gw.close()
             assert res.decision == "fallback" and fake.raw == []
             assert json.loads(audit.getvalue())["pii"] == {"email": 1}
             # with a model name of its own, the endpoint never sees the client's
             gw, _, _ = make_gateway(endpoint, model="cloud-model")
-            res = await gw.handle(body, headers, run_local=LocalModel())
-            await gw.aclose()
+            res = await handle(gw, body, headers, local_model=LocalModel())
+            await gw.close()
         assert res.decision == "offload"
         assert fake.received == [
             {
@@ -297,13 +326,14 @@ def test_new_formats_are_redacted_before_they_leave() -> None:
         async with serve(fake) as endpoint:
             gw, _, _ = make_gateway(endpoint)
             for value in NEW_FORMATS:
-                res = await gw.handle(
+                res = await handle(
+                    gw,
                     chat(f"please note {value} thanks"),
                     {"X-Data-Class": "public", "X-Route": "cloud"},
-                    run_local=LocalModel(),
+                    local_model=LocalModel(),
                 )
                 assert res.decision == "offload", value
-            await gw.aclose()
+            await gw.close()
         assert len(fake.received) == len(NEW_FORMATS)
         for value, body in zip(NEW_FORMATS, fake.received, strict=True):
             content = unicodedata.normalize("NFKC", body["messages"][0]["content"])
@@ -323,8 +353,8 @@ def test_private_mode_sends_nothing_even_when_asked() -> None:
             gw, audit, sink = make_gateway(endpoint, mode="private")
             local = LocalModel()
             for headers, body, _, _ in mixed_traffic():
-                await gw.handle(body, headers, run_local=local, queue_depth=1000)
-            await gw.aclose()
+                await handle(gw, body, headers, local_model=local, queue_depth=1000)
+            await gw.close()
         assert fake.raw == []
         assert {d[1] for d in sink.decisions} == {"local", "refuse"}  # refuse: X-Route: cloud
         refused = [json.loads(x) for x in audit.getvalue().splitlines() if '"refuse"' in x]
@@ -340,10 +370,10 @@ def test_endpoint_failure_falls_back_to_local(mode: str) -> None:
         async with serve(fake) as endpoint:
             gw, audit, sink = make_gateway(endpoint, timeout_s=0.2, retries=1)
             local = LocalModel()
-            res = await gw.handle(
-                chat("hello"), {"X-Data-Class": "public", "X-Route": "cloud"}, run_local=local
+            res = await handle(
+                gw, chat("hello"), {"X-Data-Class": "public", "X-Route": "cloud"}, local_model=local
             )
-            await gw.aclose()
+            await gw.close()
         assert res.status == 200 and res.decision == "fallback"
         assert res.body["choices"][0]["message"]["content"] == "local"
         assert len(local.calls) == 1
@@ -362,10 +392,13 @@ def test_retry_then_success() -> None:
         fake = FakeCloud(mode="flaky")
         async with serve(fake) as endpoint:
             gw, _, _ = make_gateway(endpoint)
-            res = await gw.handle(
-                chat("hi"), {"X-Data-Class": "public", "X-Route": "cloud"}, run_local=LocalModel()
+            res = await handle(
+                gw,
+                chat("hi"),
+                {"X-Data-Class": "public", "X-Route": "cloud"},
+                local_model=LocalModel(),
             )
-            await gw.aclose()
+            await gw.close()
         assert res.decision == "offload" and len(fake.raw) == 2
         assert res.body["choices"][0]["message"]["content"] == "from cloud"
 
@@ -382,10 +415,13 @@ def test_missing_credentials_serve_locally_without_calling() -> None:
                 audit=AuditLog(enabled=False),
                 cloud=CloudClient(hy, env={}),
             )
-            res = await gw.handle(
-                chat("hi"), {"X-Data-Class": "public", "X-Route": "cloud"}, run_local=LocalModel()
+            res = await handle(
+                gw,
+                chat("hi"),
+                {"X-Data-Class": "public", "X-Route": "cloud"},
+                local_model=LocalModel(),
             )
-            await gw.aclose()
+            await gw.close()
         assert res.decision == "fallback" and fake.raw == []
 
     run(main)
@@ -417,12 +453,13 @@ def test_remote_image_refused_on_fallback() -> None:
         async with serve(fake) as endpoint:
             gw, _, _ = make_gateway(endpoint, retries=0)
             gw.args.images_sensitive = False
-            res = await gw.handle(
+            res = await handle(
+                gw,
                 chat("hi", "https://img.example.com/x.png"),
                 {"X-Data-Class": "public", "X-Route": "cloud"},
-                run_local=LocalModel(),
+                local_model=LocalModel(),
             )
-            await gw.aclose()
+            await gw.close()
         assert res.status == 403 and res.body["error"]["code"] == "remote_image_refused"
 
     run(main)

@@ -7,11 +7,17 @@ from typing import Any
 import pytest
 
 from mmo_serving.config import HybridArgs, IsolationArgs
-from mmo_serving.gateway.policy import GatewayRequestError, classify, decide, parse_route
+from mmo_serving.gateway.headers import HeaderError, parse_headers
+from mmo_serving.gateway.policy import Classification, classify, decide
 from mmo_serving.gateway.request import map_texts, payload_sha256, scan
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 ENDPOINT = "https://cloud.example.com/v1"
+
+
+def classify_h(headers: dict[str, str], scanned: Any, args: IsolationArgs) -> Classification:
+    """classify() with the declared class read from the headers, as the gateway does."""
+    return classify(parse_headers(headers).data_class, scanned, args)
 
 
 def chat(text: str, image: str | None = None) -> dict[str, Any]:
@@ -68,7 +74,7 @@ def test_scan_collects_keys_keywords_and_remote_urls_for_the_pii_check() -> None
     assert "bob@example.com" in s.other and "alice@example.com" in s.other
     assert "4111 1111 1111 1111" in s.other and "messages" in s.other
     assert "https://img.example.com/a.png?for=carol@example.com" in s.other
-    c = classify({"X-Data-Class": "public"}, s, IsolationArgs(images_sensitive=False))
+    c = classify_h({"X-Data-Class": "public"}, s, IsolationArgs(images_sensitive=False))
     assert c.data_class == "sensitive" and c.pii == {"email": 3, "card": 1}
 
 
@@ -76,7 +82,7 @@ def test_text_that_starts_with_data_colon_is_text_not_an_image() -> None:
     s = scan(chat("data: call me on 415-555-2671"))
     assert s.texts == ["data: call me on 415-555-2671"] and s.inline_images == 0
     assert scan({"input": ["data:image/png;base64,iVBO"]}).inline_images == 1
-    c = classify({"X-Data-Class": "public"}, s, IsolationArgs(images_sensitive=False))
+    c = classify_h({"X-Data-Class": "public"}, s, IsolationArgs(images_sensitive=False))
     assert c.data_class == "sensitive" and c.pii == {"phone": 1}
 
 
@@ -115,23 +121,23 @@ def test_payload_hash_is_stable_across_key_order() -> None:
 def test_classify(
     headers: dict[str, str], body: Any, args: IsolationArgs, declared: str, final: str
 ) -> None:
-    c = classify(headers, scan(body), args)
+    c = classify_h(headers, scan(body), args)
     assert (c.declared, c.data_class) == (declared, final)
 
 
-def test_classify_rejects_unknown_class_naming_header_and_allowed_values() -> None:
-    with pytest.raises(GatewayRequestError) as err:
-        classify({"X-Data-Class": "secret"}, scan(chat("x")), IsolationArgs())
+def test_unknown_class_names_header_and_allowed_values() -> None:
+    with pytest.raises(HeaderError) as err:
+        classify_h({"X-Data-Class": "secret"}, scan(chat("x")), IsolationArgs())
     assert "X-Data-Class" in err.value.message
     assert "public, internal, sensitive" in err.value.message
     assert "secret" not in err.value.message  # header values are not echoed
 
 
 def test_parse_route() -> None:
-    assert parse_route({}) == "auto"
-    assert parse_route({"X-Route": "Cloud"}) == "cloud"
-    with pytest.raises(GatewayRequestError, match=r"X-Route.*auto, local, cloud"):
-        parse_route({"X-Route": "moon"})
+    assert parse_headers({}).route == "auto"
+    assert parse_headers({"X-Route": "Cloud"}).route == "cloud"
+    with pytest.raises(HeaderError, match=r"X-Route.*auto, local, cloud"):
+        parse_headers({"X-Route": "moon"})
 
 
 # --- decisions ----------------------------------------------------------------------------
@@ -200,7 +206,7 @@ def test_decide_table(
     images_sensitive = opts.pop("_images_sensitive", True)
     args = iso(mode, **opts)
     args.images_sensitive = images_sensitive
-    cls = classify({"X-Data-Class": declared}, scan(chat(text, image)), args)
+    cls = classify_h({"X-Data-Class": declared}, scan(chat(text, image)), args)
     d = decide(args, cls, route, queue)  # type: ignore[arg-type]
     assert (d.action, d.data_class, d.redact, d.status) == (action, sent, redact, status), d
     assert d.destination == {"local": "local", "offload": ENDPOINT, "refuse": "none"}[action]
@@ -209,15 +215,15 @@ def test_decide_table(
 
 def test_refusal_reasons_say_why() -> None:
     args = iso("private")
-    cls = classify({}, scan(chat("x", "https://x.example/a.png")), args)
+    cls = classify_h({}, scan(chat("x", "https://x.example/a.png")), args)
     d = decide(args, cls, "auto")
     assert d.code == "remote_image_refused"
-    assert "data:image/" in d.reason and "never fetches" in d.reason
-    d = decide(args, classify({}, scan(chat("x")), args), "cloud")
+    assert "data:image/" in d.reason and "remote image URLs are not fetched" in d.reason
+    d = decide(args, classify_h({}, scan(chat("x")), args), "cloud")
     assert "mode private has no cloud endpoint" in d.reason
 
 
 def test_hybrid_without_hybrid_block_fails_closed() -> None:
     args = IsolationArgs(mode="hybrid")
-    d = decide(args, classify({"X-Data-Class": "public"}, scan(chat("x")), args), "cloud")
+    d = decide(args, classify_h({"X-Data-Class": "public"}, scan(chat("x")), args), "cloud")
     assert d.action == "local"

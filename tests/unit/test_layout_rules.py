@@ -19,6 +19,9 @@ PURE = [
     ROOT / "operator/mmo_operator/builders",
     ROOT / "operator/mmo_operator/status.py",
     ROOT / "serving/mmo_serving/config.py",
+    ROOT / "serving/mmo_serving/backend.py",
+    ROOT / "serving/mmo_serving/deployment.py",
+    ROOT / "serving/mmo_serving/gateway",
 ]
 HEAVY = {"kopf", "kubernetes", "ray", "torch"}
 

@@ -253,3 +253,40 @@ def test_serving_clusters_are_the_active_then_the_pending_one() -> None:
         "pendingServiceStatus": {"rayClusterName": "m-raycluster-bbbbb"},
     }
     assert serving_clusters({"status": status}) == ("m-raycluster-aaaaa", "m-raycluster-bbbbb")
+
+
+def _ingress(doc: dict[str, Any]) -> dict[str, Any]:
+    rs = _children(doc)["RayService/tiny"]
+    deployment: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0][
+        "deployments"
+    ][0]
+    return deployment
+
+
+def test_multi_gpu_ranks_hold_the_gpus_in_accelerator_bundles() -> None:
+    dep = _ingress(_doc())
+    assert dep["name"] == "mmo-ingress"
+    assert dep["ray_actor_options"]["num_gpus"] == 0
+    bundles = dep["placement_group_bundles"]
+    assert len(bundles) == 8
+    assert all(b["GPU"] == 1 and b["mmo-accelerator-A100-80GB"] == 1 for b in bundles)
+    assert dep["placement_group_strategy"] == "STRICT_PACK"
+
+
+def test_one_gpu_replica_holds_its_gpu() -> None:
+    # the engine runs inside the replica: a bundle GPU that the replica does not hold
+    # would be hidden from it
+    dep = _ingress(_doc(resources__gpusPerNode=1))
+    assert "placement_group_bundles" not in dep
+    assert dep["ray_actor_options"]["num_gpus"] == 1
+    assert dep["ray_actor_options"]["resources"] == {"mmo-accelerator-A100-80GB": 1.0}
+
+
+def test_cluster_and_mmo_up_share_one_deployment_options_function() -> None:
+    from mmo_serving.deployment import deployment_options
+
+    v = validate(_doc())
+    _plan, args = plan_and_app_args(v)
+    dep = _ingress(_doc())
+    expected = deployment_options(args, accelerator="mmo-accelerator-A100-80GB")
+    assert dep == yaml.safe_load(yaml.safe_dump(expected))

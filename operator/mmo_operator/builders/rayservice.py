@@ -43,12 +43,8 @@ from typing import Any, Literal
 import yaml
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
-from mmo_serving.config import AppArgs, RuntimeConfig
-from mmo_serving.engine.resources import (
-    PLACEMENT_STRATEGY,
-    placement_group_bundles,
-    replica_actor_options,
-)
+from mmo_serving.config import AppArgs
+from mmo_serving.deployment import deployment_options
 from mmo_serving.metrics import METRICS_REPORT_INTERVAL_MS
 
 from .common import (
@@ -68,7 +64,6 @@ from .common import (
 from .gpu_nodes import node_placement
 
 IMPORT_PATH = "mmo_serving.app:build_app"
-INGRESS_DEPLOYMENT = "mmo-ingress"  # mmo_serving.app.INGRESS_DEPLOYMENT
 WORKER_GROUP = "gpu"
 PVC_ROOT = "/mnt/models"
 HYBRID_KEY_ENV = "MMO_CLOUD_API_KEY"
@@ -309,22 +304,13 @@ def cluster_hash(cluster: Obj) -> str:
 
 
 def deployment_config(model: MultimodalModel, args: AppArgs) -> Obj:
-    auto = args.autoscaling
-    bundles: list[dict[str, float]] = placement_group_bundles(args.num_gpus)
-    accel = accelerator_resource(model)
-    bundles = [{**b, accel: 1.0} for b in bundles]
-    strategy = PLACEMENT_STRATEGY if model.spec.resources.nodes_per_replica == 1 else "PACK"
-    runtime = RuntimeConfig(batching=args.batching, placement=args.placement)
-    return {
-        "name": INGRESS_DEPLOYMENT,
-        "max_ongoing_requests": auto.max_ongoing_requests,
-        "autoscaling_config": auto.serve_autoscaling_config(),
-        "user_config": runtime.model_dump(mode="json", by_alias=True, exclude_none=True),
-        "ray_actor_options": dict(replica_actor_options()),
-        "placement_group_bundles": bundles,
-        "placement_group_strategy": strategy,
-        "health_check_period_s": 10,
-    }
+    """The ingress deployment's options (:func:`mmo_serving.deployment.deployment_options`)
+    pinned to this model's GPU type and node layout."""
+    return deployment_options(
+        args,
+        accelerator=accelerator_resource(model),
+        nodes_per_replica=model.spec.resources.nodes_per_replica,
+    )
 
 
 def build_serve_config(model: MultimodalModel, args: AppArgs) -> Obj:

@@ -1,55 +1,35 @@
-"""Runtime isolation gateway: sits in the Serve ingress before the cache and the model.
+"""Runtime isolation gateway: middleware in front of the cache and the engine.
 
 Pure of ray and torch (httpx is imported only in hybrid mode, by the cloud client).
 
-The Serve app reaches it through the seam in :mod:`mmo_serving.gateway_types`:
-``load_gateway(args)`` calls :func:`build_gateway` and the ingress awaits
-``gateway.decide(RequestInfo)`` before the cache and the model (see :mod:`.ingress`).
+The front calls it once per API request, after schema validation::
 
-Used directly (any app, about ten lines)::
+    gateway = build_gateway(args)                      # or Gateway(args.isolation, ...)
+    verdict = await gateway.decide(RequestInfo(request_id, route, headers, body, depth))
+    match verdict:
+        case Local(data_class, tenant):   ...          # serve it (cache scoped by both)
+        case Offloaded(response=resp):    ...          # answer the cloud's JSON
+        case Refused() as r:              ...          # answer r.status, r.body()
 
-    gateway = Gateway(args.isolation, metrics=sink)   # sink: MetricsSink or None
-    result = await gateway.handle(
-        body, headers, route="chat/completions", queue_depth=ongoing,
-        run_local=serve_local)                        # async (body, RequestContext) -> dict
-    return JSONResponse(result.body, status_code=result.status, headers=result.headers)
-
-``handle`` classifies the body (``X-Data-Class`` header, policy default, images, PII),
-decides (:mod:`.policy`), writes one audit line and counts the decision, then either
-returns a 400/403 error body (OpenAI error shape), calls ``run_local`` with the
-original body, or sends a copy rebuilt from the OpenAI schema (:mod:`.outbound`: the
-client's unknown fields never leave) and redacted to the hybrid endpoint
-(:mod:`.cloud`), serving locally (decision ``fallback``) when the endpoint fails.
-``result.body`` is a complete JSON response (the outbound request is sent with
-``stream: false``).
-Headers read: ``X-Data-Class``, ``X-Route`` (auto|local|cloud), ``X-Request-Id``,
-``X-Tenant`` (client-asserted; pass ``tenant=`` from authentication where there is
-one). Headers set on the result: ``X-Request-Id``, ``X-MMO-Decision``,
-``X-MMO-Data-Class``.
-
-The lower-level pieces are usable alone: ``Gateway.evaluate`` (decision without side
-effects), :func:`.policy.classify`, :func:`.policy.decide`, :func:`.pii.detect`,
+:mod:`.headers` parses ``X-Data-Class``, ``X-Route`` and ``X-Tenant``; :mod:`.policy`
+classifies and decides (pure); :mod:`.core` carries the decision out (offload with
+fallback, audit line, counters). The lower-level pieces are usable alone:
+:func:`.policy.classify`, :func:`.policy.decide`, :func:`.pii.detect`,
 :func:`.pii.redact`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from mmo_serving.gateway.audit import AuditLog, CounterSink, MetricsSink
-from mmo_serving.gateway.core import Evaluation, Gateway, GatewayResult, RequestContext
+from mmo_serving.config import AppArgs
+from mmo_serving.gateway.audit import AuditLog, CounterSink, MetricsSink, ServingMetricsSink
+from mmo_serving.gateway.core import Gateway
 from mmo_serving.gateway.policy import Classification, Decision, classify, decide
-
-if TYPE_CHECKING:
-    from mmo_serving.config import AppArgs
-    from mmo_serving.gateway.ingress import IngressGateway
+from mmo_serving.gateway.verdict import Local, Offloaded, Refused, RequestInfo, Verdict
 
 
-def build_gateway(args: AppArgs, **kwargs: Any) -> IngressGateway:
-    """The ingress seam's factory (``mmo_serving.gateway_types.load_gateway``)."""
-    from mmo_serving.gateway.ingress import build_gateway as build
-
-    return build(args, **kwargs)
+def build_gateway(args: AppArgs) -> Gateway:
+    """The gateway of the Serve app: counts into the serving metrics."""
+    return Gateway(args.isolation, metrics=ServingMetricsSink())
 
 
 __all__ = [
@@ -57,11 +37,14 @@ __all__ = [
     "Classification",
     "CounterSink",
     "Decision",
-    "Evaluation",
     "Gateway",
-    "GatewayResult",
+    "Local",
     "MetricsSink",
-    "RequestContext",
+    "Offloaded",
+    "Refused",
+    "RequestInfo",
+    "ServingMetricsSink",
+    "Verdict",
     "build_gateway",
     "classify",
     "decide",

@@ -95,3 +95,17 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+class ServingMetricsSink:
+    """Counts into :mod:`mmo_serving.metrics` (resolved at first use, inside the replica)."""
+
+    def decision(self, mode: str, decision: str, data_class: str) -> None:
+        from mmo_serving.metrics import serving_metrics
+
+        serving_metrics().policy_decision(mode=mode, decision=decision, data_class=data_class)
+
+    def redactions(self, kind: str, count: int) -> None:
+        from mmo_serving.metrics import serving_metrics
+
+        serving_metrics().pii_redactions(kind, count)

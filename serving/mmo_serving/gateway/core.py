@@ -1,79 +1,55 @@
-"""The gateway: classify, decide, audit, then serve locally or offload (with fallback)."""
+"""The gateway as middleware: one verdict per request, its audit line and its counters.
+
+``Gateway.decide(info)`` parses the caller's headers (:mod:`.headers`), classifies the
+body (:mod:`.policy`: declared class, images, PII), decides, writes one audit line and
+counts the decision, then answers :class:`~.verdict.Local`, :class:`~.verdict.Offloaded`
+or :class:`~.verdict.Refused`. An offload sends a copy rebuilt from the OpenAI schema
+(:mod:`.outbound`: the client's unknown fields never leave), redacted when the policy
+says so, to the hybrid endpoint (:mod:`.cloud`); when that fails the verdict is
+``Local(outcome="fallback")`` and the front serves the request itself.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mmo_serving.config import IsolationArgs
+from mmo_serving.config import DataClass, IsolationArgs
 from mmo_serving.gateway import outbound, pii
 from mmo_serving.gateway.audit import AuditLog, MetricsSink, safe_token
+from mmo_serving.gateway.headers import DEFAULT_TENANT, HeaderError, header, parse_headers
 from mmo_serving.gateway.policy import (
+    REMOTE_IMAGES_NOT_FETCHED,
     Classification,
-    DataClass,
     Decision,
-    GatewayRequestError,
     classify,
     decide,
-    parse_route,
 )
 from mmo_serving.gateway.request import Scan, map_texts, payload_sha256, scan
+from mmo_serving.gateway.verdict import Local, Offloaded, Refused, RequestInfo, Verdict
 
 if TYPE_CHECKING:
     from mmo_serving.gateway.cloud import CloudClient
 
-REQUEST_ID_HEADER = "x-request-id"
-TENANT_HEADER = "x-tenant"
+
+def cloud_route(route: str) -> str:
+    """``/v1/chat/completions`` -> ``chat/completions`` (appended to the endpoint base)."""
+    path = route.strip("/")
+    return path[3:] if path.startswith("v1/") else path
 
 
 @dataclass(frozen=True)
-class RequestContext:
-    """What the local path needs to know about a request the gateway let through."""
+class _Seen:
+    """One request as the audit trail records it."""
 
-    request_id: str
-    tenant: str
-    data_class: DataClass
-
-    @property
-    def cache_namespace(self) -> str:
-        """Prefix for cache keys: the cache never mixes tenants or data classes."""
-        return f"{self.tenant}|{self.data_class}"
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    context: RequestContext
-    decision: Decision
+    request_id: str  # audit-safe (a token, or its hash)
+    tenant: str  # audit-safe
+    route: str  # under /v1: chat/completions | embeddings
     classification: Classification | None  # None when a header was invalid
     scanned: Scan
     payload_sha256: str
-
-
-@dataclass
-class GatewayResult:
-    status: int  # 200 when served (locally or by the cloud), else 400/403
-    body: dict[str, Any]  # the OpenAI-style response or error
-    decision: str  # local | offload | refuse | fallback
-    context: RequestContext
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-LocalRunner = Callable[[dict[str, Any], RequestContext], Awaitable[dict[str, Any]]]
-
-
-def _lookup(headers: Mapping[str, str], name: str) -> str | None:
-    for k, v in headers.items():
-        if k.lower() == name:
-            return v
-    return None
-
-
-def error_body(message: str, code: str, status: int) -> dict[str, Any]:
-    kind = "invalid_request_error" if status == 400 else "permission_denied"
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
 class Gateway:
@@ -102,33 +78,6 @@ class Gateway:
             self._cloud = CloudClient(self.args.hybrid)
         return self._cloud
 
-    # ---------------------------------------------------------------- pure part
-
-    def evaluate(
-        self,
-        body: Any,
-        headers: Mapping[str, str],
-        *,
-        queue_depth: int = 0,
-        request_id: str | None = None,
-        tenant: str | None = None,
-    ) -> Evaluation:
-        rid = safe_token(request_id or _lookup(headers, REQUEST_ID_HEADER), uuid.uuid4().hex)
-        ten = safe_token(tenant or _lookup(headers, TENANT_HEADER), "default")
-        scanned = scan(body)
-        digest = payload_sha256(body)
-        try:
-            route = parse_route(headers)
-            cls = classify(headers, scanned, self.args)
-        except GatewayRequestError as exc:
-            decision = Decision(
-                "refuse", exc.message, "none", "sensitive", status=400, code=exc.code
-            )
-            ctx = RequestContext(rid, ten, "sensitive")
-            return Evaluation(ctx, decision, None, scanned, digest)
-        decision = decide(self.args, cls, route, queue_depth)
-        return Evaluation(RequestContext(rid, ten, cls.data_class), decision, cls, scanned, digest)
-
     def outbound_body(
         self, body: dict[str, Any], decision: Decision, route: str = "chat/completions"
     ) -> tuple[dict[str, Any] | None, Counter[str]]:
@@ -155,21 +104,82 @@ class Gateway:
             out["model"] = hybrid.model
         return out, counts
 
-    # ---------------------------------------------------------------- effects
+    async def decide(self, info: RequestInfo) -> Verdict:
+        """The verdict for one request; the audit line and the counters are written."""
+        seen = _Seen(
+            request_id=safe_token(
+                info.request_id or header(info.headers, "X-Request-Id"),
+                uuid.uuid4().hex,
+            ),
+            tenant=safe_token(header(info.headers, "X-Tenant"), DEFAULT_TENANT),
+            route=cloud_route(info.route),
+            classification=None,
+            scanned=scan(info.body),
+            payload_sha256=payload_sha256(info.body),
+        )
+        try:
+            caller = parse_headers(info.headers)
+        except HeaderError as exc:
+            self._record(seen, "refuse", exc.message, "none", 400, "sensitive")
+            return Refused(400, exc.message, exc.code, param=exc.header)
+        cls = classify(caller.data_class, seen.scanned, self.args)
+        seen = _Seen(**{**seen.__dict__, "classification": cls})
+        d = decide(self.args, cls, caller.route, info.queue_depth)
+        if d.action == "refuse":
+            self._record(seen, "refuse", d.reason, "none", d.status, d.data_class)
+            return Refused(d.status, d.reason, d.code)
+        if d.action == "local":
+            return self._local(seen, "local", d.reason, caller.tenant, cls.data_class)
+        return await self._offload(seen, d, info.body, caller.tenant, cls.data_class)
+
+    async def _offload(
+        self, seen: _Seen, d: Decision, body: dict[str, Any], tenant: str, local_class: DataClass
+    ) -> Verdict:
+        sent, counts = self.outbound_body(body, d, seen.route)
+        if sent is None:
+            reason = f"the body cannot be rebuilt for the {seen.route} endpoint: served locally"
+            return self._local(seen, "fallback", reason, tenant, local_class)
+        leftover = Counter[str]()
+        for text in scan(sent).strings():  # every string that would leave, keys included
+            leftover.update(pii.count(text))
+        if leftover:  # defence in depth: never send what the detectors still flag
+            reason = "PII left in the outbound body: served locally"
+            return self._local(seen, "fallback", reason, tenant, local_class)
+        cloud = self.cloud
+        if cloud is None:
+            reason = "no cloud client configured: served locally"
+            return self._local(seen, "fallback", reason, tenant, local_class)
+        from mmo_serving.gateway.cloud import CloudError
+
+        try:
+            response = await cloud.post(seen.route, sent)
+        except CloudError as exc:
+            reason = f"cloud endpoint failed: {exc}; served locally"
+            return self._local(seen, "fallback", reason, tenant, local_class)
+        self._record(seen, "offload", d.reason, d.destination, 200, d.data_class, counts)
+        return Offloaded(d.data_class, tenant, response)
+
+    def _local(
+        self, seen: _Seen, outcome: str, reason: str, tenant: str, data_class: DataClass
+    ) -> Local | Refused:
+        if seen.scanned.remote_images:  # a fallback would have to fetch them
+            message = f"{REMOTE_IMAGES_NOT_FETCHED} ({reason})"
+            self._record(seen, "refuse", message, "none", 403, data_class)
+            return Refused(403, message, "remote_image_refused")
+        self._record(seen, outcome, reason, "local", 200, data_class)
+        return Local(data_class, tenant, "fallback" if outcome == "fallback" else "local")
 
     def _record(
         self,
-        ev: Evaluation,
+        seen: _Seen,
         outcome: str,
-        *,
-        route: str,
         reason: str,
         destination: str,
         status: int,
         data_class: str,
         redactions: Counter[str] | None = None,
     ) -> None:
-        cls = ev.classification
+        cls = seen.classification
         redactions = redactions or Counter()
         if self.metrics is not None:
             self.metrics.decision(self.args.mode, outcome, data_class)
@@ -177,10 +187,10 @@ class Gateway:
                 self.metrics.redactions(kind, n)
         self.audit.write(
             {
-                "requestId": ev.context.request_id,
-                "tenant": ev.context.tenant,
+                "requestId": seen.request_id,
+                "tenant": seen.tenant,
                 "mode": self.args.mode,
-                "route": route,
+                "route": seen.route,
                 "class": cls.data_class if cls else None,
                 "declaredClass": cls.declared if cls else None,
                 "sentClass": data_class if outcome == "offload" else None,
@@ -188,96 +198,17 @@ class Gateway:
                 "destination": destination,
                 "status": status,
                 "reason": reason,
-                "payloadSha256": ev.payload_sha256,
+                "payloadSha256": seen.payload_sha256,
                 "images": {
-                    "inline": ev.scanned.inline_images,
-                    "remote": ev.scanned.remote_images,
+                    "inline": seen.scanned.inline_images,
+                    "remote": seen.scanned.remote_images,
                 },
                 "pii": dict(sorted((cls.pii if cls else Counter()).items())),
                 "redactions": dict(sorted(redactions.items())),
             }
         )
 
-    async def handle(
-        self,
-        body: dict[str, Any],
-        headers: Mapping[str, str],
-        *,
-        run_local: LocalRunner,
-        route: str = "chat/completions",
-        queue_depth: int = 0,
-        request_id: str | None = None,
-        tenant: str | None = None,
-    ) -> GatewayResult:
-        """Decide for one request and carry the decision out.
-
-        ``route`` is the OpenAI path under ``/v1`` (``chat/completions`` or
-        ``embeddings``; a request on another route is never offloaded): the cloud
-        endpoint gets the same path, and a body rebuilt from the schema
-        (:mod:`.outbound`), never the client's JSON.
-        ``run_local(body, context)`` serves the original body locally (through the cache,
-        keyed with ``context.cache_namespace``) and returns the JSON response.
-        """
-        ev = self.evaluate(
-            body, headers, queue_depth=queue_depth, request_id=request_id, tenant=tenant
-        )
-        d = ev.decision
-        common = {"X-Request-Id": ev.context.request_id, "X-MMO-Data-Class": d.data_class}
-
-        async def local(outcome: str, reason: str) -> GatewayResult:
-            if ev.scanned.remote_images:  # the fallback would have to fetch them
-                reason += "; remote image URLs are never fetched here: refused"
-                self._record(
-                    ev, "refuse", route=route, reason=reason, destination="none",
-                    status=403, data_class=ev.context.data_class,
-                )  # fmt: skip
-                body_out = error_body(reason, "remote_image_refused", 403)
-                return GatewayResult(403, body_out, "refuse", ev.context, dict(common))
-            self._record(
-                ev, outcome, route=route, reason=reason, destination="local",
-                status=200, data_class=ev.context.data_class,
-            )  # fmt: skip
-            resp = await run_local(body, ev.context)
-            hdrs = {**common, "X-MMO-Decision": outcome, "X-MMO-Data-Class": ev.context.data_class}
-            return GatewayResult(200, resp, outcome, ev.context, hdrs)
-
-        if d.action == "refuse":
-            self._record(
-                ev, "refuse", route=route, reason=d.reason, destination="none",
-                status=d.status, data_class=d.data_class,
-            )  # fmt: skip
-            body_out = error_body(d.reason, d.code, d.status)
-            hdrs = {**common, "X-MMO-Decision": "refuse"}
-            return GatewayResult(d.status, body_out, "refuse", ev.context, hdrs)
-        if d.action == "local":
-            return await local("local", d.reason)
-        sent, counts = self.outbound_body(body, d, route)
-        if sent is None:
-            reason = f"the body cannot be rebuilt for the {route} endpoint: served locally"
-            return await local("fallback", reason)
-        leftover = Counter[str]()
-        for text in scan(sent).strings():  # every string that would leave, keys included
-            leftover.update(pii.count(text))
-        if leftover:  # defence in depth: never send what the detectors still flag
-            return await local("fallback", "PII left in the outbound body: served locally")
-        cloud = self.cloud
-        if cloud is None:
-            return await local("fallback", "no cloud client configured: served locally")
-        from mmo_serving.gateway.cloud import CloudError
-
-        try:
-            resp = await cloud.post(route, sent)
-        except CloudError as exc:
-            return await local("fallback", f"cloud endpoint failed: {exc}; served locally")
-        self._record(
-            ev, "offload", route=route, reason=d.reason, destination=d.destination,
-            status=200, data_class=d.data_class, redactions=counts,
-        )  # fmt: skip
-        return GatewayResult(
-            200, resp, "offload", ev.context, {**common, "X-MMO-Decision": "offload"}
-        )
-
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         if self._cloud is not None:
             await self._cloud.aclose()
         self.audit.close()

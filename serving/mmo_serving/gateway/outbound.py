@@ -1,6 +1,6 @@
 """The body an offload sends: rebuilt from the OpenAI schema, never the client's JSON.
 
-A client's JSON may carry fields that the schema (:mod:`mmo_serving.openai_schema`)
+A client's JSON may carry fields that the schema (:mod:`mmo_serving.openai.schema`)
 accepts and ignores: ``metadata``, ``user``, a ``name`` on a message, vendor
 extensions. None of them is forwarded. The outbound body is built field by field from
 the validated request, so that what leaves is only what the gateway knows how to read,
@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mmo_serving import openai_schema as oa
+from mmo_serving.openai import schema as oa
 
 CHAT_ROUTE = "chat/completions"
 EMBED_ROUTE = "embeddings"

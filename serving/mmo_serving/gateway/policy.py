@@ -8,71 +8,37 @@ Classification
     is one with PII in any other string it carries (a dict key, a protocol keyword such
     as ``model``, a remote image URL: see :mod:`.request`).
 
-Decision (first rule that applies wins)
-    1. ``X-Route`` other than ``auto``/``local``/``cloud`` or an unknown ``X-Data-Class``:
-       refuse, 400.
-    2. private and federated modes: ``X-Route: cloud`` is refused (403: the deployment
+Decision (first rule that applies wins; the headers are parsed by :mod:`.headers`)
+    1. private and federated modes: ``X-Route: cloud`` is refused (403: the deployment
        has no cloud endpoint); otherwise local.
-    3. hybrid: ``X-Route: local`` -> local. Otherwise the request may be offloaded when
+    2. hybrid: ``X-Route: local`` -> local. Otherwise the request may be offloaded when
        its class is listed in ``offloadDataClasses`` -- or, when it is sensitive *only*
        because of PII in its text and ``redactPII`` is on, when its declared class is
        listed: the PII is then replaced by ``[KIND]`` placeholders before it leaves, and
        what leaves is no longer sensitive. A request declared sensitive, or carrying a
        sensitive image, never leaves. An eligible request is offloaded when the client
        asks (``X-Route: cloud``) or the local queue is over ``queueThreshold``.
-    4. A request with a remote image URL that would be served locally is refused (403):
+    3. A request with a remote image URL that would be served locally is refused (403):
        the server never fetches URLs (and in private mode it could not).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmo_serving.config import IsolationArgs
+from mmo_serving.config import DataClass, IsolationArgs
 from mmo_serving.gateway import pii
+from mmo_serving.gateway.headers import Route
 from mmo_serving.gateway.request import Scan
 
-DataClass = Literal["public", "internal", "sensitive"]
 Action = Literal["local", "offload", "refuse"]
-Route = Literal["auto", "local", "cloud"]
-DATA_CLASSES: tuple[DataClass, ...] = ("public", "internal", "sensitive")
-ROUTES: tuple[Route, ...] = ("auto", "local", "cloud")
 
-CLASS_HEADER = "x-data-class"
-ROUTE_HEADER = "x-route"
-
-
-class GatewayRequestError(ValueError):
-    """A header the gateway cannot act on (answered with 400)."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    for k, v in headers.items():
-        if k.lower() == name:
-            return v.strip()
-    return None
-
-
-def parse_route(headers: Mapping[str, str]) -> Route:
-    raw = _header(headers, ROUTE_HEADER)
-    if raw is None or raw == "":
-        return "auto"
-    value = raw.lower()
-    for route in ROUTES:
-        if value == route:
-            return route
-    raise GatewayRequestError(
-        f"header X-Route: unknown value (length {len(raw)}); allowed: auto, local, cloud",
-        code="invalid_route",
-    )
+REMOTE_IMAGES_NOT_FETCHED = (
+    "remote image URLs are not fetched: send the image inline as a data: URL "
+    "(data:image/png;base64,...)"
+)
 
 
 @dataclass(frozen=True)
@@ -89,21 +55,15 @@ class Classification:
         return self.declared != "sensitive" and self.data_class == "sensitive"
 
 
-def classify(headers: Mapping[str, str], scanned: Scan, args: IsolationArgs) -> Classification:
-    raw = _header(headers, CLASS_HEADER)
+def classify(
+    declared_header: DataClass | None, scanned: Scan, args: IsolationArgs
+) -> Classification:
+    """``declared_header``: the parsed ``X-Data-Class`` (None when absent)."""
     declared: DataClass
-    if raw is None or raw == "":
+    if declared_header is None:
         declared, source = args.default_data_class, "default"
     else:
-        value = raw.lower()
-        match = [c for c in DATA_CLASSES if c == value]
-        if not match:
-            raise GatewayRequestError(
-                f"header X-Data-Class: unknown value (length {len(raw)}); "
-                "allowed: public, internal, sensitive",
-                code="invalid_data_class",
-            )
-        declared, source = match[0], "header"
+        declared, source = declared_header, "header"
     images = scanned.inline_images + scanned.remote_images
     if images and args.images_sensitive and declared != "sensitive":
         declared, source = "sensitive", "image"
@@ -139,8 +99,7 @@ def _refuse(reason: str, data_class: DataClass, code: str, status: int = 403) ->
 def _local(cls: Classification, reason: str) -> Decision:
     if cls.remote_images:
         return _refuse(
-            f"{reason}; the request would be served locally and the server never fetches "
-            "remote image URLs: send images inline as data:image/...;base64 URLs",
+            f"{REMOTE_IMAGES_NOT_FETCHED} ({reason})",
             cls.data_class,
             code="remote_image_refused",
         )

@@ -1,0 +1,71 @@
+"""What the front asks the gateway and what it answers (pure).
+
+The front builds one :class:`RequestInfo` per API request, after schema validation and
+before the cache and the engine, and awaits ``Gateway.decide(info)``:
+
+- :class:`Local`: serve it with the local engine. ``data_class`` and ``tenant`` scope the
+  cache, so it never mixes classes or tenants. ``outcome`` is ``fallback`` when an
+  offload failed and the request is served locally instead.
+- :class:`Offloaded`: the gateway has already served it elsewhere (hybrid mode);
+  ``response`` is the OpenAI JSON it got back (always complete: sent with
+  ``stream: false``).
+- :class:`Refused`: answer ``status`` with the OpenAI error body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mmo_serving.config import DataClass
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    request_id: str
+    route: str  # "/v1/chat/completions" or "/v1/embeddings"
+    headers: Mapping[str, str]  # as received (names in any case)
+    # the validated request (schema fields only); an offload sends a copy rebuilt from it
+    body: dict[str, Any]
+    queue_depth: int  # requests in flight in this replica, this one included
+
+
+@dataclass(frozen=True)
+class Local:
+    data_class: DataClass
+    tenant: str
+    outcome: Literal["local", "fallback"] = "local"
+
+
+@dataclass(frozen=True)
+class Offloaded:
+    data_class: DataClass  # the class of what was sent
+    tenant: str
+    response: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Refused:
+    status: int  # 400: a header the gateway cannot act on; 403: the policy says no
+    message: str
+    code: str
+    param: str | None = None
+
+    @property
+    def error_type(self) -> str:
+        return "invalid_request_error" if self.status == 400 else "policy_error"
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error body."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+Verdict = Local | Offloaded | Refused
