@@ -12,27 +12,49 @@ Kinds (the ``kind`` label of ``mmo_pii_redactions_total``):
   10-13 digits (grouped or not) that follows a phone word (``tel``, ``phone``, ``call``,
   ``mobile``, ``fax``, ``电话``, ``手机``...) within 30 characters. Other bare runs of
   digits are *not* phone numbers (order numbers would all match).
-- ``card``: 13-19 digits (in groups separated by one or two spaces or a hyphen),
-  first digit 2-6 (the issuer ranges of Visa, Mastercard, Amex, Discover, JCB,
-  UnionPay, Diners) and a valid Luhn check digit.
+- ``card``: 13-19 digits, first digit 2-6 (the issuer ranges of Visa, Mastercard,
+  Amex, Discover, JCB, UnionPay, Diners) and a valid Luhn check digit; written in one
+  run, grouped as on a card (4-4-4-4, 4-6-5...) or in equal groups of 3-5 digits with
+  the same separator throughout. A window of a longer grouped number (a tracking
+  number printed in fours, ``112-4567890-1234567``) is not a card.
 - ``cn_id``: 18-character PRC resident identity number: region (first digit 1-8),
   a real birth date, the ISO 7064 MOD 11-2 check character (``0-9`` or ``X``).
-- ``iban``: country code, two check digits, BBAN of the country's registered length
-  (ISO 13616 registry; unknown countries: 15-34 characters), mod-97 remainder 1.
-  Groups separated by one or two spaces or by hyphens are accepted.
+- ``iban``: country code of the ISO 13616 registry (:data:`IBAN_LENGTHS`; other codes
+  are not detected), two check digits, BBAN of the country's registered length,
+  mod-97 remainder 1.
 - ``ipv4`` / ``ipv6``: dotted quads with octets up to 255 (leading zeros allowed:
   ``192.168.001.001``) and addresses that :mod:`ipaddress` accepts, IPv4-mapped ones
   (``::ffff:192.0.2.128``) as one span.
 
-Detection runs on a normalised copy of the text (:func:`.normalise.fold`: NFKC, so
-full-width ``４１１１`` and ``＠`` become ASCII; any Unicode space becomes a space, any
-dash a hyphen, ``。`` a dot, any decimal digit its ASCII digit; invisible format
-characters such as U+200B are dropped) and maps every span back to the original text
-through an offset table, so that :func:`redact` replaces exactly the original
-characters and leaves the rest of the text as the client wrote it.
+Separators: the digits of a card, ID or IBAN may be separated by any short run (up to
+:data:`SEP_MAX` characters) of spaces or punctuation (``.``, ``/``, ``_``, ``:``,
+``,``, ``·``, several spaces, `` - ``), but not by a list separator (``", "``).
+Letters may touch a card, ID or IBAN (``ID11010519491231002X``, ``card4111...``) since
+the checksum confirms the value; an IPv4 address may follow a word
+(``host10.20.30.40``, not ``v1.2.3.4``); an international phone number may follow
+letters (``tel+8613812345678``) and any phone number CJK text.
+
+Views: detection runs on every view of :func:`.normalise.views`: the folded text
+(invisible characters and combining marks removed, any whitespace a space, NFKC,
+ASCII digits) and, when the text holds percent-encoding or HTML character references,
+its decoded form too. Every span maps back to the original text, so that
+:func:`redact` replaces exactly the original characters and leaves the rest as the
+client wrote it. Findings of several views that overlap become one span.
+
+Many strings: :func:`detect_parts`, :func:`redact_parts` and :func:`count_parts` scan
+everything that leaves together (text parts, messages, embedding inputs) as one text,
+so that a value split across two parts is found, and map each finding back to the
+parts it touches.
+
+Linear time: every pattern either starts at a character found by a plain class scan
+and is bounded in length (at most 19 or 34 characters plus separators), or is a
+possessive run; e-mail addresses are grown from each ``@`` at most 64 characters to
+the left. No input makes the engine backtrack over more than a bounded window
+(hack/bench/bench_pii.py measures scan time against size).
 
 Detectors run in the order above-with-overlap-priority (email, iban, cn_id, card, ipv6,
 ipv4, phone): a span already claimed by one kind is not reported again by a later one.
+A digit group inside a UUID is never reported.
 """
 
 from __future__ import annotations
@@ -60,18 +82,14 @@ class Finding:
 # ------------------------------------------------------------------------------ checksums
 
 
+_LUHN_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+
+
 def luhn_valid(digits: str) -> bool:
     """Luhn (mod 10) check over a string of decimal digits (check digit last)."""
-    if not digits or not digits.isdigit():
+    if not digits or not digits.isdigit() or not digits.isascii():
         return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
+    total = sum(map(int, digits[-1::-2])) + sum(_LUHN_DOUBLED[int(d)] for d in digits[-2::-2])
     return total % 10 == 0
 
 
@@ -147,13 +165,11 @@ _S = f"{_SEP}{{0,{SEP_MAX}}}"
 _CARD = re.compile(rf"(?<![0-9])(?=([2-6](?:{_S}[0-9]){{12,18}}))")
 _CN_ID = re.compile(rf"(?<![0-9])(?=([1-8](?:{_S}[0-9]){{16}}{_S}[0-9Xx]))")
 _IBAN = re.compile(rf"(?=([A-Za-z]{{2}}(?:{_S}[0-9]){{2}}(?:{_S}[A-Za-z0-9]){{11,30}}))")
-# The dotted-quad tail comes first so that ::ffff:192.0.2.128 is one span.
-# A ":" may come before it when it ends a label ("ref:fe80::1"), checked in _ipv6.
-_IPV6 = re.compile(
-    r"(?<![0-9A-Za-z_.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
-    r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?(?![0-9A-Za-z_:]|\.[0-9])"
-)
-_LABEL_BEFORE = re.compile(r"[0-9A-Za-z_]*[G-Zg-z_][0-9A-Za-z_]*:\Z")
+# IPv6 candidates: runs of letters, digits, dots and colons (only where such a run
+# starts, and holding a colon), checked by ipaddress in _ipv6.
+_IPV6_TOKEN = re.compile(r"(?<![0-9A-Za-z_.:])[0-9A-Za-z_.]*+:[0-9A-Za-z_.:]*+")
+_HEX_OR_DOT = frozenset("0123456789abcdefABCDEF.")
+IPV6_MAX = 45  # characters in the longest written form (IPv4-mapped, no zeros dropped)
 _IPV4 = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?!\.?[0-9])(?!\w)")
 # The e-mail detector starts from each "@" and looks at most this far either side, so
 # that text without "@" costs nothing and text full of them stays linear.
@@ -232,7 +248,6 @@ PHONE_WORD_WINDOW = 30  # characters before the number where a phone word counts
 _DIGIT = re.compile("[0-9](?<![0-9][0-9])")
 _CARD_FIRST = re.compile("[2-6](?<![0-9][2-6])")
 _CN_ID_FIRST = re.compile("[1-8](?<![0-9][1-8])")
-_IPV6_FIRST = re.compile("[0-9A-Fa-f]{0,4}:")
 # IBAN heads "DE89" and "DE 89": found from the first check digit, which is rarer than a
 # letter (the offset is where the country code starts).
 _IBAN_HEADS = (
@@ -260,8 +275,13 @@ def _matches(
             yield m
 
 
+_NOT_DIGIT = re.compile(r"\D+")
+_NOT_ALNUM = re.compile(r"[\W_]+")
+_GROUP = re.compile(r"[^\W_]+")
+
+
 def _digits(s: str) -> str:
-    return "".join(ch for ch in s if ch.isdigit())
+    return _NOT_DIGIT.sub("", s)
 
 
 def _longest(cand: str, ok: Callable[[str], bool]) -> int | None:
@@ -279,15 +299,18 @@ def _longest(cand: str, ok: Callable[[str], bool]) -> int | None:
     return None
 
 
-def _number_ends(text: str, start: int, cand: str) -> list[int]:
-    """Ends (relative to ``start``) of the prefixes of ``cand`` that end a digit group:
-    the next character of ``text`` is not a digit. Letters may follow (``...1111abc``):
-    the checksum decides."""
+def _number_ends(text: str, start: int, cand: str) -> list[tuple[int, int]]:
+    """``(end, characters)`` of the prefixes of ``cand`` that end a digit group (the next
+    character of ``text`` is not a digit; letters may follow, ``...1111abc``: the
+    checksum decides), with the count of letters and digits in each prefix."""
     out = []
-    for i, ch in enumerate(cand):
-        nxt = start + i + 1
-        if ch.isalnum() and (nxt >= len(text) or not text[nxt].isdigit()):
-            out.append(i + 1)
+    count = 0
+    for m in _GROUP.finditer(cand):
+        count += m.end() - m.start()
+        out.append((m.end(), count))
+    after = start + len(cand)
+    if out and out[-1][0] == len(cand) and after < len(text) and text[after].isdigit():
+        out.pop()  # the candidate stopped inside a longer run of digits
     return out
 
 
@@ -385,31 +408,43 @@ def _checked_numbers(
     pattern: re.Pattern[str],
     first: re.Pattern[str],
     text: str,
+    sizes: tuple[int, int],
     ok: Callable[[str], bool],
     alone: bool = False,
 ) -> Iterator[tuple[int, int]]:
-    """Spans of the longest prefix (ending a group) of each candidate that ``ok`` takes;
-    a candidate starting inside a span already found is skipped. With ``alone``, a
-    candidate inside a longer grouped number is not taken either."""
+    """Spans of the longest prefix (ending a group, ``sizes`` digits long) of each
+    candidate that ``ok`` takes; a candidate starting inside a span already found is
+    skipped. With ``alone``, a candidate inside a longer grouped number is not taken
+    either."""
+    lo, hi = sizes
     last = 0
     for m in _matches(pattern, first, text, overlapping=True):
         start, cand = m.start(1), m.group(1)
         if start < last:
             continue
-        for end in reversed(_number_ends(text, start, cand)):
-            if ok(cand[:end]) and not (alone and _inside_longer_number(text, start, start + end)):
-                last = start + end
-                yield start, start + end
-                break
+        after = start + len(cand)
+        if lo == hi:  # a fixed length: only the whole candidate can fit
+            whole = after >= len(text) or not text[after].isdigit()
+            ends = [(len(cand), hi)] if whole else []
+        else:
+            ends = _number_ends(text, start, cand)
+        for end, n in reversed(ends):
+            if not lo <= n <= hi or not ok(cand[:end]):
+                continue
+            if alone and _inside_longer_number(text, start, start + end):
+                continue
+            last = start + end
+            yield start, start + end
+            break
 
 
 def _is_cn_id(s: str) -> bool:
-    compact = "".join(ch for ch in s if ch.isalnum())
+    compact = _NOT_ALNUM.sub("", s)
     return len(compact) == 18 and not _LIST_SEP.search(s) and cn_id_valid(compact)
 
 
 def _cn_ids(text: str) -> Iterator[tuple[int, int]]:
-    return _checked_numbers(_CN_ID, _CN_ID_FIRST, text, _is_cn_id)
+    return _checked_numbers(_CN_ID, _CN_ID_FIRST, text, (18, 18), _is_cn_id)
 
 
 def _is_card(s: str) -> bool:
@@ -419,7 +454,7 @@ def _is_card(s: str) -> bool:
 
 def _cards(text: str) -> Iterator[tuple[int, int]]:
     # "4111 ... 1111 22" still finds the card in front of an unrelated number.
-    return _checked_numbers(_CARD, _CARD_FIRST, text, _is_card, alone=True)
+    return _checked_numbers(_CARD, _CARD_FIRST, text, (13, 19), _is_card, alone=True)
 
 
 def _ipv4_valid(value: str) -> bool:
@@ -428,25 +463,40 @@ def _ipv4_valid(value: str) -> bool:
     return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 for p in parts)
 
 
+def _ipv6_in(token: str) -> tuple[int, int] | None:
+    """The span of the IPv6 address that ``token`` (a run of letters, digits, dots and
+    colons) ends with, or None: a label in front is cut off ("ref:fe80::1",
+    "IPv6:2001:db8::1"), dots at the end too ("... 2001:db8::7.")."""
+    end = len(token.rstrip("."))
+    window = max(0, end - IPV6_MAX - 1)  # an address is never longer than this
+    start = None if window else 0
+    pos = window
+    for seg in token[window:end].split(":")[:-1]:
+        pos += len(seg) + 1
+        if any(ch not in _HEX_OR_DOT for ch in seg):
+            start = pos  # after the label
+    if start is None:
+        return None  # a long run of hex and colons, not one address
+    cand = token[start:end]
+    if cand.count(":") < 2 or sum(ch not in ":." for ch in cand) < 3:
+        return None  # "::1", "a::b" and friends: no address worth hiding, often not one
+    head, _, tail = cand.rpartition(":")
+    if "." in tail:  # IPv4-mapped or -embedded: check the quad ourselves (zeros)
+        if not _ipv4_valid(tail):
+            return None
+        cand = head + ":0.0.0.0"
+    try:
+        ipaddress.IPv6Address(cand)
+    except ValueError:
+        return None
+    return start, end
+
+
 def _ipv6(text: str) -> Iterator[tuple[int, int]]:
-    for m in _matches(_IPV6, _IPV6_FIRST, text):
-        cand = m.group()
-        start = m.start()
-        label = start > 0 and text[start - 1] == ":"
-        if label and not _LABEL_BEFORE.search(text[max(0, start - 24) : start]):
-            continue  # inside an address, or after "::"
-        if sum(ch not in ":." for ch in cand) < 3:
-            continue  # "::1", "a::b" and friends: no address worth hiding, often not one
-        head, _, tail = cand.rpartition(":")
-        if "." in tail:  # IPv4-mapped or -embedded: check the quad ourselves (zeros)
-            if not _ipv4_valid(tail):
-                continue
-            cand = head + ":0.0.0.0"
-        try:
-            ipaddress.IPv6Address(cand)
-        except ValueError:
-            continue
-        yield m.span()
+    for m in _IPV6_TOKEN.finditer(text):
+        span = _ipv6_in(m.group())
+        if span is not None:
+            yield m.start() + span[0], m.start() + span[1]
 
 
 def _ipv4(text: str) -> Iterator[tuple[int, int]]:
