@@ -58,14 +58,19 @@ def app_args_for(opts: UpOptions) -> AppArgs:
     from mmo_operator.api.problems import InvalidResource
     from mmo_operator.api.validation import validate_file
     from mmo_operator.builders.app_args import plan_and_app_args
+    from mmo_operator.policy.admission import egress_notes
 
     try:
-        validated = validate_file(opts.file)
+        # local: a loopback endpoint (a stand-in cloud on this machine) is allowed here,
+        # with a warning; the operator and the webhook refuse it
+        validated = validate_file(opts.file, local=True)
     except InvalidResource as exc:
         lines = [f"{opts.file}: {p}" for p in exc.problems]
         raise UpError("\n".join(lines) or str(exc)) from exc
     except OSError as exc:
         raise UpError(f"{opts.file}: {exc.strerror or exc}") from exc
+    for note in egress_notes(validated.model, local=True):
+        print(f"warning: {note}", file=sys.stderr)
     _plan, args = plan_and_app_args(validated)
     if opts.port is not None:
         args.port = opts.port

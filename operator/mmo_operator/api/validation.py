@@ -297,16 +297,18 @@ def capacity_problems(report: CapacityReport) -> list[Problem]:
     return [Problem("spec.resources", report.message + options)]
 
 
-def isolation_problems(model: MultimodalModel) -> list[Problem]:
+def isolation_problems(model: MultimodalModel, *, local: bool = False) -> list[Problem]:
+    """``local``: a local trial (``mmo up``), where a loopback peer is allowed."""
     try:
         from mmo_operator.policy.admission import check_isolation
     except ImportError:  # the isolation layer is optional during development
         return []
-    return list(check_isolation(model))
+    return list(check_isolation(model, local=local))
 
 
-def validate(doc: dict[str, Any]) -> Validated:
-    """Run every check; raise InvalidResource with all problems found."""
+def validate(doc: dict[str, Any], *, local: bool = False) -> Validated:
+    """Run every check; raise InvalidResource with all problems found. ``local``: for
+    ``mmo up`` (a loopback hybrid endpoint or aggregator is allowed there)."""
     model = parse_model(doc)
     problems = cross_field_problems(model)
     try:
@@ -317,15 +319,15 @@ def validate(doc: dict[str, Any]) -> Validated:
     problems += builtin_rule_problems(model, arch)
     capacity = capacity_of(model, arch)
     problems += capacity_problems(capacity)
-    problems += isolation_problems(model)
+    problems += isolation_problems(model, local=local)
     if problems:
         raise InvalidResource(problems)
     return Validated(model=model, architecture=arch, capacity=capacity, warnings=capacity.warnings)
 
 
-def validate_file(path: str | Path) -> Validated:
+def validate_file(path: str | Path, *, local: bool = False) -> Validated:
     try:
-        return validate(read_file(path))
+        return validate(read_file(path), local=local)
     except InvalidResource as e:
         e.source = str(path)
         raise
