@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -31,6 +31,9 @@ from .v1alpha1 import (
     builtin_name,
     is_builtin,
 )
+
+if TYPE_CHECKING:
+    from mmo_operator.policy.addresses import ClusterNetworks
 
 
 @dataclass
@@ -297,16 +300,22 @@ def capacity_problems(report: CapacityReport) -> list[Problem]:
     return [Problem("spec.resources", report.message + options)]
 
 
-def isolation_problems(model: MultimodalModel, *, local: bool = False) -> list[Problem]:
-    """``local``: a local trial (``mmo up``), where a loopback peer is allowed."""
+def isolation_problems(
+    model: MultimodalModel, *, local: bool = False, cluster: ClusterNetworks | None = None
+) -> list[Problem]:
+    """``local``: a local trial (``mmo up``), where a loopback peer is allowed.
+    ``cluster``: the cluster's pod and Service CIDRs and aggregator namespaces (the
+    operator's flags; default: the common distributions')."""
     try:
         from mmo_operator.policy.admission import check_isolation
     except ImportError:  # the isolation layer is optional during development
         return []
-    return list(check_isolation(model, local=local))
+    return list(check_isolation(model, local=local, cluster=cluster))
 
 
-def validate(doc: dict[str, Any], *, local: bool = False) -> Validated:
+def validate(
+    doc: dict[str, Any], *, local: bool = False, cluster: ClusterNetworks | None = None
+) -> Validated:
     """Run every check; raise InvalidResource with all problems found. ``local``: for
     ``mmo up`` (a loopback hybrid endpoint or aggregator is allowed there)."""
     model = parse_model(doc)
@@ -319,15 +328,17 @@ def validate(doc: dict[str, Any], *, local: bool = False) -> Validated:
     problems += builtin_rule_problems(model, arch)
     capacity = capacity_of(model, arch)
     problems += capacity_problems(capacity)
-    problems += isolation_problems(model, local=local)
+    problems += isolation_problems(model, local=local, cluster=cluster)
     if problems:
         raise InvalidResource(problems)
     return Validated(model=model, architecture=arch, capacity=capacity, warnings=capacity.warnings)
 
 
-def validate_file(path: str | Path, *, local: bool = False) -> Validated:
+def validate_file(
+    path: str | Path, *, local: bool = False, cluster: ClusterNetworks | None = None
+) -> Validated:
     try:
-        return validate(read_file(path), local=local)
+        return validate(read_file(path), local=local, cluster=cluster)
     except InvalidResource as e:
         e.source = str(path)
         raise
