@@ -549,11 +549,13 @@ _NOT_IN_UUID = frozenset({"iban", "cn_id", "card", "ipv4", "phone"})
 
 
 class _Spans:
-    """Non-overlapping spans, sorted; an overlap test costs O(log n)."""
+    """Non-overlapping spans, sorted; an overlap test costs O(log n). Spans are added
+    in increasing order as a rule (each detector yields them so), which appends."""
 
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
+    def __init__(self, spans: list[tuple[int, int]] | None = None) -> None:
+        spans = sorted(spans or [])
+        self.starts = [s for s, _ in spans]
+        self.ends = [e for _, e in spans]
 
     def overlaps(self, start: int, end: int) -> bool:
         i = bisect.bisect_right(self.starts, start)
@@ -566,22 +568,25 @@ class _Spans:
         self.starts.insert(i, start)
         self.ends.insert(i, end)
 
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self.starts, self.ends, strict=True))
+
 
 def _scan(text: str) -> list[Finding]:
     """Findings in one view, in the detectors' priority order, non-overlapping."""
-    uuids = _Spans()
-    for m in _UUID.finditer(text):
-        uuids.add(*m.span())
-    taken = _Spans()
+    uuids = _Spans([m.span() for m in _UUID.finditer(text)])
+    earlier = _Spans()  # spans of the kinds before this one (fixed while a kind runs)
     out: list[Finding] = []
     for kind in KINDS:
+        this = _Spans()
         for start, end in _DETECTORS[kind](text):
-            if taken.overlaps(start, end):
+            if earlier.overlaps(start, end) or this.overlaps(start, end):
                 continue
             if kind in _NOT_IN_UUID and uuids.overlaps(start, end):
                 continue
-            taken.add(start, end)
+            this.add(start, end)
             out.append(Finding(kind, start, end))
+        earlier = _Spans(earlier.spans() + this.spans())
     return out
 
 
