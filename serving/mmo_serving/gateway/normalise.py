@@ -158,23 +158,6 @@ def _fold_chars(text: str) -> View:
     return View("".join(parts), starts, ends)
 
 
-def fold(text: str) -> tuple[str, list[int] | None]:
-    """``(folded, origin)``: ``origin[i]`` is the index in ``text`` of ``folded[i]``
-    (with one extra entry, ``len(text)``); ``None`` when offsets are unchanged."""
-    view = fold_view(text)
-    if view.starts is None:
-        return view.text, None
-    return view.text, [*view.starts, len(text)]
-
-
-def original_span(origin: list[int] | None, start: int, end: int) -> tuple[int, int]:
-    """The span of the original text that folded ``[start, end)`` came from (whole
-    original characters, so a character folded into several is never cut)."""
-    if origin is None:
-        return start, end
-    return origin[start], origin[end - 1] + 1
-
-
 _ENCODED = re.compile(
     r"(?:%[0-9A-Fa-f]{2})+"
     r"|&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
