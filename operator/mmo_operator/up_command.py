@@ -24,14 +24,19 @@ def up_app_args(path: str) -> AppArgs:
     """The operator's validation, plan and AppArgs for the spec in ``path``."""
     from mmo_operator.api.validation import validate_file
     from mmo_operator.builders.app_args import plan_and_app_args
+    from mmo_operator.policy.admission import egress_notes
 
     try:
-        validated = validate_file(path)
+        # local: a loopback endpoint (a stand-in cloud on this machine) is allowed here,
+        # with a warning; the operator and the webhook refuse it
+        validated = validate_file(path, local=True)
     except InvalidResource as exc:
         lines = [f"{path}: {p}" for p in exc.problems]
         raise SpecError("\n".join(lines) or str(exc)) from exc
     except OSError as exc:
         raise SpecError(f"{path}: {exc.strerror or exc}") from exc
+    for note in egress_notes(validated.model, local=True):
+        print(f"warning: {note}", file=sys.stderr)
     _plan, args = plan_and_app_args(validated)
     return args
 

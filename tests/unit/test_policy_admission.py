@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from mmo_operator.api.validation import parse_model
+from mmo_operator.policy.addresses import ClusterNetworks, parse_cidrs, parse_ip
 from mmo_operator.policy.admission import (
     check_isolation,
     dp_epsilon,
+    egress_notes,
     is_in_cluster_host,
     split_host_port,
 )
@@ -86,12 +88,8 @@ CASES: list[tuple[str, str, Any, str, list[str]]] = [
         "spec.isolation.hybrid.offloadDataClasses", ["twice"],
     ),
     (
-        FED, "spec.isolation.federated.aggregator", "superlink.fl.svc",
+        FED, "spec.isolation.federated.aggregator", "superlink.federation.svc",
         "spec.isolation.federated.aggregator", ["host:port", "port is required"],
-    ),
-    (
-        FED, "spec.isolation.federated.aggregator", "10.0.0.5:9092",
-        "spec.isolation.federated.cidrs", ["10.0.0.5", "in none of"],
     ),
     (
         FED, "spec.isolation.federated.minClients", 2,
@@ -146,7 +144,7 @@ def _with_s3(name: str, endpoint: str) -> dict[str, Any]:
 @pytest.mark.parametrize("name", [PRIV, HY, FED])
 def test_s3_source_must_be_in_cluster_in_every_mode(name: str) -> None:
     assert problems(_with_s3(name, "http://minio.store.svc.cluster.local:9000")) == []
-    assert problems(_with_s3(name, "http://10.20.0.4:9000")) == []
+    assert problems(_with_s3(name, "http://10.96.12.4:9000")) == []  # a Service IP
     found = problems(_with_s3(name, "https://s3.amazonaws.com"))
     assert [p for p, _ in found] == ["spec.model.s3.endpoint"]
     assert "'s3.amazonaws.com' is outside the cluster" in found[0][1]
@@ -195,7 +193,231 @@ def test_helpers() -> None:
     assert split_host_port("superlink.fl.svc:9092") == ("superlink.fl.svc", 9092)
     assert split_host_port("[2001:db8::1]:9092") == ("2001:db8::1", 9092)
     assert split_host_port("host:0") is None and split_host_port("host") is None
-    assert is_in_cluster_host("minio") and is_in_cluster_host("minio.store")
+    assert is_in_cluster_host("minio") and not is_in_cluster_host("minio.store")
     assert is_in_cluster_host("minio.store.svc") and is_in_cluster_host("192.168.1.2")
+    assert is_in_cluster_host("minio.store.svc.cluster.local")
     assert not is_in_cluster_host("s3.eu-west-1.amazonaws.com")
     assert not is_in_cluster_host("8.8.8.8")
+
+
+# ------------------------------------------------------------------ egress that reaches inside
+
+
+def _hybrid(endpoint: str, cidrs: list[str]) -> dict[str, Any]:
+    doc = patched(HY, "spec.isolation.hybrid.endpoint", endpoint)
+    doc["spec"]["isolation"]["hybrid"]["cidrs"] = cidrs
+    return doc
+
+
+def _federated(aggregator: str, cidrs: list[str]) -> dict[str, Any]:
+    doc = patched(FED, "spec.isolation.federated.aggregator", aggregator)
+    doc["spec"]["isolation"]["federated"]["cidrs"] = cidrs
+    return doc
+
+
+@pytest.mark.parametrize(
+    "cidr,words",
+    [
+        ("10.96.0.0/16", ["Service CIDR 10.96.0.0/12", "--service-cidrs"]),
+        ("10.244.0.0/16", ["pod CIDR 10.244.0.0/16", "--pod-cidrs"]),
+        ("169.254.0.0/16", ["link-local", "metadata"]),
+        ("127.0.0.0/16", ["loopback"]),
+        ("224.0.0.0/16", ["multicast"]),
+        ("64:ff9b::/96", ["NAT64"]),
+        ("::ffff:0:0/96", ["IPv4-mapped"]),
+        ("fe80::/32", ["link-local"]),
+    ],
+)
+def test_hybrid_cidrs_that_reach_inside_are_refused(cidr: str, words: list[str]) -> None:
+    found = problems(_hybrid("https://llm.example.com/v1", ["203.0.113.0/24", cidr]))
+    assert [p for p, _ in found] == ["spec.isolation.hybrid.cidrs[1]"], found
+    for w in [cidr, "reaches inside", *words]:
+        assert w in found[0][1], (w, found[0][1])
+
+
+def test_federated_cidrs_that_reach_inside_are_refused() -> None:
+    found = problems(_federated("flower.example.org:9092", ["169.254.0.0/16"]))
+    assert [p for p, _ in found] == ["spec.isolation.federated.cidrs[0]"]
+    assert "link-local" in found[0][1]
+
+
+def test_cluster_ranges_come_from_the_operator() -> None:
+    doc = _hybrid("https://llm.example.com/v1", ["100.64.0.0/16"])
+    assert problems(doc) == []
+    cluster = ClusterNetworks(pod_cidrs=("100.64.0.0/10",), service_cidrs=("100.128.0.0/16",))
+    found = check_isolation(parse_model(doc), cluster=cluster)
+    assert [p.path for p in found] == ["spec.isolation.hybrid.cidrs[0]"]
+    assert "pod CIDR 100.64.0.0/10" in found[0].message
+    assert parse_cidrs("10.42.0.0/16, fd00::/108") == ("10.42.0.0/16", "fd00::/108")
+    with pytest.raises(ValueError, match=r"'10\.42\.0\.1/16' is not a CIDR"):
+        parse_cidrs("10.42.0.1/16")
+
+
+@pytest.mark.parametrize(
+    "host,address",
+    [
+        ("3405803786", "203.0.113.10"),  # decimal
+        ("0xcb00710a", "203.0.113.10"),  # hex
+        ("0313.0.0161.012", "203.0.113.10"),  # octal parts
+        ("203.0.28938", "203.0.113.10"),  # last part fills the rest
+        ("２０３.０.１１３.１０", "203.0.113.10"),  # full-width digits
+    ],
+)
+def test_numeric_hosts_are_read_as_addresses(host: str, address: str) -> None:
+    assert str(parse_ip(host)) == address
+    # inside its CIDRs: admitted; outside: the address is named
+    assert problems(_hybrid(f"https://{host}/v1", ["203.0.113.0/24"])) == []
+    found = problems(_hybrid(f"https://{host}/v1", ["198.51.100.0/24"]))
+    assert [p for p, _ in found] == ["spec.isolation.hybrid.cidrs"]
+    assert f"address {address} is in none of" in found[0][1]
+
+
+@pytest.mark.parametrize(
+    "host,words",
+    [
+        ("2130706433", ["127.0.0.1", "loopback"]),
+        ("0x7f.1", ["127.0.0.1", "loopback"]),
+        ("localhost", ["loopback"]),
+        ("169.254.169.254", ["metadata"]),
+        ("[::ffff:10.96.0.1]", ["IPv4-mapped"]),
+        ("[64:ff9b::a60:1]", ["NAT64"]),
+        ("10.96.0.1", ["Service CIDR 10.96.0.0/12"]),
+    ],
+)
+def test_endpoint_hosts_inside_are_refused(host: str, words: list[str]) -> None:
+    found = problems(_hybrid(f"https://{host}/v1", ["203.0.113.0/24"]))
+    msgs = [m for p, m in found if p == "spec.isolation.hybrid.endpoint"]
+    assert len(msgs) == 1, found
+    for w in [*words, "never a peer"]:
+        assert w in msgs[0], (w, msgs[0])
+
+
+def test_a_local_trial_accepts_loopback_with_a_note() -> None:
+    doc = _hybrid("https://127.0.0.1:8443/v1", ["127.0.0.1/32"])
+    model = parse_model(doc)
+    assert {p.path for p in check_isolation(model)} == {
+        "spec.isolation.hybrid.endpoint",
+        "spec.isolation.hybrid.cidrs[0]",
+    }
+    assert check_isolation(model, local=True) == []
+    assert egress_notes(model, local=True) == [
+        "hybrid endpoint 127.0.0.1 is loopback: accepted for a local trial (mmo up); the "
+        "operator and its webhook refuse it"
+    ]
+    # only loopback: the metadata service stays refused in a local trial too
+    meta = parse_model(_hybrid("https://169.254.169.254/v1", ["169.254.169.254/32"]))
+    assert len(check_isolation(meta, local=True)) == 2
+
+
+def test_a_dns_endpoint_gets_a_note_for_policy_enforced() -> None:
+    notes = egress_notes(parse_model(sample(HY)))
+    assert notes == [
+        "hybrid endpoint llm.example.com is a DNS name: admission cannot check that its "
+        "addresses lie in 203.0.113.0/24; egress reaches only those CIDRs, so calls to any "
+        "other address fail"
+    ]
+    assert egress_notes(parse_model(_hybrid("https://203.0.113.9/v1", ["203.0.113.0/24"]))) == []
+    # an in-cluster aggregator is a Service: nothing to resolve outside
+    assert egress_notes(parse_model(sample(FED))) == []
+    fed = parse_model(_federated("flower.example.org:9092", ["198.51.100.0/24"]))
+    assert egress_notes(fed)[0].startswith("federated aggregator flower.example.org is a DNS")
+
+
+def test_in_cluster_aggregators_only_in_listed_namespaces() -> None:
+    found = problems(_federated("x.kube-system.svc:443", ["10.96.40.0/24"]))
+    assert [p for p, _ in found] == [
+        "spec.isolation.federated.aggregator",
+        "spec.isolation.federated.cidrs[0]",  # not in an allowed namespace: cluster ranges out
+    ]
+    assert "namespace 'kube-system', which may not host an aggregator" in found[0][1]
+    assert "allowed: ['federation']" in found[0][1]
+    assert "admission.aggregatorNamespaces" in found[0][1]
+    doc = _federated("x.kube-system.svc.cluster.local:9092", ["10.96.40.0/24"])
+    cluster = ClusterNetworks(aggregator_namespaces=("kube-system",))
+    assert check_isolation(parse_model(doc), cluster=cluster) == []
+    # an allowed namespace may name cluster ranges, but never the API server's ClusterIP
+    found = problems(_federated("flower-superlink.federation.svc:9092", ["10.96.0.0/24"]))
+    assert [p for p, _ in found] == ["spec.isolation.federated.cidrs[0]"]
+    assert "the API server's ClusterIP 10.96.0.1" in found[0][1]
+
+
+@pytest.mark.parametrize("aggregator", ["superlink:9092", "superlink.kube-system:9092"])
+def test_aggregators_the_search_path_could_resolve_either_way_are_refused(
+    aggregator: str,
+) -> None:
+    found = problems(_federated(aggregator, ["198.51.100.0/24"]))
+    assert [p for p, _ in found] == ["spec.isolation.federated.aggregator"]
+    assert "ambiguous" in found[0][1] and "NAME.NAMESPACE.svc" in found[0][1]
+
+
+@pytest.mark.parametrize(
+    "url,words",
+    [
+        ("https://llm.example.com/v1?api_key=sk-1", ["'api_key' query parameter"]),
+        ("https://llm.example.com/v1?q=sk-abcdef123456", ["key-shaped value", "'q'"]),
+        ("https://llm.example.com/v1/sk-proj-abcdef1234567890", ["key-shaped path segment"]),
+        ("https://llm.example.com/key/abc/v1", ["after the path segment 'key'"]),
+        ("https://llm.example.com/v1;token=abc", ["'token' parameter in path segment 1"]),
+        ("https://llm.example.com/v1/token=abc", ["'token' parameter in path segment 2"]),
+        ("https://llm.example.com/AKIAIOSFODNN7EXAMPLE/v1", ["key-shaped path segment"]),
+        ("https://llm.example.com/v1/Zx8kQ2mN7pR4tY6uW1vB3cD5", ["key-shaped path segment"]),
+        ("https://llm.example.com/v1#access_token=abc", ["'access_token' fragment"]),
+    ],
+)
+def test_credentials_anywhere_in_the_endpoint_url_are_refused(url: str, words: list[str]) -> None:
+    found = problems(_hybrid(url, ["203.0.113.0/24"]))
+    assert [p for p, _ in found] == ["spec.isolation.hybrid.endpoint"], found
+    for w in [*words, "credentialsSecret"]:
+        assert w in found[0][1], (w, found[0][1])
+    for secret in ("sk-abcdef", "AKIAIOSFODNN7EXAMPLE", "Zx8kQ2mN7pR4tY6uW1vB3cD5"):
+        assert secret not in found[0][1]  # the message never repeats the value
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://llm.example.com/v1",
+        "https://llm.example.com/openai/deployments/gpt-4o-mini-2024-07-18/v1?api-version=2024-06-01",
+        "https://llm.example.com/v1?model=qwen2.5-72b-instruct",
+    ],
+)
+def test_ordinary_endpoint_urls_pass(url: str) -> None:
+    assert problems(_hybrid(url, ["203.0.113.0/24"])) == []
+
+
+@pytest.mark.parametrize(
+    "endpoint,words",
+    [
+        ("http://minio.store:9000", ["'minio.store' is outside the cluster"]),
+        ("http://10.20.0.4:9000", ["'10.20.0.4' is outside", "--pod-cidrs"]),
+        ("http://127.0.0.1:9000", ["'127.0.0.1' is outside"]),
+        ("http://169.254.169.254/", ["'169.254.169.254' is outside"]),
+        ("http://2130706433:9000", ["'2130706433' is outside"]),
+        ("http://minio.store.svc.evil.com:9000", ["is outside"]),
+    ],
+)
+def test_s3_endpoint_must_be_an_in_cluster_address(endpoint: str, words: list[str]) -> None:
+    found = problems(_with_s3(PRIV, endpoint))
+    assert [p for p, _ in found] == ["spec.model.s3.endpoint"], found
+    for w in words:
+        assert w in found[0][1], (w, found[0][1])
+    assert problems(_with_s3(PRIV, "http://minio:9000")) == []  # the model's namespace
+    assert problems(_with_s3(PRIV, "http://10.244.3.7:9000")) == []  # a pod IP
+
+
+def test_mmo_up_accepts_a_loopback_endpoint_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mmo_operator.cli import main
+    from mmo_serving.local import UpOptions, app_args_for
+
+    doc = _hybrid("https://127.0.0.1:8443/v1", ["127.0.0.1/32"])
+    doc["spec"]["model"] = sample("deepseek-v3-int4.yaml")["spec"]["model"]  # pvc://
+    doc["spec"]["resources"] = sample("deepseek-v3-int4.yaml")["spec"]["resources"]
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    args = app_args_for(UpOptions(file=str(path)))
+    assert args.isolation.hybrid is not None
+    assert "warning: hybrid endpoint 127.0.0.1 is loopback" in capsys.readouterr().err
+    assert main(["validate", str(path)]) == 1  # the operator's check refuses it
+    assert "127.0.0.1, loopback: never a peer" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -39,6 +39,9 @@ from .v1alpha1 import (
     engine_of,
     is_builtin,
 )
+
+if TYPE_CHECKING:
+    from mmo_operator.policy.addresses import ClusterNetworks
 
 
 @dataclass
@@ -321,16 +324,24 @@ def capacity_problems(report: CapacityReport) -> list[Problem]:
     return [Problem("spec.resources", report.message + options)]
 
 
-def isolation_problems(model: MultimodalModel) -> list[Problem]:
+def isolation_problems(
+    model: MultimodalModel, *, local: bool = False, cluster: ClusterNetworks | None = None
+) -> list[Problem]:
+    """``local``: a local trial (``mmo up``), where a loopback peer is allowed.
+    ``cluster``: the cluster's pod and Service CIDRs and aggregator namespaces (the
+    operator's flags; default: the common distributions')."""
     try:
         from mmo_operator.policy.admission import check_isolation
     except ImportError:  # the isolation layer is optional during development
         return []
-    return list(check_isolation(model))
+    return list(check_isolation(model, local=local, cluster=cluster))
 
 
-def validate(doc: dict[str, Any]) -> Validated:
-    """Run every check; raise InvalidResource with all problems found."""
+def validate(
+    doc: dict[str, Any], *, local: bool = False, cluster: ClusterNetworks | None = None
+) -> Validated:
+    """Run every check; raise InvalidResource with all problems found. ``local``: for
+    ``mmo up`` (a loopback hybrid endpoint or aggregator is allowed there)."""
     model = parse_model(doc)
     problems = cross_field_problems(model)
     try:
@@ -341,16 +352,18 @@ def validate(doc: dict[str, Any]) -> Validated:
     problems += builtin_rule_problems(model, arch)
     capacity = capacity_of(model, arch)
     problems += capacity_problems(capacity)
-    problems += isolation_problems(model)
+    problems += isolation_problems(model, local=local, cluster=cluster)
     problems += check_engine(model)
     if problems:
         raise InvalidResource(problems)
     return Validated(model=model, architecture=arch, capacity=capacity, warnings=capacity.warnings)
 
 
-def validate_file(path: str | Path) -> Validated:
+def validate_file(
+    path: str | Path, *, local: bool = False, cluster: ClusterNetworks | None = None
+) -> Validated:
     try:
-        return validate(read_file(path))
+        return validate(read_file(path), local=local, cluster=cluster)
     except InvalidResource as e:
         e.source = str(path)
         raise

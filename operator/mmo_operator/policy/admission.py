@@ -10,11 +10,25 @@ Every mode
       mode run with the hub and downloads off (``HF_HUB_OFFLINE=1``...) and hybrid egress
       reaches only the endpoint's CIDRs, so such a source could never load. Stage the
       weights on a PVC (``pvc://``) or an in-cluster object store.
-    - ``s3://`` sources: the ``s3.endpoint`` must be inside the cluster -- a Service name
-      (``minio``, ``minio.store``, ``minio.store.svc``, ``...svc.cluster.local``) or a
-      private IP address (RFC 1918, unique-local IPv6) -- since the network policies
-      allow egress only to it (see :mod:`.network`); and it must carry no credentials in
-      the URL (user:password@, ``?...key=``): they belong in ``s3.credentialsSecret``.
+    - ``s3://`` sources: the ``s3.endpoint`` must be inside the cluster -- a Service of
+      the model's namespace (``minio``), a qualified Service name (``minio.store.svc``,
+      ``...svc.cluster.local``) or an address in the cluster's pod or Service CIDRs;
+      ``minio.store`` is refused: the DNS search path makes it a Service only if
+      namespace ``store`` exists, an outside host otherwise -- and it must carry no
+      credentials in the URL: they belong in ``s3.credentialsSecret``.
+    - Egress never reaches inside (:mod:`.addresses`): hybrid and federated ``cidrs``
+      must not overlap loopback, "this network", link-local (the cloud metadata
+      service), multicast, NAT64 ``64:ff9b::/96``, IPv4-mapped ``::ffff:0:0/96`` or the
+      cluster's pod and Service CIDRs (``ClusterNetworks``: operator flags, defaults of
+      the common distributions); an endpoint or aggregator host that is such an address
+      is refused, numeric forms included (``2130706433``, ``0x7f.1``, ``localhost``).
+      ``check_isolation(..., local=True)`` (``mmo up``) allows loopback, and
+      :func:`egress_notes` says so; it also says when a peer is a DNS name, whose
+      addresses admission cannot compare with its CIDRs (for ``PolicyEnforced``).
+    - Credentials anywhere in a URL: user information, a query or fragment parameter
+      named like a key or token, a path segment after ``key``/``token``, a matrix
+      parameter (``;token=``), or any value shaped like a key (``sk-...``, ``AKIA...``,
+      a JWT, a long mixed-case-and-digits or hex string). Messages never repeat it.
 
 private
     Nothing may name a place outside the cluster. Beyond the CRD's rules this means the
@@ -34,6 +48,10 @@ hybrid
 federated
     - ``aggregator`` is ``host:port`` (a port is required: the egress policy opens only
       that port); an IP address host must lie inside ``cidrs``; ``cidrs`` as in hybrid.
+      An in-cluster aggregator (``NAME.NS.svc``) only in a namespace the operator lists
+      (``ClusterNetworks.aggregator_namespaces``); its ``cidrs`` may then name the
+      cluster's ranges, but not the API server's ClusterIP. ``NAME`` and ``NAME.NS``
+      alone are refused as ambiguous (the search path decides where they go).
     - ``minClients`` >= 3: with two sites, each one can subtract its own update from the
       aggregate and recover the other's exactly, secure aggregation or not.
     - ``differentialPrivacy.noiseMultiplier`` in [0.5, 10]: below 0.5 a *single* round of
@@ -57,20 +75,24 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from mmo_operator.api import MultimodalModel, Problem
+from mmo_operator.policy.addresses import (
+    INSIDE,
+    LOOPBACK,
+    ClusterNetworks,
+    describe,
+    overlapping,
+    parse_ip,
+    url_credentials,
+)
 from mmo_serving.federated import secure
 
 MIN_PREFIX = {4: 16, 6: 32}
 MIN_CLIENTS = 3
 NOISE_BOUNDS = (0.5, 10.0)
 CLIP_BOUNDS = (0.001, 10.0)
-_SECRET_QUERY = re.compile(r"key|token|secret|password|passwd|signature|sig|auth", re.I)
-_PRIVATE_NETS = [
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "127.0.0.0/8")
-]
 
 
 def dp_epsilon(noise_multiplier: float, rounds: int, delta: float = 1e-5) -> float:
@@ -122,10 +144,7 @@ def _cidr_problems(path: str, cidrs: list[str]) -> list[Problem]:
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
+    return parse_ip(host)  # numeric forms too: 2130706433, 0x7f000001, 127.1
 
 
 def _inside(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, cidrs: list[str]) -> bool:
@@ -135,27 +154,41 @@ def _inside(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, cidrs: list[str])
 
 def _url_credentials(url: str) -> str | None:
     """What in ``url`` looks like a credential, or None."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        return "user information (user:password@)"
-    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
-        if _SECRET_QUERY.search(name):
-            return f"a {name!r} query parameter"
+    return url_credentials(url)
+
+
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def service_namespace(host: str) -> str | None:
+    """The namespace of an in-cluster Service name (``NAME.NS.svc``,
+    ``NAME.NS.svc.cluster.local``), else None."""
+    labels = host.lower().rstrip(".").split(".")
+    if len(labels) >= 3 and labels[2] == "svc" and labels[3:] in ([], ["cluster", "local"]):
+        return labels[1] if all(_LABEL.fullmatch(lb) for lb in labels) else None
     return None
 
 
-def is_in_cluster_host(host: str) -> bool:
-    """A Service name (``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``) or a private IP."""
+def is_in_cluster_host(host: str, cluster: ClusterNetworks | None = None) -> bool:
+    """A Service of the model's namespace (``minio``), a qualified Service name
+    (``minio.store.svc``, ``minio.store.svc.cluster.local``) or an address in the
+    cluster's pod or Service CIDRs. ``minio.store`` is not: the search path makes it a
+    Service only if namespace ``store`` exists, and an outside host ``minio.store``
+    otherwise."""
+    cluster = cluster or ClusterNetworks()
     ip = _ip(host)
     if ip is not None:
-        return any(ip.version == n.version and ip in n for n in _PRIVATE_NETS)
+        what = describe(ip, cluster)
+        return what is not None and what.startswith("the cluster's")
     labels = host.lower().rstrip(".").split(".")
-    if len(labels) <= 2:  # "minio" or "minio.store": resolved by the cluster's search path
-        return all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", lb) for lb in labels)
-    return labels[2] == "svc" and (len(labels) == 3 or labels[3:] == ["cluster", "local"])
+    if len(labels) == 1:
+        return bool(_LABEL.fullmatch(labels[0]))
+    return service_namespace(host) is not None
 
 
-def _source_problems(model: MultimodalModel) -> list[Problem]:
+def _source_problems(
+    model: MultimodalModel, cluster: ClusterNetworks | None = None
+) -> list[Problem]:
     spec = model.spec
     source = spec.model.source
     out = []
@@ -179,13 +212,15 @@ def _source_problems(model: MultimodalModel) -> list[Problem]:
                 )
             )
         host = urlsplit(s3.endpoint).hostname or ""
-        if not is_in_cluster_host(host):
+        if not is_in_cluster_host(host, cluster):
             out.append(
                 Problem(
                     "spec.model.s3.endpoint",
                     f"host {host!r} is outside the cluster; weights must come from an "
-                    "in-cluster object store: a Service name (minio, minio.store, "
-                    "minio.store.svc.cluster.local) or a private IP address",
+                    "in-cluster object store: a Service name (minio in the model's "
+                    "namespace, minio.store.svc, minio.store.svc.cluster.local) or an "
+                    "address in the cluster's pod or Service CIDRs (operator flags "
+                    "--pod-cidrs, --service-cidrs)",
                 )
             )
     return out
@@ -312,6 +347,165 @@ def _federated_problems(model: MultimodalModel) -> list[Problem]:
     return out
 
 
-def check_isolation(model: MultimodalModel) -> list[Problem]:
-    """Every isolation problem of ``model`` (empty list: admitted)."""
-    return _source_problems(model) + _hybrid_problems(model) + _federated_problems(model)
+def _range_problems(
+    path: str,
+    cidrs: list[str],
+    cluster: ClusterNetworks,
+    *,
+    local: bool,
+    in_cluster: bool,
+) -> list[Problem]:
+    """CIDRs that reach inside the node or the cluster. ``in_cluster``: the peer is a
+    Service of an allowed namespace, so the cluster's ranges may be named, but never
+    the API server's ClusterIP."""
+    inside = [(w, n) for w, n in INSIDE if not (local and n in LOOPBACK)]
+    out = []
+    for i, cidr in enumerate(cidrs):
+        net = _network(cidr)
+        if net is None or _cidr_problems(path, [cidr]):
+            continue  # not a CIDR, host bits, too wide: reported by _cidr_problems
+        whats = overlapping(net, inside)
+        if in_cluster:
+            api = [ip for ip in cluster.api_server_ips() if ip.version == net.version]
+            whats += [f"the API server's ClusterIP {ip}" for ip in api if ip in net]
+        else:
+            whats += overlapping(net, cluster.ranges())
+        if whats:
+            out.append(
+                Problem(
+                    f"{path}[{i}]",
+                    f"{cidr} overlaps {'; '.join(dict.fromkeys(whats))}: egress there reaches "
+                    "inside the node or the cluster; list only the peer's own networks "
+                    "(the cluster's ranges come from the operator flags --pod-cidrs and "
+                    "--service-cidrs)",
+                )
+            )
+    return out
+
+
+def _address_problem(
+    path: str, host: str, cluster: ClusterNetworks, *, local: bool, what_host: str
+) -> Problem | None:
+    """A numeric or loopback host that reaches inside."""
+    ip = _ip(host)
+    if ip is not None:
+        why = describe(ip, cluster, local=local)
+        if why is not None:
+            return Problem(path, f"the {what_host} {host!r} is {ip}, {why}: never a peer")
+        return None
+    name = host.lower().rstrip(".")
+    if not local and (name == "localhost" or name.endswith(".localhost")):
+        return Problem(path, f"the {what_host} {host!r} is loopback: never a peer")
+    return None
+
+
+def _egress_problems(
+    model: MultimodalModel, cluster: ClusterNetworks, local: bool
+) -> list[Problem]:
+    iso = model.spec.isolation
+    out: list[Problem] = []
+    if iso.hybrid is not None:
+        base = "spec.isolation.hybrid"
+        host = urlsplit(iso.hybrid.endpoint).hostname or ""
+        problem = _address_problem(
+            f"{base}.endpoint", host, cluster, local=local, what_host="endpoint host"
+        )
+        out += [problem] if problem else []
+        out += _range_problems(
+            f"{base}.cidrs", iso.hybrid.cidrs, cluster, local=local, in_cluster=False
+        )
+    fed = iso.federated
+    if fed is not None:
+        base = "spec.isolation.federated"
+        hp = split_host_port(fed.aggregator)
+        host = hp[0] if hp else fed.aggregator.rsplit(":", 1)[0]
+        namespace = service_namespace(host)
+        labels = host.rstrip(".").split(".")
+        allowed = list(cluster.aggregator_namespaces)
+        if namespace is not None and namespace not in allowed:
+            out.append(
+                Problem(
+                    f"{base}.aggregator",
+                    f"{host!r} is a Service in namespace {namespace!r}, which may not host "
+                    f"an aggregator; allowed: {allowed or 'none'} (chart value "
+                    "admission.aggregatorNamespaces)",
+                )
+            )
+        elif hp and namespace is None and _ip(host) is None and len(labels) <= 2:
+            out.append(
+                Problem(
+                    f"{base}.aggregator",
+                    f"{host!r} is ambiguous: the cluster's DNS search path makes it a "
+                    "Service of whichever namespace matches, or an outside host; write "
+                    "NAME.NAMESPACE.svc for an in-cluster aggregator, or the outside "
+                    "host's full name",
+                )
+            )
+        elif hp:
+            problem = _address_problem(
+                f"{base}.aggregator", host, cluster, local=local, what_host="aggregator host"
+            )
+            out += [problem] if problem else []
+        out += _range_problems(
+            f"{base}.cidrs",
+            fed.cidrs,
+            cluster,
+            local=local,
+            in_cluster=namespace is not None and namespace in allowed,
+        )
+    return out
+
+
+def egress_notes(
+    model: MultimodalModel, cluster: ClusterNetworks | None = None, *, local: bool = False
+) -> list[str]:
+    """What admission could not check, for ``PolicyEnforced`` (and ``mmo up``'s
+    warnings): a DNS name's addresses against its CIDRs; with ``local``, a loopback
+    peer accepted for a local trial."""
+    cluster = cluster or ClusterNetworks()
+    iso = model.spec.isolation
+    peers: list[tuple[str, str, list[str]]] = []
+    if iso.hybrid is not None:
+        peers.append(
+            ("hybrid endpoint", urlsplit(iso.hybrid.endpoint).hostname or "", iso.hybrid.cidrs)
+        )
+    if iso.federated is not None:
+        hp = split_host_port(iso.federated.aggregator)
+        if hp and service_namespace(hp[0]) is None:
+            peers.append(("federated aggregator", hp[0], iso.federated.cidrs))
+    out = []
+    for what, host, cidrs in peers:
+        ip = _ip(host)
+        name = host.lower().rstrip(".")
+        loopback = name == "localhost" or name.endswith(".localhost")
+        if local and (
+            loopback
+            or (ip is not None and any(ip in n for n in LOOPBACK if n.version == ip.version))
+        ):
+            out.append(
+                f"{what} {host} is loopback: accepted for a local trial (mmo up); the "
+                "operator and its webhook refuse it"
+            )
+        elif ip is None and host:
+            out.append(
+                f"{what} {host} is a DNS name: admission cannot check that its addresses "
+                f"lie in {', '.join(cidrs)}; egress reaches only those CIDRs, so calls to "
+                "any other address fail"
+            )
+    return out
+
+
+def check_isolation(
+    model: MultimodalModel, *, cluster: ClusterNetworks | None = None, local: bool = False
+) -> list[Problem]:
+    """Every isolation problem of ``model`` (empty list: admitted). ``cluster``: the
+    cluster's pod and Service CIDRs and the aggregator namespaces (defaults: the common
+    distributions'). ``local``: a local trial (``mmo up``), where a loopback peer is
+    allowed (:func:`egress_notes` says so)."""
+    cluster = cluster or ClusterNetworks()
+    return (
+        _source_problems(model, cluster)
+        + _hybrid_problems(model)
+        + _federated_problems(model)
+        + _egress_problems(model, cluster, local)
+    )
