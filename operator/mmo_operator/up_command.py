@@ -36,7 +36,7 @@ def up_app_args(path: str) -> AppArgs:
     except OSError as exc:
         raise SpecError(f"{path}: {exc.strerror or exc}") from exc
     for note in egress_notes(validated.model, local=True):
-        print(f"warning: {note}", file=sys.stderr)
+        print(f"mmo up: warning: {note}", file=sys.stderr)
     _plan, args = plan_and_app_args(validated)
     return args
 

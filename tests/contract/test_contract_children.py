@@ -107,7 +107,10 @@ def test_serve_config_matches_ray_serve_deploy_schema(children: list[dict[str, A
     app = parsed.applications[0]
     assert app.import_path == "mmo_serving.app:build_app"
     deployment = app.deployments[0]
-    assert deployment.placement_group_strategy in ("STRICT_PACK", "PACK")
+    if app.args["engine"] == "mmo":  # the built-in engine's ranks live in the front's group
+        assert deployment.placement_group_strategy in ("STRICT_PACK", "PACK")
+    else:  # Ray Serve LLM reserves the engine's GPUs in its own deployment
+        assert "placement_group_bundles" not in config["applications"][0]["deployments"][0]
     assert deployment.user_config is not None and "batching" in deployment.user_config
 
 

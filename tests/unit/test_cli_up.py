@@ -109,6 +109,8 @@ def test_hybrid_without_api_key_warns_at_start(
     _fail_if_ray_starts(monkeypatch)
     monkeypatch.delenv("MMO_CLOUD_API_KEY", raising=False)
     args = up_app_args(HYBRID)
+    notes = capsys.readouterr().err.splitlines()  # admission's note on the DNS endpoint
+    assert notes and all(line.startswith("mmo up: warning: hybrid endpoint") for line in notes)
     # the port check stops it right after the warning: no Ray is needed to see it
     assert run_up(args, UpOptions(source=HYBRID, port=listening)) == 1
     err = capsys.readouterr().err.splitlines()

@@ -263,8 +263,15 @@ def _ingress(doc: dict[str, Any]) -> dict[str, Any]:
     return deployment
 
 
+def _builtin_doc(**spec: Any) -> dict[str, Any]:
+    """tiny.yaml served by the built-in engine (its pvc:// source defaults to vllm)."""
+    doc = _doc(**spec)
+    doc["spec"]["model"] = {"source": "builtin://shapes-moe", "modalities": ["text"]}
+    return doc
+
+
 def test_multi_gpu_ranks_hold_the_gpus_in_accelerator_bundles() -> None:
-    dep = _ingress(_doc())
+    dep = _ingress(_builtin_doc())
     assert dep["name"] == "mmo-ingress"
     assert dep["ray_actor_options"]["num_gpus"] == 0
     bundles = dep["placement_group_bundles"]
@@ -276,7 +283,7 @@ def test_multi_gpu_ranks_hold_the_gpus_in_accelerator_bundles() -> None:
 def test_one_gpu_replica_holds_its_gpu() -> None:
     # the engine runs inside the replica: a bundle GPU that the replica does not hold
     # would be hidden from it
-    dep = _ingress(_doc(resources__gpusPerNode=1))
+    dep = _ingress(_builtin_doc(resources__gpusPerNode=1))
     assert "placement_group_bundles" not in dep
     assert dep["ray_actor_options"]["num_gpus"] == 1
     assert dep["ray_actor_options"]["resources"] == {"mmo-accelerator-A100-80GB": 1.0}

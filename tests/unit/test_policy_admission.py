@@ -409,14 +409,14 @@ def test_mmo_up_accepts_a_loopback_endpoint_with_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mmo_operator.cli import main
-    from mmo_serving.local import UpOptions, app_args_for
+    from mmo_operator.up_command import up_app_args
 
     doc = _hybrid("https://127.0.0.1:8443/v1", ["127.0.0.1/32"])
     doc["spec"]["model"] = sample("deepseek-v3-int4.yaml")["spec"]["model"]  # pvc://
     doc["spec"]["resources"] = sample("deepseek-v3-int4.yaml")["spec"]["resources"]
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(doc))
-    args = app_args_for(UpOptions(file=str(path)))
+    args = up_app_args(str(path))
     assert args.isolation.hybrid is not None
     assert "warning: hybrid endpoint 127.0.0.1 is loopback" in capsys.readouterr().err
     assert main(["validate", str(path)]) == 1  # the operator's check refuses it

@@ -92,13 +92,12 @@ class Gateway:
         if out is None:
             return None, counts
 
-        def redact(text: str) -> str:
-            redacted, found = pii.redact(text)
-            counts.update(found)
-            return redacted
-
         if decision.redact:
-            out = map_texts(out, redact)
+            # all texts scanned as one view, so a value split across parts is caught
+            redacted, found = pii.redact_parts(scan(out).texts)
+            counts.update(found)
+            pieces = iter(redacted)  # scan and map_texts walk the body in the same order
+            out = map_texts(out, lambda _text: next(pieces))
         hybrid = self.args.hybrid
         if hybrid is not None and hybrid.model:
             out["model"] = hybrid.model
@@ -139,9 +138,8 @@ class Gateway:
         if sent is None:
             reason = f"the body cannot be rebuilt for the {seen.route} endpoint: served locally"
             return self._local(seen, "fallback", reason, tenant, local_class)
-        leftover = Counter[str]()
-        for text in scan(sent).strings():  # every string that would leave, keys included
-            leftover.update(pii.count(text))
+        # every string that would leave, keys included
+        leftover = pii.count_parts(scan(sent).strings())
         if leftover:  # defence in depth: never send what the detectors still flag
             reason = "PII left in the outbound body: served locally"
             return self._local(seen, "fallback", reason, tenant, local_class)

@@ -690,17 +690,33 @@ def detect_parts(parts: Sequence[str]) -> list[PartFinding]:
     return out
 
 
+def _count(parts: Sequence[str], findings: list[PartFinding]) -> Counter[str]:
+    """Values found in each part alone, plus those only found across parts (a value
+    split across parts counts once). Joining can glue neighbouring values into one
+    span, so the parts alone give the truer count."""
+    counts: Counter[str] = Counter()
+    alone: list[list[Finding]] = [list(detect(p)) for p in parts]
+    for found in alone:
+        counts.update(f.kind for f in found)
+    for f in findings:
+        if len(f.pieces) > 1 and not any(
+            a.start < end and start < a.end for k, start, end in f.pieces for a in alone[k]
+        ):
+            counts[f.kind] += 1
+    return counts
+
+
 def redact_parts(parts: Sequence[str]) -> tuple[list[str], Counter[str]]:
     """``parts`` with every piece of every finding replaced by ``[KIND]``, and the count
-    per kind (a value split across parts counts once)."""
+    per kind."""
     per_part: list[list[Finding]] = [[] for _ in parts]
-    counts: Counter[str] = Counter()
-    for f in detect_parts(parts):
-        counts[f.kind] += 1
+    findings = detect_parts(parts)
+    for f in findings:
         for k, start, end in f.pieces:
             per_part[k].append(Finding(f.kind, start, end))
-    return [_replace(p, fs) for p, fs in zip(parts, per_part, strict=True)], counts
+    redacted = [_replace(p, fs) for p, fs in zip(parts, per_part, strict=True)]
+    return redacted, _count(parts, findings)
 
 
 def count_parts(parts: Sequence[str]) -> Counter[str]:
-    return Counter(f.kind for f in detect_parts(parts))
+    return _count(parts, detect_parts(parts))

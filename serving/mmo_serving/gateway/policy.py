@@ -67,9 +67,7 @@ def classify(
     images = scanned.inline_images + scanned.remote_images
     if images and args.images_sensitive and declared != "sensitive":
         declared, source = "sensitive", "image"
-    found: Counter[str] = Counter()
-    for text in scanned.strings():
-        found.update(pii.count(text))
+    found: Counter[str] = pii.count_parts(scanned.strings())
     data_class: DataClass = "sensitive" if found else declared
     return Classification(
         declared=declared,
