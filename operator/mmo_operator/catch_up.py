@@ -1,0 +1,109 @@
+"""The catch-up loop: nothing the operator could not act on is dropped.
+
+kopf drops a watch event when one of its own patches fails (a 409 on the finalizer
+patch), and a status write that fails while a RayService report arrives has no event
+left to retry it. Both leave a model *behind*: its status does not describe its
+generation (``status.observedGeneration``), or a RayService report is not in its status
+yet (``ModelState.status_stale``). This loop finds such models among those the operator
+has seen and reconciles each from a fresh read, with backoff (1, 2, 4, 8 s) until it
+succeeds. A model is left alone for ``grace`` seconds first, so that kopf's own handling
+of a new generation, which is usually done by then, is not doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mmo_operator.model_state import ModelState
+from mmo_operator.reconcile import Obj, Outcome, Reconciler
+
+log = logging.getLogger(__name__)
+BACKOFFS = (1.0, 2.0, 4.0, 8.0)
+
+Done = Callable[[Any, "Outcome | None", "Exception | None"], None]
+
+
+def behind(state: ModelState) -> bool:
+    """The model's status does not (yet) say what the operator knows of it."""
+    body = state.body
+    if body is None or state.lock.locked():
+        return False
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    generation = meta.get("generation")
+    if state.failed_generation is not None and state.failed_generation == (generation or 0):
+        return bool(state.status_stale)
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return state.status_stale or observed != generation
+
+
+def reconcile_fresh(rec: Reconciler, key: str) -> tuple[Obj, Outcome] | None:
+    """Reconcile a model that is behind from a fresh read of it (gone: forgotten)."""
+    state = rec.states.peek(key)
+    if state is None or state.body is None:
+        return None
+    meta = state.body["metadata"]
+    api_version, kind = state.body["apiVersion"], state.body["kind"]
+    body = rec.kube.get(api_version, kind, meta.get("namespace") or "default", meta["name"])
+    if body is None:
+        rec.states.forget(key)
+        return None
+    return body, rec.reconcile(body)
+
+
+class CatchUp:
+    """Which models are behind since when, and when each is tried next."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.since: dict[str, float] = {}
+        self.tries: dict[str, int] = {}
+        self.next_at: dict[str, float] = {}
+
+    def due(self, key: str, state: ModelState, now: float) -> bool:
+        if not behind(state):
+            self.done(key)
+            return False
+        since = self.since.setdefault(key, now)
+        return now >= self.next_at.get(key, since + self.grace)
+
+    def failed(self, key: str, now: float) -> None:
+        tries = self.tries.get(key, 0)
+        self.tries[key] = tries + 1
+        self.next_at[key] = now + BACKOFFS[min(tries, len(BACKOFFS) - 1)]
+
+    def done(self, key: str) -> None:
+        self.since.pop(key, None)
+        self.tries.pop(key, None)
+        self.next_at.pop(key, None)
+
+
+async def catch_up(
+    rec: Reconciler, *, on_done: Done, every: float = 0.5, grace: float = 3.0
+) -> None:
+    """Run until cancelled; ``on_done(body, outcome, error)`` posts events and metrics."""
+    clock = CatchUp(grace)
+    while True:
+        await asyncio.sleep(every)
+        for key in rec.states.names():
+            state = rec.states.peek(key)
+            now = time.monotonic()
+            if state is None or not clock.due(key, state, now):
+                continue
+            body = state.body
+            try:
+                result = await asyncio.to_thread(reconcile_fresh, rec, key)
+            except Exception as e:  # retried with backoff; the loop itself never stops
+                log.warning("catching up with %s failed (retried): %s", key, e)
+                clock.failed(key, time.monotonic())
+                on_done(body, None, e)
+                continue
+            clock.done(key)
+            if result is not None:
+                log.info("caught up with %s", key)
+                on_done(result[0], result[1], None)
