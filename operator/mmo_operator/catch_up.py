@@ -7,7 +7,9 @@ generation (``status.observedGeneration``), or a RayService report is not in its
 yet (``ModelState.status_stale``). This loop finds such models among those the operator
 has seen and reconciles each from a fresh read, with backoff (1, 2, 4, 8 s) until it
 succeeds. A model is left alone for ``grace`` seconds first, so that kopf's own handling
-of a new generation, which is usually done by then, is not doubled.
+of a new generation, which is usually done by then, is not doubled; three times as long
+once kopf's finalizer is on it (kopf has seen it and retries its own failures), unless a
+status write failed (nobody else retries that).
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def reconcile_fresh(rec: Reconciler, key: str) -> tuple[Obj, Outcome] | None:
 class CatchUp:
     """Which models are behind since when, and when each is tried next."""
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, finalizer: str) -> None:
         self.grace = grace
+        self.finalizer = finalizer
         self.since: dict[str, float] = {}
         self.tries: dict[str, int] = {}
         self.next_at: dict[str, float] = {}
@@ -70,7 +73,10 @@ class CatchUp:
             self.done(key)
             return False
         since = self.since.setdefault(key, now)
-        return now >= self.next_at.get(key, since + self.grace)
+        finalizers = ((state.body or {}).get("metadata") or {}).get("finalizers") or []
+        kopf_has_it = self.finalizer in finalizers and not state.status_stale
+        grace = self.grace * (3 if kopf_has_it else 1)
+        return now >= self.next_at.get(key, since + grace)
 
     def failed(self, key: str, now: float) -> None:
         tries = self.tries.get(key, 0)
@@ -84,10 +90,10 @@ class CatchUp:
 
 
 async def catch_up(
-    rec: Reconciler, *, on_done: Done, every: float = 0.5, grace: float = 3.0
+    rec: Reconciler, *, finalizer: str, on_done: Done, every: float = 0.5, grace: float = 3.0
 ) -> None:
     """Run until cancelled; ``on_done(body, outcome, error)`` posts events and metrics."""
-    clock = CatchUp(grace)
+    clock = CatchUp(grace, finalizer)
     while True:
         await asyncio.sleep(every)
         for key in rec.states.names():

@@ -142,7 +142,8 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         if options.metrics_port:
             metrics.serve(options.metrics_port)
         memo.catch_up = asyncio.create_task(
-            catch_up(memo.reconciler, on_done=_caught_up), name="mmo-catch-up"
+            catch_up(memo.reconciler, finalizer=FINALIZER, on_done=_caught_up),
+            name="mmo-catch-up",
         )
 
     @kopf.on.login(registry=registry)
