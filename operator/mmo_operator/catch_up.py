@@ -5,7 +5,8 @@ patch), and a status write that fails while a RayService report arrives has no e
 left to retry it. Both leave a model *behind*: its status does not describe its
 generation (``status.observedGeneration``), or a RayService report is not in its status
 yet (``ModelState.status_stale``). This loop finds such models among those the operator
-has seen and reconciles each from a fresh read, with backoff (1, 2, 4, 8 s) until it
+has seen and reconciles each from a fresh read (its events are posted here, outside kopf's
+handlers), with backoff (1, 2, 4, 8 s) until it
 succeeds. A model is left alone for ``grace`` seconds first, so that kopf's own handling
 of a new generation, which is usually done by then, is not doubled; three times as long
 once kopf's finalizer is on it (kopf has seen it and retries its own failures), unless a
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mmo_operator.events import Event
+from mmo_operator.kube import ApiFailure, Kube
 from mmo_operator.model_state import ModelState
 from mmo_operator.reconcile import Obj, Outcome, Reconciler
 
@@ -94,22 +97,42 @@ async def catch_up(
 ) -> None:
     """Run until cancelled; ``on_done(body, outcome, error)`` posts events and metrics."""
     clock = CatchUp(grace, finalizer)
+
+    async def one(key: str, body: Any) -> None:
+        outcome: Outcome | None = None
+        error: Exception | None = None
+        try:
+            result = await asyncio.to_thread(reconcile_fresh, rec, key)
+        except Exception as e:  # retried with backoff; the loop itself never stops
+            log.warning("catching up with %s failed (retried): %s", key, e)
+            clock.failed(key, time.monotonic())
+            error = e
+        else:
+            clock.done(key)
+            if result is None:
+                return
+            log.info("caught up with %s", key)
+            body, outcome = result
+        done = outcome.events if outcome is not None else getattr(error, "events", [])
+        on_done(body, outcome, error)
+        await asyncio.to_thread(post_events, rec.kube, body, done)
+
     while True:
         await asyncio.sleep(every)
-        for key in rec.states.names():
-            state = rec.states.peek(key)
-            now = time.monotonic()
-            if state is None or not clock.due(key, state, now):
-                continue
-            body = state.body
-            try:
-                result = await asyncio.to_thread(reconcile_fresh, rec, key)
-            except Exception as e:  # retried with backoff; the loop itself never stops
-                log.warning("catching up with %s failed (retried): %s", key, e)
-                clock.failed(key, time.monotonic())
-                on_done(body, None, e)
-                continue
-            clock.done(key)
-            if result is not None:
-                log.info("caught up with %s", key)
-                on_done(result[0], result[1], None)
+        try:
+            due = []
+            for key in rec.states.names():
+                state = rec.states.peek(key)
+                if state is not None and clock.due(key, state, time.monotonic()):
+                    due.append(one(key, state.body))
+            await asyncio.gather(*due)  # in the worker threads, side by side
+        except Exception:  # a bug here must not stop the operator
+            log.exception("the catch-up loop failed; it goes on")
+
+
+def post_events(kube: Kube, body: Obj, events: list[Event]) -> None:
+    for ev in events[:10]:
+        try:
+            kube.post_event(body, ev.type, ev.reason, ev.message)
+        except ApiFailure as e:
+            log.warning("could not post an event about %s: %s", body["metadata"]["name"], e)

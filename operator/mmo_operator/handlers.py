@@ -267,14 +267,11 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
 
 
 def _caught_up(body: Any, outcome: Outcome | None, error: Exception | None) -> None:
-    key = _key(body)
+    """The metrics of a catch-up reconcile (its events are posted by the loop)."""
     if error is not None:
-        metrics.set_reconciled(key, False)
-        post_events(body, getattr(error, "events", []))
-        return
-    if outcome is not None:
-        record(key, outcome)
-        post_events(body, outcome.events)
+        metrics.set_reconciled(_key(body), False)
+    elif outcome is not None:
+        record(_key(body), outcome)
 
 
 def spec_changed(body: Any, old: Any) -> bool:

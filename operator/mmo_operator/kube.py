@@ -271,6 +271,35 @@ class Kube:
             raise
         return True
 
+    def post_event(self, about: Obj, type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``about``, as kopf posts them (for code outside kopf's
+        handlers, where ``kopf.event`` has no queue)."""
+        meta = about["metadata"]
+        namespace = meta.get("namespace") or "default"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"namespace": namespace, "generateName": "mmo-operator-"},
+            "type": type,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": "mmo-operator"},
+            "reportingComponent": "mmo-operator",
+            "involvedObject": {
+                "apiVersion": about.get("apiVersion"),
+                "kind": about.get("kind"),
+                "name": meta["name"],
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+        }
+        self.request(
+            "POST", path_of("v1", "Event", namespace), body=event, content_type="application/json"
+        )
+
     def patch_status(self, namespace: str, name: str, status: Obj, generation: int | None) -> bool:
         """Replace the model's status if its spec is still at ``generation``.
 
