@@ -80,9 +80,9 @@ def _truthful(emu: Any, unready: set[str], changed: set[str]) -> set[str]:
         if name in unready and not _ready(raw):
             done.add(name)
         elif name in changed:
-            rs = emu.objects.get((kmock.resource(RAYSERVICES), key[1], name))
+            rs = emu.get(RAYSERVICES, key[1], name)
             status = raw.get("status") or {}
-            applied = rs is not None and "maxBatchSize: 24" in rs.last.raw["spec"]["serveConfigV2"]
+            applied = rs is not None and "maxBatchSize: 24" in rs["spec"]["serveConfigV2"]
             if applied and status.get("observedGeneration") == raw["metadata"]["generation"]:
                 done.add(name)
     return done
@@ -179,7 +179,7 @@ def run(
         latencies = sorted(ready_at[n] - created[n] for n in ready_at)
         by_kind: collections.Counter[str] = collections.Counter()
         for r in reqs:
-            plural = r.resource.plural if r.resource is not None else "discovery"
+            plural = (r.resource.plural if r.resource is not None else None) or r.url.path
             watch = "watch" if r.params.get("watch") == "true" else ""
             by_kind[
                 f"{r.method.value} {plural}{'/' + r.subresource if r.subresource else ''}"

@@ -6,11 +6,11 @@ left to retry it. Both leave a model *behind*: its status does not describe its
 generation (``status.observedGeneration``), or a RayService report is not in its status
 yet (``ModelState.status_stale``). This loop finds such models among those the operator
 has seen and reconciles each from a fresh read (its events are posted here, outside kopf's
-handlers), with backoff (1, 2, 4, 8 s) until it
-succeeds. A model is left alone for ``grace`` seconds first, so that kopf's own handling
-of a new generation, which is usually done by then, is not doubled; three times as long
-once kopf's finalizer is on it (kopf has seen it and retries its own failures), unless a
-status write failed (nobody else retries that).
+handlers), with backoff (0.5, 1, 2, 4 s) until it
+succeeds. A model is left alone while a kopf handler runs for it and for ``grace``
+seconds after kopf last worked on it (an event, a handler, or the retry kopf scheduled
+for a failed one), so that kopf's own handling, however slow under load, is not doubled:
+only what kopf has let go is caught up with.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mmo_operator.model_state import ModelState
 from mmo_operator.reconcile import Obj, Outcome, Reconciler
 
 log = logging.getLogger(__name__)
-BACKOFFS = (1.0, 2.0, 4.0, 8.0)
+BACKOFFS = (0.5, 1.0, 2.0, 4.0)
 
 Done = Callable[[Any, "Outcome | None", "Exception | None"], None]
 
@@ -35,7 +35,7 @@ Done = Callable[[Any, "Outcome | None", "Exception | None"], None]
 def behind(state: ModelState) -> bool:
     """The model's status does not (yet) say what the operator knows of it."""
     body = state.body
-    if body is None or state.lock.locked():
+    if body is None or state.lock.locked() or state.kopf_handling:
         return False
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
@@ -64,9 +64,8 @@ def reconcile_fresh(rec: Reconciler, key: str) -> tuple[Obj, Outcome] | None:
 class CatchUp:
     """Which models are behind since when, and when each is tried next."""
 
-    def __init__(self, grace: float, finalizer: str) -> None:
+    def __init__(self, grace: float) -> None:
         self.grace = grace
-        self.finalizer = finalizer
         self.since: dict[str, float] = {}
         self.tries: dict[str, int] = {}
         self.next_at: dict[str, float] = {}
@@ -75,11 +74,8 @@ class CatchUp:
         if not behind(state):
             self.done(key)
             return False
-        since = self.since.setdefault(key, now)
-        finalizers = ((state.body or {}).get("metadata") or {}).get("finalizers") or []
-        kopf_has_it = self.finalizer in finalizers and not state.status_stale
-        grace = self.grace * (3 if kopf_has_it else 1)
-        return now >= self.next_at.get(key, since + grace)
+        since = max(self.since.setdefault(key, now), state.kopf_active_at, state.kopf_retry_at)
+        return now >= max(self.next_at.get(key, 0.0), since + self.grace)
 
     def failed(self, key: str, now: float) -> None:
         tries = self.tries.get(key, 0)
@@ -93,10 +89,10 @@ class CatchUp:
 
 
 async def catch_up(
-    rec: Reconciler, *, finalizer: str, on_done: Done, every: float = 0.5, grace: float = 3.0
+    rec: Reconciler, *, on_done: Done, every: float = 0.5, grace: float = 3.0
 ) -> None:
-    """Run until cancelled; ``on_done(body, outcome, error)`` posts events and metrics."""
-    clock = CatchUp(grace, finalizer)
+    """Run until cancelled; ``on_done(body, outcome, error)`` records the metrics."""
+    clock = CatchUp(grace)
 
     async def one(key: str, body: Any) -> None:
         outcome: Outcome | None = None

@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import copy
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,8 @@ async def run_reconcile(body: Any, memo: Any, logger: logging.Logger | Any) -> N
     """Reconcile one model, with metrics, events and error reasons."""
     rec = _reconciler(memo)
     key = _key(body)
+    state = rec.states(key)  # kopf's work on it, for the catch-up loop
+    state.kopf_handling += 1
     with metrics.timed():
         try:
             outcome = await asyncio.to_thread(rec.reconcile, _plain(body))
@@ -98,7 +101,12 @@ async def run_reconcile(body: Any, memo: Any, logger: logging.Logger | Any) -> N
             metrics.count_error(e.reason)
             metrics.set_reconciled(key, False)
             post_events(body, getattr(e, "events", []))
+            if isinstance(e, KubeTemporaryError):
+                state.kopf_retry_at = time.monotonic() + (e.delay or 0)
             raise
+        finally:
+            state.kopf_handling -= 1
+            state.kopf_active_at = time.monotonic()
     record(key, outcome)
     post_events(body, outcome.events)
     if outcome.writes:
@@ -142,7 +150,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         if options.metrics_port:
             metrics.serve(options.metrics_port)
         memo.catch_up = asyncio.create_task(
-            catch_up(memo.reconciler, finalizer=FINALIZER, on_done=_caught_up),
+            catch_up(memo.reconciler, on_done=_caught_up),
             name="mmo-catch-up",
         )
 
@@ -158,7 +166,8 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
     def models(namespace: str | None, name: str, body: Any, memo: Any, **_: Any) -> dict[Any, Any]:
         plain = _plain(body)
         # the catch-up loop's view of every model, even one whose event kopf dropped
-        _reconciler(memo).states(f"{namespace}/{name}").body = plain
+        state = _reconciler(memo).states(f"{namespace}/{name}")
+        state.body, state.kopf_active_at = plain, time.monotonic()
         return {(namespace, name): plain}
 
     @kopf.on.resume(*resource, id="reconcile", registry=registry)

@@ -45,6 +45,11 @@ class ModelState:
     # The RayService generation that carries the last cluster change (a new Ray cluster).
     cluster_change_generation: int | None = None
     body: Obj | None = None  # the latest model object seen
+    # kopf's work on the model (time.monotonic()): its last event or handler, a handler
+    # running now, and when it retries one that failed.
+    kopf_active_at: float = 0.0
+    kopf_handling: int = 0
+    kopf_retry_at: float = 0.0
 
 
 def model_key(body: Obj) -> str:
