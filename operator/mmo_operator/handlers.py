@@ -7,6 +7,7 @@ to start with one and no webhook server).
 - create / update / resume and a resync timer: ``reconcile`` (idempotent);
 - delete: remove the children, then kopf releases the finalizer;
 - RayService events (KubeRay reporting): refresh the owner's status from the event;
+- a catch-up loop (catch_up.py) for what kopf dropped or a failed write left behind;
 - CRD events (KubeRay or prometheus-operator installed later): reconcile every model;
 - a rebalance timer for models with ``spec.experts.rebalance.enabled`` (rebalance.py);
 - validating admission: exactly the checks of ``mmo validate``.
@@ -18,6 +19,7 @@ import asyncio
 import concurrent.futures
 import copy
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +30,11 @@ from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from mmo_operator.api.validation import validate
 from mmo_operator.builders.common import MANAGER, MODEL_LABEL
+from mmo_operator.catch_up import catch_up
 from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
+from mmo_operator.model_state import model_document
 from mmo_operator.rebalance import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
-from mmo_operator.reconcile import Outcome, Reconciler, model_document
+from mmo_operator.reconcile import Outcome, Reconciler
 
 log = logging.getLogger("mmo_operator")
 
@@ -63,9 +67,19 @@ def _key(body: Any) -> str:
     return f"{body['metadata'].get('namespace')}/{body['metadata']['name']}"
 
 
-def _post_events(body: Any, outcome: Outcome | None) -> None:
-    for ev in (outcome.events if outcome else [])[:10]:
+def post_events(body: Any, events: list[Any]) -> None:
+    for ev in events[:10]:
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+
+
+def record(key: str, outcome: Outcome) -> None:
+    """The metrics of a reconcile that ended without an error."""
+    metrics.set_ready(key, outcome.ready)
+    metrics.set_reconciled(key, True)
+    if outcome.latency_target_s is not None:
+        metrics.set_latency_target(key, outcome.latency_target_s)
+    if outcome.invalid:
+        metrics.count_error(outcome.invalid)
 
 
 def _reconciler(memo: Any) -> Reconciler:
@@ -77,21 +91,24 @@ async def run_reconcile(body: Any, memo: Any, logger: logging.Logger | Any) -> N
     """Reconcile one model, with metrics, events and error reasons."""
     rec = _reconciler(memo)
     key = _key(body)
+    state = rec.states(key)  # kopf's work on it, for the catch-up loop
+    state.kopf_handling += 1
     with metrics.timed():
         try:
             outcome = await asyncio.to_thread(rec.reconcile, _plain(body))
         except (KubeTemporaryError, KubePermanentError) as e:
+            # Ready follows the serving side only: a failed write shows in Reconciled
             metrics.count_error(e.reason)
-            metrics.set_ready(key, False)
-            for ev in getattr(e, "events", [])[:10]:
-                kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
-            if isinstance(e, KubePermanentError):
-                kopf.event(body, type="Warning", reason=e.reason, message=str(e)[:1000])
+            metrics.set_reconciled(key, False)
+            post_events(body, getattr(e, "events", []))
+            if isinstance(e, KubeTemporaryError):
+                state.kopf_retry_at = time.monotonic() + (e.delay or 0)
             raise
-    metrics.set_ready(key, outcome.ready)
-    if outcome.latency_target_s is not None:
-        metrics.set_latency_target(key, outcome.latency_target_s)
-    _post_events(body, outcome)
+        finally:
+            state.kopf_handling -= 1
+            state.kopf_active_at = time.monotonic()
+    record(key, outcome)
+    post_events(body, outcome.events)
     if outcome.writes:
         logger.info(f"reconciled with {outcome.writes} write(s); ready={outcome.ready}")
 
@@ -121,7 +138,9 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
                 insecure=options.webhook_insecure,
             )
         memo.reconciler = Reconciler(
-            Kube(), webhook=options.webhook, apiserver_cidrs=options.apiserver_cidrs
+            Kube(pool_size=options.workers),
+            webhook=options.webhook,
+            apiserver_cidrs=options.apiserver_cidrs,
         )
         memo.rebalancer = Rebalancer(memo.reconciler, options.rebalance)
         # reconciles run in threads (the kubernetes client is synchronous)
@@ -130,6 +149,10 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         )
         if options.metrics_port:
             metrics.serve(options.metrics_port)
+        memo.catch_up = asyncio.create_task(
+            catch_up(memo.reconciler, on_done=_caught_up),
+            name="mmo-catch-up",
+        )
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -140,8 +163,12 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         return info
 
     @kopf.index(*resource, id="models", registry=registry)
-    def models(namespace: str | None, name: str, body: Any, **_: Any) -> dict[Any, Any]:
-        return {(namespace, name): _plain(body)}
+    def models(namespace: str | None, name: str, body: Any, memo: Any, **_: Any) -> dict[Any, Any]:
+        plain = _plain(body)
+        # the catch-up loop's view of every model, even one whose event kopf dropped
+        state = _reconciler(memo).states(f"{namespace}/{name}")
+        state.body, state.kopf_active_at = plain, time.monotonic()
+        return {(namespace, name): plain}
 
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
     @kopf.on.create(*resource, id="reconcile", registry=registry)
@@ -157,9 +184,9 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         registry=registry,
     )
     async def resync(body: Any, memo: Any, logger: Any, **_: Any) -> None:
-        rec = _reconciler(memo)
+        state = _reconciler(memo).states.peek(_key(body))
         generation = body["metadata"].get("generation") or 0
-        if rec.failed_generation.get(_key(body)) == generation:
+        if state is not None and state.failed_generation == generation:
             return  # permanent until the spec changes
         if body["metadata"].get("deletionTimestamp"):
             return
@@ -211,10 +238,8 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
             return  # a reconcile of that model runs now and applies it when done
         try:
             outcome = await asyncio.to_thread(rec.refresh, model_body, rayservice)
-        except KubeTemporaryError:
-            return  # a newer model version is on its way; the next event refreshes
-        except Exception as e:  # keep the watch alive; the resync timer catches up
-            log.warning(f"status refresh of {namespace}/{owner} failed: {e}")
+        except Exception as e:  # keep the watch alive; the catch-up loop retries
+            log.warning(f"status refresh of {namespace}/{owner} failed (retried): {e}")
             return
         if outcome is not None:
             metrics.set_ready(f"{namespace}/{owner}", outcome.ready)
@@ -248,6 +273,14 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
             admission_check(_plain(body))
 
     return registry
+
+
+def _caught_up(body: Any, outcome: Outcome | None, error: Exception | None) -> None:
+    """The metrics of a catch-up reconcile (its events are posted by the loop)."""
+    if error is not None:
+        metrics.set_reconciled(_key(body), False)
+    elif outcome is not None:
+        record(_key(body), outcome)
 
 
 def spec_changed(body: Any, old: Any) -> bool:

@@ -98,23 +98,36 @@ def path_of(
     return base
 
 
-def load_config() -> client.ApiClient:
-    """The standard login: in-cluster service account, else ``KUBECONFIG``/~/.kube/config."""
+def load_config(pool_size: int | None = None) -> client.ApiClient:
+    """The standard login: in-cluster service account, else ``KUBECONFIG``/~/.kube/config.
+
+    ``pool_size``: HTTP connections kept to the API server, one per worker thread (the
+    client's default, 5 per CPU, drops connections when more threads call at once)."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    if pool_size:
+        configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
 
 
 class Kube:
     """Thin synchronous API access used by ``reconcile`` (run in a worker thread)."""
 
-    def __init__(self, api: client.ApiClient | None = None, *, discovery_ttl: float = 15.0):
-        self.api = api or load_config()
+    def __init__(
+        self,
+        api: client.ApiClient | None = None,
+        *,
+        discovery_ttl: float = 60.0,
+        pool_size: int | None = None,
+    ):
+        self.api = api or load_config(pool_size)
         self.discovery_ttl = discovery_ttl
         self._discovery: dict[str, tuple[float, set[str]]] = {}
         self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
         self.calls = 0
 
     # ------------------------------------------------------------------ raw requests
@@ -160,12 +173,20 @@ class Kube:
     # ------------------------------------------------------------------ discovery
 
     def served_resources(self, api_version: str, *, fresh: bool = False) -> set[str]:
-        """Plural names served for a group/version (cached for ``discovery_ttl``)."""
-        now = time.monotonic()
+        """Plural names served for a group/version (cached for ``discovery_ttl``; the CRD
+        watch forgets it sooner). One thread reads it while the others wait for its answer,
+        so that many reconciles at start-up make one request, not one each."""
         with self._lock:
-            cached = self._discovery.get(api_version)
-        if cached and not fresh and now - cached[0] < self.discovery_ttl:
-            return cached[1]
+            fetching = self._fetching.setdefault(api_version, threading.Lock())
+        with fetching:
+            now = time.monotonic()
+            with self._lock:
+                cached = self._discovery.get(api_version)
+            if cached and not fresh and now - cached[0] < self.discovery_ttl:
+                return cached[1]
+            return self._discover(api_version, now)
+
+    def _discover(self, api_version: str, now: float) -> set[str]:
         path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
         try:
             doc = self.request("GET", path)
@@ -250,6 +271,35 @@ class Kube:
             raise
         return True
 
+    def post_event(self, about: Obj, type: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``about``, as kopf posts them (for code outside kopf's
+        handlers, where ``kopf.event`` has no queue)."""
+        meta = about["metadata"]
+        namespace = meta.get("namespace") or "default"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"namespace": namespace, "generateName": "mmo-operator-"},
+            "type": type,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": "mmo-operator"},
+            "reportingComponent": "mmo-operator",
+            "involvedObject": {
+                "apiVersion": about.get("apiVersion"),
+                "kind": about.get("kind"),
+                "name": meta["name"],
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+        }
+        self.request(
+            "POST", path_of("v1", "Event", namespace), body=event, content_type="application/json"
+        )
+
     def patch_status(self, namespace: str, name: str, status: Obj, generation: int | None) -> bool:
         """Replace the model's status if its spec is still at ``generation``.
 
@@ -272,7 +322,7 @@ class Kube:
         return True
 
 
-def to_kopf_error(err: ApiFailure, what: str) -> kopf.TemporaryError | kopf.PermanentError:
+def to_kopf_error(err: ApiFailure, what: str) -> KubeTemporaryError | KubePermanentError:
     """Map an API failure to the kopf error that retries it (or not)."""
     reason = REASONS.get(err.status, "ServerError" if err.status >= 500 else "Other")
     message = f"{what}: {err.message}"

@@ -46,6 +46,12 @@ OBJECTS = Gauge(
     ["ready"],
     registry=REGISTRY,
 )
+UNRECONCILED = Gauge(
+    "mmo_operator_objects_unreconciled",
+    "MultimodalModels whose last reconcile failed to write (their Reconciled condition is "
+    "False); their Ready condition still follows the serving side.",
+    registry=REGISTRY,
+)
 REBALANCES = Counter(
     "mmo_operator_rebalances_total",
     "Expert placement plans applied in place by the rebalance timer.",
@@ -61,12 +67,23 @@ LATENCY_TARGET = Gauge(
 _lock = threading.Lock()
 _ready: dict[str, bool] = {}
 _targets: dict[str, float] = {}
+_failing: set[str] = set()
 
 
 def _refresh() -> None:
     ready = sum(1 for v in _ready.values() if v)
     OBJECTS.labels(ready="true").set(ready)
     OBJECTS.labels(ready="false").set(len(_ready) - ready)
+    UNRECONCILED.set(len(_failing))
+
+
+def set_reconciled(key: str, reconciled: bool) -> None:
+    with _lock:
+        if reconciled:
+            _failing.discard(key)
+        else:
+            _failing.add(key)
+        _refresh()
 
 
 def set_ready(key: str, ready: bool) -> None:
@@ -78,6 +95,7 @@ def set_ready(key: str, ready: bool) -> None:
 def forget(key: str) -> None:
     with _lock:
         _ready.pop(key, None)
+        _failing.discard(key)
         _refresh()
         if key in _targets:
             LATENCY_TARGET.remove(*key.split("/", 1))

@@ -43,8 +43,11 @@ from mmo_operator import metrics
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.validation import validate
 from mmo_operator.builders.common import placement_configmap_name
+from mmo_operator.events import Event
 from mmo_operator.kube import ApiFailure, KubePermanentError, KubeTemporaryError
+from mmo_operator.model_state import Rebalance, model_document
 from mmo_operator.planning import plan_for_model
+from mmo_operator.planning.current import plan_in_force
 from mmo_operator.planning.live import (
     DEFAULT_LOAD_URL,
     effective_interval,
@@ -55,14 +58,7 @@ from mmo_operator.planning.live import (
     rebalanced_message,
 )
 from mmo_operator.planning.rebalance import should_rebalance
-from mmo_operator.reconcile import (
-    Event,
-    Rebalance,
-    Reconciler,
-    current_plan,
-    model_document,
-    now_iso,
-)
+from mmo_operator.reconcile import Reconciler, now_iso
 from mmo_operator.status import is_ready
 
 log = logging.getLogger("mmo_operator.rebalance")
@@ -171,7 +167,7 @@ class Rebalancer:
             cm = self.reconciler.kube.get("v1", "ConfigMap", ns, placement_configmap_name(model))
         except ApiFailure as e:
             return CheckResult("skipped", f"placement ConfigMap not readable: {e.message}")
-        plan = current_plan(cm, fresh)
+        plan = plan_in_force(cm, fresh)
         try:
             observed = parse_expert_load(fetch_json(url, self.options.timeout_s), plan)
         except ValueError as e:

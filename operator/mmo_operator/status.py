@@ -1,12 +1,19 @@
 """Status of a MultimodalModel, computed from what the operator observed (pure).
 
-Four conditions, each with a reason and a message a person can act on:
+Six conditions, each with a reason and a message a person can act on:
 
 - ``Planned``: the spec is valid, fits the GPUs, and has a placement plan;
 - ``PolicyEnforced``: which isolation layers are active (admission, network, runtime,
   audit);
-- ``Ready``: follows the RayService's own ``Ready`` condition and the Serve
-  application's status;
+- ``Ready``: only what is observed of the serving side: the RayService's own ``Ready``
+  condition and the Serve application's status (a failed write of the operator does not
+  make a serving model unready);
+- ``Reconciled``: every child is applied as the spec says; False with the API error
+  while a write fails (retried);
+- ``Progressing``: a change is on its way to the serving side: KubeRay has not acted on
+  the RayService's latest generation (``status.observedGeneration``), or a new Ray
+  cluster is starting (True from the moment the operator applies a cluster change until
+  the new cluster serves);
 - ``Degraded``: something works only in part (an unhealthy application, a PodMonitor
   that could not be created, an upgrade stuck for want of GPUs).
 
@@ -28,7 +35,8 @@ from mmo_serving.config import PlacementPlan
 Obj = dict[str, Any]
 
 PLANNED, POLICY, READY, DEGRADED = "Planned", "PolicyEnforced", "Ready", "Degraded"
-CONDITION_TYPES = (READY, PLANNED, POLICY, DEGRADED)
+RECONCILED, PROGRESSING = "Reconciled", "Progressing"
+CONDITION_TYPES = (READY, PLANNED, POLICY, DEGRADED, RECONCILED, PROGRESSING)
 
 AUTOSCALER_CUT_OFF = (
     "the Ray autoscaler cannot reach the API server under default-deny, so workers do not "
@@ -57,6 +65,8 @@ class Observation:
     webhook: bool = True  # the admission webhook is served
     apiserver_egress: bool = False  # the head may reach the API server (--apiserver-cidr)
     apply_error: str | None = None  # an API error while applying children
+    # The RayService generation that carries the last cluster change the operator applied.
+    cluster_change_generation: int | None = None
     balancedness_before: float | None = None
     moved_experts: int = 0
     last_rebalance_time: str | None = None
@@ -138,8 +148,6 @@ def _ready(model: MultimodalModel, obs: Observation) -> Obj:
         return _condition(READY, False, "NotPlanned", "not deployed: the spec is not valid")
     if not obs.kuberay_installed:
         return _condition(READY, False, "KubeRayNotInstalled", KUBERAY_MISSING)
-    if obs.apply_error:
-        return _condition(READY, False, "ApplyFailed", obs.apply_error)
     rs = obs.rayservice
     name = rayservice_name(model)
     if rs is None:
@@ -166,6 +174,74 @@ def _ready(model: MultimodalModel, obs: Observation) -> Obj:
             f"Serve application {model.name} is {shown}" + (f": {detail}" if detail else ""),
         )
     return _condition(READY, True, "Serving", f"serving at {endpoint(model)}")
+
+
+def _reconciled(obs: Observation) -> Obj:
+    if obs.problems:
+        return _condition(
+            RECONCILED, False, "NotPlanned", "nothing is applied: the spec is not valid"
+        )
+    if obs.apply_error:
+        return _condition(RECONCILED, False, "ApplyFailed", obs.apply_error)
+    if not obs.kuberay_installed:
+        return _condition(
+            RECONCILED, False, "KubeRayNotInstalled", "every child but the RayService applied"
+        )
+    return _condition(
+        RECONCILED, True, "Applied", f"every child applied as generation {obs.generation} says"
+    )
+
+
+def _generations(rs: Obj) -> tuple[int | None, int | None]:
+    """(metadata.generation, status.observedGeneration) of a RayService."""
+    generation = (rs.get("metadata") or {}).get("generation")
+    observed = (rs.get("status") or {}).get("observedGeneration")
+    return (
+        generation if isinstance(generation, int) else None,
+        observed if isinstance(observed, int) else None,
+    )
+
+
+def _upgrading(rs: Obj) -> bool:
+    status = rs.get("status") or {}
+    if (status.get("pendingServiceStatus") or {}).get("rayClusterName"):
+        return True
+    return any(
+        c.get("type") == "UpgradeInProgress" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+
+
+def _progressing(model: MultimodalModel, obs: Observation) -> Obj:
+    if obs.problems:
+        return _condition(PROGRESSING, False, "NotPlanned", "the spec is not valid")
+    rs = obs.rayservice
+    name = rayservice_name(model)
+    if rs is None:
+        return _condition(PROGRESSING, True, "Creating", f"RayService {name} is being created")
+    generation, observed = _generations(rs)
+    change = obs.cluster_change_generation
+    if (change is not None and (observed is None or observed < change)) or _upgrading(rs):
+        return _condition(
+            PROGRESSING,
+            True,
+            "ClusterUpgrade",
+            f"the Ray cluster config of RayService {name} changed: a new Ray cluster starts "
+            "and takes the traffic once it serves; until then the old cluster serves the "
+            "previous spec",
+        )
+    if generation is not None and observed is not None and observed < generation:
+        return _condition(
+            PROGRESSING,
+            True,
+            "UpdatePending",
+            f"KubeRay has not yet acted on generation {generation} of RayService {name} "
+            f"(it reports generation {observed})",
+        )
+    shown = f" {observed}" if observed is not None else ""
+    return _condition(
+        PROGRESSING, False, "UpToDate", f"KubeRay acted on generation{shown} of RayService {name}"
+    )
 
 
 def _degraded(model: MultimodalModel, obs: Observation) -> Obj:
@@ -226,6 +302,8 @@ def compute_status(
         _planned(model, obs),
         _policy(model, obs),
         _degraded(model, obs),
+        _reconciled(obs),
+        _progressing(model, obs),
     ]
     status: Obj = {
         "observedGeneration": obs.generation,
@@ -262,6 +340,27 @@ def compute_status(
         status["endpoint"] = endpoint(model)
         status["rayService"] = rayservice_name(model)
     return status
+
+
+def unparsed_status(obs: Observation, *, previous: Obj | None = None, now: str) -> Obj:
+    """The status of a spec that does not even parse (a wrong type, an unknown field):
+    nothing but the problems, each with its field path, in ``Planned``."""
+    msg = "invalid spec: " + "; ".join(obs.problems)
+    not_deployed = "not deployed: the spec is not valid"
+    conditions = [
+        _condition(READY, False, "NotPlanned", not_deployed),
+        _condition(PLANNED, False, "InvalidSpec", msg),
+        _condition(POLICY, False, "InvalidSpec", "nothing is deployed while the spec is invalid"),
+        _condition(DEGRADED, False, "AsExpected", "nothing degraded"),
+        _condition(RECONCILED, False, "NotPlanned", "nothing is applied: the spec is not valid"),
+        _condition(PROGRESSING, False, "NotPlanned", "the spec is not valid"),
+    ]
+    return {
+        "observedGeneration": obs.generation,
+        "conditions": _with_times(
+            conditions, (previous or {}).get("conditions") or [], now, obs.generation
+        ),
+    }
 
 
 def rebalance_figures(

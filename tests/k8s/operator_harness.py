@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kmock
 import yaml
 from kube_emulator import EmulatorThread
 
@@ -230,9 +231,12 @@ class Cluster:
         cluster: str | None = None,
         pending_cluster: str | None = None,
     ) -> None:
-        """Report on a RayService as KubeRay does (status subresource); ``cluster`` and
-        ``pending_cluster`` name the active and pending RayClusters."""
+        """Report on a RayService as KubeRay does (status subresource, with the
+        generation it acted on); ``cluster`` and ``pending_cluster`` name the active and
+        pending RayClusters."""
+        rs = self.get(RAYSERVICES, name, namespace) or {}
         status: dict[str, Any] = {
+            "observedGeneration": rs.get("metadata", {}).get("generation", 1),
             "conditions": [
                 {
                     "type": "Ready",
@@ -248,9 +252,21 @@ class Cluster:
             },
             "numServeEndpoints": 1 if ready else 0,
         }
-        if pending_cluster:
-            status["pendingServiceStatus"] = {"rayClusterName": pending_cluster}
+        # a merge patch: None removes the pending cluster KubeRay reported before
+        status["pendingServiceStatus"] = (
+            {"rayClusterName": pending_cluster} if pending_cluster else None
+        )
         self.patch(RAYSERVICES, name, {"status": status}, namespace, subresource="status")
+
+    def versions(self, resource: str, name: str, namespace: str = "ns1") -> list[dict[str, Any]]:
+        """Every version the object has had (its history), oldest first."""
+
+        def read() -> list[dict[str, Any]]:
+            obj = self.emu.objects[kmock.resource(resource), namespace, name]
+            return [copy.deepcopy(dict(v.raw)) for v in obj.history if v is not None]
+
+        result: list[dict[str, Any]] = self.call(read)
+        return result
 
     def request_mark(self) -> int:
         count: int = self.call(lambda: self.emu.request_count)

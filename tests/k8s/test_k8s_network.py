@@ -36,7 +36,7 @@ def test_apiserver_cidrs_reach_the_model_policies(
     ]
     assert {p["port"] for p in rule["ports"]} == {443, 6443}
     message = wait_for("PolicyEnforced", lambda: _policy_message(cluster))
-    assert "network (6 NetworkPolicies)" in message and "autoscaler" not in message
+    assert "network (2 NetworkPolicies)" in message and "autoscaler" not in message
 
 
 def test_without_apiserver_cidrs_the_condition_says_why_workers_do_not_scale(

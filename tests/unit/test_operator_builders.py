@@ -14,14 +14,9 @@ from mmo_operator.builders import build_children
 from mmo_operator.builders.app_args import plan_and_app_args
 from mmo_operator.builders.common import HASH_ANNOTATION
 from mmo_operator.builders.rayservice import cluster_hash
-from mmo_operator.reconcile import (
-    bounds_patch,
-    contains,
-    current_plan,
-    needs_apply,
-    serving_clusters,
-    worker_bounds,
-)
+from mmo_operator.diff import contains, needs_apply
+from mmo_operator.planning.current import plan_in_force
+from mmo_operator.worker_bounds import bounds_patch, serving_clusters, worker_bounds
 
 TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"
 UID = "11111111-2222-3333-4444-555555555555"
@@ -195,14 +190,10 @@ def test_needs_apply_ignores_server_defaults_but_sees_changes() -> None:
 
 
 def test_needs_apply_accepts_empty_lists_the_api_server_left_out() -> None:
-    """A default-deny NetworkPolicy has ``ingress: []``; the API server answers without
-    the key (omitempty). Re-applying it on every resync would be a write each minute."""
-    deny = next(
-        c
-        for name, c in _children(_doc()).items()
-        if name.startswith("NetworkPolicy/") and name.endswith("-default-deny")
-    )
-    assert deny["spec"]["ingress"] == [] and deny["spec"]["egress"] == []
+    """A deny-all NetworkPolicy has ``ingress: []``; the API server answers without the
+    key (omitempty). Re-applying it on every resync would be a write each minute."""
+    deny = copy.deepcopy(_children(_doc())["NetworkPolicy/tiny-network"])
+    deny["spec"].update(ingress=[], egress=[])
     served = copy.deepcopy(deny)
     del served["spec"]["ingress"], served["spec"]["egress"]
     assert not needs_apply(deny, served)
@@ -210,17 +201,17 @@ def test_needs_apply_accepts_empty_lists_the_api_server_left_out() -> None:
     assert contains({"a": [1]}, {}) is False
 
 
-def test_current_plan_keeps_a_rebalanced_plan_of_the_same_shape() -> None:
+def test_plan_in_force_keeps_a_rebalanced_plan_of_the_same_shape() -> None:
     v = validate(_doc())
     plan, _ = plan_and_app_args(v)
     cm = _children(_doc())["ConfigMap/tiny-placement"]
     rebalanced = plan.model_copy(update={"balancedness": 1.01})
     cm_rebalanced = copy.deepcopy(cm)
     cm_rebalanced["data"]["placement.json"] = rebalanced.model_dump_json(by_alias=True)
-    assert current_plan(cm_rebalanced, plan).balancedness == 1.01
+    assert plan_in_force(cm_rebalanced, plan).balancedness == 1.01
     other = plan.model_copy(update={"strategy": "contiguous"})
-    assert current_plan(cm_rebalanced, other) is other
-    assert current_plan(None, plan) is plan
+    assert plan_in_force(cm_rebalanced, other) is other
+    assert plan_in_force(None, plan) is plan
 
 
 def test_worker_bounds_patch_touches_only_min_and_max_of_the_named_group() -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from mmo_operator.api.validation import validate
 from mmo_operator.builders.app_args import plan_and_app_args
-from mmo_operator.status import Observation, compute_status, condition, is_ready
+from mmo_operator.status import Observation, compute_status, condition, is_ready, unparsed_status
 
 TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"
 
@@ -102,3 +102,60 @@ def test_policy_condition_says_when_the_autoscaler_is_cut_off() -> None:
     allowed = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
     assert allowed is not None and "autoscaler" not in allowed["message"]
     assert allowed["reason"] == cond["reason"]
+
+
+def test_a_failed_write_shows_in_reconciled_not_in_ready() -> None:
+    model, obs = _setup()
+    obs.rayservice = _rayservice("True", "RUNNING")
+    obs.apply_error = "reconciling ns1/tiny: PATCH ...: injected fault 500 (retrying)"
+    status = compute_status(model, obs, now="t0")
+    assert is_ready(status), "the model still serves"
+    done = condition(status, "Reconciled")
+    assert done is not None and done["status"] == "False" and done["reason"] == "ApplyFailed"
+    assert "injected fault 500" in done["message"]
+    obs.apply_error = None
+    done = condition(compute_status(model, obs, now="t0"), "Reconciled")
+    assert done is not None and done["status"] == "True"
+
+
+def _generation(rs: dict[str, Any], generation: int, observed: int) -> dict[str, Any]:
+    rs["metadata"] = {"generation": generation}
+    rs["status"]["observedGeneration"] = observed
+    return rs
+
+
+def test_progressing_follows_the_rayservice_generation_and_cluster_changes() -> None:
+    model, obs = _setup()
+    obs.rayservice = None
+    cond = condition(compute_status(model, obs, now="t0"), "Progressing")
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == "Creating"
+    obs.rayservice = _generation(_rayservice("True", "RUNNING"), 2, 2)
+    cond = condition(compute_status(model, obs, now="t0"), "Progressing")
+    assert cond is not None and cond["status"] == "False" and "generation 2" in cond["message"]
+    obs.rayservice = _generation(_rayservice("True", "RUNNING"), 3, 2)
+    cond = condition(compute_status(model, obs, now="t0"), "Progressing")
+    assert cond is not None and cond["reason"] == "UpdatePending"
+    assert "generation 3" in cond["message"] and "reports generation 2" in cond["message"]
+    obs.cluster_change_generation = 3  # the operator applied a new cluster config
+    status = compute_status(model, obs, now="t0")
+    cond = condition(status, "Progressing")
+    assert cond is not None and cond["reason"] == "ClusterUpgrade"
+    assert is_ready(status), "the old cluster serves meanwhile"
+    obs.rayservice = _generation(_rayservice("True", "RUNNING"), 3, 3)
+    obs.rayservice["status"]["pendingServiceStatus"] = {"rayClusterName": "tiny-raycluster-b"}
+    cond = condition(compute_status(model, obs, now="t0"), "Progressing")
+    assert cond is not None and cond["reason"] == "ClusterUpgrade", "the new one not serving yet"
+    del obs.rayservice["status"]["pendingServiceStatus"]
+    cond = condition(compute_status(model, obs, now="t0"), "Progressing")
+    assert cond is not None and cond["status"] == "False"
+
+
+def test_a_spec_that_does_not_parse_gets_a_status() -> None:
+    obs = Observation(generation=1, problems=["spec.resources.gpuType: Input should be ..."])
+    status = unparsed_status(obs, now="t0")
+    planned = condition(status, "Planned")
+    assert planned is not None and planned["reason"] == "InvalidSpec"
+    assert planned["message"] == "invalid spec: spec.resources.gpuType: Input should be ..."
+    assert status["observedGeneration"] == 1 and not is_ready(status)
+    again = unparsed_status(obs, previous=status, now="t1")
+    assert again == status, "recomputing it changes nothing (no second write)"

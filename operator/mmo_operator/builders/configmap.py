@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
+from mmo_operator.planning.current import PLACEMENT_KEY
 from mmo_serving.config import PlacementPlan
 
 from .common import Obj, metadata, placement_configmap_name
 
-PLACEMENT_KEY = "placement.json"
+__all__ = ["PLACEMENT_KEY", "build_placement_configmap"]
 
 
 def build_placement_configmap(

@@ -1,4 +1,5 @@
-"""The plan in force, for ``mmo plan --current``: read it, check its shape, re-plan.
+"""The plan in force: read it (``mmo plan --current`` and the operator), check its shape,
+re-plan.
 
 The file is the ``placement`` object that ``mmo plan -o json`` prints (or that whole
 output), or the placement ConfigMap as ``kubectl get configmap NAME-placement -o json``
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from mmo_operator.api.v1alpha1 import Architecture, MultimodalModel
 
     from .capacity import CapacityReport
+
+PLACEMENT_KEY = "placement.json"  # the key of the placement ConfigMap's data
 
 CURRENT_FORMATS = (
     'the "placement" object of `mmo plan -o json` (or that whole output), or the placement '
@@ -75,8 +78,6 @@ def _plan_data(data: Any, name: str) -> Any:
     if not isinstance(data, dict):
         return data
     if data.get("kind") == "ConfigMap":
-        from mmo_operator.builders.configmap import PLACEMENT_KEY  # only for ConfigMaps
-
         values = data.get("data") or {}
         if PLACEMENT_KEY not in values:
             keys = ", ".join(sorted(values)) or "none"
@@ -93,6 +94,31 @@ def _plan_data(data: Any, name: str) -> Any:
             )
         return data["placement"]
     return data
+
+
+def plan_in_force(configmap: dict[str, Any] | None, fresh: PlacementPlan) -> PlacementPlan:
+    """The plan the placement ``configmap`` holds (a rebalance may have changed it) while it
+    still has the shape of ``fresh``, the plan of the spec; otherwise ``fresh``."""
+    if not configmap:
+        return fresh
+    try:
+        plan = PlacementPlan.model_validate(_plan_data(configmap, "placement ConfigMap"))
+    except ValueError:  # not JSON, not a plan, no placement key: the spec's plan wins
+        return fresh
+    return plan if same_shape(plan, fresh) else fresh
+
+
+def same_shape(plan: PlacementPlan, fresh: PlacementPlan) -> bool:
+    """``plan`` still fits the spec that ``fresh`` was planned from."""
+    return (
+        plan.strategy == fresh.strategy
+        and plan.num_gpus == fresh.num_gpus
+        and plan.num_nodes == fresh.num_nodes
+        and plan.slots_per_gpu == fresh.slots_per_gpu
+        and plan.num_experts == fresh.num_experts
+        and plan.redundant_experts == fresh.redundant_experts
+        and len(plan.layers) == len(fresh.layers)
+    )
 
 
 def check_shape(

@@ -4,29 +4,28 @@ Every pod of a model carries ``serving.mmo.dev/model: NAME`` (head and workers);
 policies select them by that label. NetworkPolicies are allow-lists that add up, so
 the set below is read as "default deny, plus exactly these":
 
-``NAME-default-deny``
-    Ingress and egress denied for every pod of the model.
-``NAME-ray-internal``
-    All ports between pods of the model (GCS 6379, raylets, object manager, workers,
-    NCCL/gloo use ports chosen at run time); plus, from the KubeRay operator's pods
-    (``app.kubernetes.io/name: kuberay-operator`` in any namespace, or the namespace
-    given), the dashboard port 8265 that it drives the RayService through and the Serve
-    port (``spec.serving.port``), where it health-checks the head's Serve proxy
-    (``/-/healthz``) before putting the head behind the serve Service.
-``NAME-dns``
-    Egress to kube-dns only: UDP and TCP 53 to pods ``k8s-app: kube-dns`` in the
-    namespace ``kube-system`` (pinned by ``kubernetes.io/metadata.name``).
-``NAME-serve-ingress``
-    The Serve HTTP port (``spec.serving.port``) from ``spec.isolation.allowedClients``
-    only: each entry is one peer, its namespace and pod selectors ANDed; a pod selector
-    alone means this namespace; an entry with neither means every pod of this namespace.
-    No entries: the policy exists with no rule, and nobody may call. With
-    ``spec.experts.rebalance.enabled`` the mmo operator's pods
-    (``app.kubernetes.io/name: mmo``, ``app.kubernetes.io/component: operator``, in the
-    namespace given or any) may also call it: they read ``/v1/expert-load``.
-``NAME-metrics-ingress``
-    Ray's Prometheus port 8080 from the monitoring namespace only (``monitoring`` by
-    default; ``monitoring_namespace=``).
+``NAME-network``
+    Everything that always travels together, in one object (one write, not five):
+    ingress and egress are denied for every pod of the model except what its rules allow:
+
+    - all ports between pods of the model, both ways (GCS 6379, raylets, object manager,
+      workers, NCCL/gloo use ports chosen at run time);
+    - from the KubeRay operator's pods (``app.kubernetes.io/name: kuberay-operator`` in any
+      namespace, or the namespace given), the dashboard port 8265 that it drives the
+      RayService through and the Serve port (``spec.serving.port``), where it
+      health-checks the head's Serve proxy (``/-/healthz``) before putting the head behind
+      the serve Service;
+    - egress to kube-dns only: UDP and TCP 53 to pods ``k8s-app: kube-dns`` in the
+      namespace ``kube-system`` (pinned by ``kubernetes.io/metadata.name``);
+    - the Serve HTTP port (``spec.serving.port``) from ``spec.isolation.allowedClients``
+      only: each entry is one peer, its namespace and pod selectors ANDed; a pod selector
+      alone means this namespace; an entry with neither means every pod of this
+      namespace. No entries: no such rule, and nobody may call. With
+      ``spec.experts.rebalance.enabled`` the mmo operator's pods
+      (``app.kubernetes.io/name: mmo``, ``app.kubernetes.io/component: operator``, in the
+      namespace given or any) may also call it: they read ``/v1/expert-load``;
+    - Ray's Prometheus port 8080 from the monitoring namespace only (``monitoring`` by
+      default; ``monitoring_namespace=``).
 ``NAME-egress`` (hybrid and federated only)
     hybrid: the endpoint's CIDRs on its port (443 unless the URL names another).
     federated: the aggregator's CIDRs on its port; when the aggregator is a cluster
@@ -164,7 +163,7 @@ def build_network_policies(
     operator_namespace: str | None = None,
     apiserver_cidrs: Sequence[str] = (),
 ) -> list[Obj]:
-    """The NetworkPolicies of ``model``, in apply order (default deny first).
+    """The NetworkPolicies of ``model``: ``NAME-network``, then those of the options.
 
     ``apiserver_cidrs``: the API server's addresses, for the head's Ray autoscaler."""
     own = {"podSelector": model_selector(model)}
@@ -186,53 +185,29 @@ def build_network_policies(
         "namespaceSelector": {"matchLabels": {NS_NAME_LABEL: "kube-system"}},
         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
     }
+    metrics_ingress = {
+        "from": [{"namespaceSelector": {"matchLabels": {NS_NAME_LABEL: monitoring_namespace}}}],
+        "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+    }
+    kuberay_ingress = {
+        "from": [kuberay],
+        "ports": [
+            {"protocol": "TCP", "port": DASHBOARD_PORT},
+            {"protocol": "TCP", "port": model.spec.serving.port},
+        ],
+    }
+    dns = {
+        "to": [kube_dns],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
     policies = [
-        _policy(model, "default-deny", ["Ingress", "Egress"], ingress=[], egress=[]),
         _policy(
             model,
-            "ray-internal",
+            "network",
             ["Ingress", "Egress"],
-            ingress=[
-                {"from": [own]},
-                {
-                    "from": [kuberay],
-                    "ports": [
-                        {"protocol": "TCP", "port": DASHBOARD_PORT},
-                        {"protocol": "TCP", "port": model.spec.serving.port},
-                    ],
-                },
-            ],
-            egress=[{"to": [own]}],
-        ),
-        _policy(
-            model,
-            "dns",
-            ["Egress"],
-            egress=[
-                {
-                    "to": [kube_dns],
-                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-                }
-            ],
-        ),
-        _policy(model, "serve-ingress", ["Ingress"], ingress=serve_ingress),
-        _policy(
-            model,
-            "metrics-ingress",
-            ["Ingress"],
-            ingress=[
-                {
-                    "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {NS_NAME_LABEL: monitoring_namespace}
-                            }
-                        }
-                    ],
-                    "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
-                }
-            ],
-        ),
+            ingress=[{"from": [own]}, kuberay_ingress, *serve_ingress, metrics_ingress],
+            egress=[{"to": [own]}, dns],
+        )
     ]
     egress = egress_rules(model)
     if egress:
