@@ -140,48 +140,50 @@ def make_qwen3_moe(out: Path, seed: int = 0) -> Path:
     return _save(model, tokenizer, out)
 
 
-def make_deepseek_v3(out: Path, seed: int = 0) -> Path:
+def make_deepseek_v3(out: Path, seed: int = 0, **overrides: Any) -> Path:
     """DeepSeek-V3: MLA (q/kv LoRA ranks, rope and nope head parts), ``noaux_tc`` routing
     over 2 groups of 4 experts (top-2 groups, top-2 experts), one shared expert, the first
-    layer dense (``first_k_dense_replace=1``), 2 layers.
+    layer dense (``first_k_dense_replace=1``), 2 layers. ``overrides`` replace config
+    fields.
 
-    Head sizes: q/k = 32 nope + 32 rope = 64, v = 64; the MLA latent (kv_lora_rank + rope)
-    is 96 + 32 = 128.
+    Head sizes: q/k = 64 nope + 64 rope = 128, v = 64; the MLA latent (kv_lora_rank + rope)
+    is 512 + 64 = 576, DeepSeek's own and the only size vLLM's CPU MLA kernel accepts.
     """
     import torch
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
     tokenizer = build_tokenizer()
-    config = DeepseekV3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        q_lora_rank=32,
-        kv_lora_rank=96,
-        qk_nope_head_dim=32,
-        qk_rope_head_dim=32,
-        v_head_dim=64,
-        n_routed_experts=8,
-        n_shared_experts=1,
-        num_experts_per_tok=2,
-        n_group=2,
-        topk_group=2,
-        topk_method="noaux_tc",
-        scoring_func="sigmoid",
-        routed_scaling_factor=2.5,
-        norm_topk_prob=True,
-        first_k_dense_replace=1,
-        moe_layer_freq=1,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        initializer_range=INIT_STD,
-        dtype="float32",
+    kwargs: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "q_lora_rank": 32,
+        "kv_lora_rank": 512,
+        "qk_nope_head_dim": 64,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 64,
+        "n_routed_experts": 8,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 2,
+        "n_group": 2,
+        "topk_group": 2,
+        "topk_method": "noaux_tc",
+        "scoring_func": "sigmoid",
+        "routed_scaling_factor": 2.5,
+        "norm_topk_prob": True,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+        "initializer_range": INIT_STD,
+        "dtype": "float32",
         **_token_ids(tokenizer),
-    )
+    }
+    config = DeepseekV3Config(**{**kwargs, **overrides})
     _seed(seed)
     model = DeepseekV3ForCausalLM(config).to(torch.float32).eval()
     _randomise_correction_bias(model)
