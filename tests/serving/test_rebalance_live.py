@@ -112,7 +112,9 @@ class Live:
         app = build_app(
             self.serve_args,
             engine_factory=BuiltinEngineFactory(tiny_engine),
-            options={"version": "v1", "user_config": user_config},
+            # a fixed code version (Ray 2.60 keeps it behind `_internal`): only
+            # user_config changes, so Serve reconfigures the running replica
+            options={"version": "v1", "_internal": True, "user_config": user_config},
         )
         serve.run(app, name=self.model.name, route_prefix="/")
 

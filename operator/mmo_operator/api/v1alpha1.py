@@ -509,7 +509,7 @@ class Serving(ApiModel):
         description="Serving image (Ray + mmo_serving).",
     )
     ray_version: str = Field(
-        default="2.55.1", max_length=32, pattern=_SEMVER, description="Ray version."
+        default="2.60.0", max_length=32, pattern=_SEMVER, description="Ray version."
     )
     port: int = Field(default=8000, ge=1024, le=65535, description="Serve HTTP port.")
 
