@@ -3,7 +3,7 @@
 vLLM's CPU build pins its own torch companions and cannot share the main venv; the
 tests here run as the main venv's pytest and drive scripts (``run_*.py``) executed by
 ``.venv-vllm/bin/python``. The fixture creates the venv when missing, as the Makefile
-target does, and skips when no package index can be reached.
+target does; a venv that cannot be built fails the tests (never a silent skip).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def ensure_venv() -> Path:
         if res.returncode != 0:
             out = (res.stdout + res.stderr)[-3000:]
             if any(e in out for e in NETWORK_ERRORS):
-                pytest.skip(f"cannot create .venv-vllm (no package index?): {out[-500:]}")
+                pytest.fail(f"cannot create .venv-vllm (no package index?): {out[-500:]}")
             raise AssertionError(f"{' '.join(cmd)} failed:\n{out}")
     assert _usable(), ".venv-vllm was created but cannot import vllm, ray.serve.llm and this mmo"
     return PY

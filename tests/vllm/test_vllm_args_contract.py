@@ -1,7 +1,8 @@
 """The LLMConfig dicts of mmo_serving.vllm_args pass Ray Serve LLM's and vLLM's own checks.
 
 Ray 2.60 and vLLM live in ``.venv-vllm`` (their pins clash with the main venv): the test
-runs hack/check_llm_config.py with that venv's python and skips, saying so, without it.
+runs hack/check_llm_config.py with that venv's python (the ``vllm_run`` fixture builds the
+venv when missing).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from mmo_operator.api.validation import validate
@@ -50,12 +50,7 @@ def test_there_are_vllm_samples_to_check() -> None:
     assert len(_configs()) >= 6
 
 
-@pytest.mark.skipif(
-    not VLLM_PYTHON.exists(),
-    reason=".venv-vllm is absent: Ray Serve LLM's LLMConfig and vLLM's EngineArgs cannot be "
-    "imported in the main venv, so this contract check needs that venv",
-)
-def test_llm_configs_pass_ray_and_vllm_checks() -> None:
+def test_llm_configs_pass_ray_and_vllm_checks(vllm_run: Any) -> None:
     result = subprocess.run(
         [str(VLLM_PYTHON), str(SCRIPT)],
         input=json.dumps(_configs()),
@@ -68,8 +63,7 @@ def test_llm_configs_pass_ray_and_vllm_checks() -> None:
     assert "FAILED" not in result.stdout
 
 
-@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=".venv-vllm is absent (see above)")
-def test_the_contract_check_catches_what_vllm_refuses() -> None:
+def test_the_contract_check_catches_what_vllm_refuses(vllm_run: Any) -> None:
     config = next(iter(_configs().values()))
     broken = copy.deepcopy(config)
     broken["engine_kwargs"]["max_num_seq"] = 8  # not an engine argument
