@@ -5,7 +5,9 @@ The JSON files are committed; tests/chart/test_chart_dashboards.py fails when th
 from what this script writes, so edit here and run `python hack/gen_dashboards.py`.
 
 Every query uses only metrics listed in the cross-team contract (mmo_* serving metrics,
-renamed from Ray's ray_mmo_* by the scrape config, and mmo_operator_* operator metrics).
+renamed from Ray's ray_mmo_* by the scrape config, and mmo_operator_* operator metrics),
+or vLLM's engine metrics as Ray Serve LLM exports them (ray_vllm_*: names, labels and
+buckets of vLLM 0.29; tests/observability/fake_vllm_exporter.py lists them).
 Every panel and variable reads the `datasource` variable: nothing names a datasource.
 """
 
@@ -89,6 +91,20 @@ class Layout:
         self.x += w
         self.row_h = max(self.row_h, h)
         return pos
+
+    def row(self, title: str) -> Json:
+        """A row header across the grid; the panels placed after it belong to it."""
+        self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
+        panel: Json = {
+            "id": self.next_id,
+            "type": "row",
+            "title": title,
+            "collapsed": False,
+            "gridPos": self.place(24, 1),
+            "panels": [],
+        }
+        self.next_id += 1
+        return panel
 
     def panel(
         self,
@@ -282,12 +298,187 @@ def overview() -> Json:
             [target(f"sum(rate(mmo_generated_tokens_total{{{SEL}}}[{RI}]))", "tokens/s")],
             unit="short",
         ),
+        *engine_row(lay),
     ]
     return dashboard(
         "mmo-overview",
         "mmo / Overview",
         "Latency, throughput, errors, batching, queueing and cache of mmo models.",
         serving_vars(),
+        panels,
+    )
+
+
+VLLM = "ray_vllm_"
+
+
+def engine_row(lay: Layout) -> list[Json]:
+    """The Overview's row of vLLM engine panels (engine vllm; empty for engine mmo)."""
+    p = lay.panel
+    return [
+        lay.row("Engine (vLLM)"),
+        p(
+            "timeseries",
+            "Time to first token p95",
+            "p95 of vLLM's time to first token (queueing and prefill); "
+            "MmoTimeToFirstTokenAboveTarget compares it with the model's latency target.",
+            [
+                target(
+                    f"histogram_quantile(0.95, sum by (model, le) "
+                    f"(rate({VLLM}time_to_first_token_seconds_bucket{{{SEL}}}[{RI}])))",
+                    "{{model}}",
+                )
+            ],
+            unit="s",
+            w=8,
+        ),
+        p(
+            "timeseries",
+            "KV-cache usage (fullest rank)",
+            "vLLM's KV-cache usage of the fullest data-parallel rank; "
+            "MmoEngineKvCacheSaturated fires when it stays full while requests wait.",
+            [
+                target(
+                    f"max by (model) ({VLLM}kv_cache_usage_perc{{{SEL}}})",
+                    "{{model}}",
+                )
+            ],
+            unit="percentunit",
+            w=8,
+        ),
+        p(
+            "timeseries",
+            "Engine requests running and waiting",
+            "Requests in vLLM's batches and waiting for KV-cache room, over all ranks.",
+            [
+                target(f"sum({VLLM}num_requests_running{{{SEL}}})", "running"),
+                target(f"sum({VLLM}num_requests_waiting{{{SEL}}})", "waiting", "B"),
+            ],
+            w=8,
+        ),
+    ]
+
+
+def engine() -> Json:
+    lay = Layout()
+    p = lay.panel
+    by_rank = "ReplicaId"
+    panels = [
+        p(
+            "timeseries",
+            "Time to first token p50 / p95 / p99",
+            "vLLM's time from arrival to the first generated token (queueing and prefill).",
+            quantiles(f"{VLLM}time_to_first_token_seconds", "model", "{{model}}"),
+            unit="s",
+        ),
+        p(
+            "timeseries",
+            "Inter-token latency p50 / p95 / p99",
+            "vLLM's time between two generated tokens of a request (decode speed).",
+            quantiles(f"{VLLM}inter_token_latency_seconds", "model", "{{model}}"),
+            unit="s",
+        ),
+        p(
+            "timeseries",
+            "End-to-end request latency p50 / p95 / p99",
+            "vLLM's time from arrival to the last token (the gateway adds its own before it).",
+            quantiles(f"{VLLM}e2e_request_latency_seconds", "model", "{{model}}"),
+            unit="s",
+        ),
+        p(
+            "timeseries",
+            "Queue time p95 by rank",
+            "p95 of the time requests wait in vLLM's scheduler before running, per "
+            "data-parallel rank (Serve replica).",
+            [
+                target(
+                    f"histogram_quantile(0.95, sum by ({by_rank}, le) "
+                    f"(rate({VLLM}request_queue_time_seconds_bucket{{{SEL}}}[{RI}])))",
+                    "{{ReplicaId}}",
+                )
+            ],
+            unit="s",
+        ),
+        p(
+            "timeseries",
+            "KV-cache usage by rank",
+            "Fraction of each data-parallel rank's KV-cache blocks in use "
+            "(vllm:kv_cache_usage_perc); near 1 with requests waiting, the rank preempts.",
+            [
+                target(
+                    f"max by ({by_rank}) ({VLLM}kv_cache_usage_perc{{{SEL}}})",
+                    "{{ReplicaId}}",
+                )
+            ],
+            unit="percentunit",
+        ),
+        p(
+            "timeseries",
+            "Requests running and waiting by rank",
+            "Requests in each rank's running batch and in its waiting queue.",
+            [
+                target(
+                    f"sum by ({by_rank}) ({VLLM}num_requests_running{{{SEL}}})",
+                    "running {{ReplicaId}}",
+                ),
+                target(
+                    f"sum by ({by_rank}) ({VLLM}num_requests_waiting{{{SEL}}})",
+                    "waiting {{ReplicaId}}",
+                    "B",
+                ),
+            ],
+        ),
+        p(
+            "timeseries",
+            "Prompt and generation tokens per second",
+            "Prefill tokens processed and tokens generated by the engine, over all ranks.",
+            [
+                target(f"sum(rate({VLLM}prompt_tokens_total{{{SEL}}}[{RI}]))", "prompt"),
+                target(
+                    f"sum(rate({VLLM}generation_tokens_total{{{SEL}}}[{RI}]))", "generation", "B"
+                ),
+            ],
+        ),
+        p(
+            "timeseries",
+            "Preemptions per second by rank",
+            "Requests the scheduler evicted to free KV-cache blocks (recomputed later): "
+            "a KV cache too small for the load.",
+            [
+                target(
+                    f"sum by ({by_rank}) (rate({VLLM}num_preemptions_total{{{SEL}}}[{RI}]))",
+                    "{{ReplicaId}}",
+                )
+            ],
+            unit="ops",
+        ),
+        p(
+            "timeseries",
+            "Finished requests by reason",
+            "vllm:request_success by finished_reason (stop, length, abort, ...).",
+            [
+                target(
+                    f"sum by (finished_reason) (rate({VLLM}request_success_total{{{SEL}}}[{RI}]))",
+                    "{{finished_reason}}",
+                )
+            ],
+            unit="reqps",
+            w=24,
+        ),
+    ]
+    running = f"{VLLM}num_requests_running"
+    return dashboard(
+        "mmo-engine",
+        "mmo / Engine",
+        "The vLLM engine of models with engine vllm: latency to the first token and between "
+        "tokens, KV-cache usage, scheduler queues, token throughput, preemptions.",
+        [
+            datasource_var(),
+            query_var("namespace", "Namespace", f"label_values({running}, namespace)"),
+            query_var(
+                "model", "Model", f'label_values({running}{{namespace=~"$namespace"}}, model)'
+            ),
+        ],
         panels,
     )
 
@@ -536,6 +727,7 @@ def operator() -> Json:
 
 DASHBOARDS = {
     "overview": overview,
+    "engine": engine,
     "experts": experts,
     "isolation": isolation,
     "operator": operator,

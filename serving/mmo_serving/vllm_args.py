@@ -166,6 +166,9 @@ def llm_config(
         "deployment_config": deployment_config(args),
         # each token to the client as soon as it is decoded, not in 50 ms bursts
         "experimental_configs": {"stream_batching_interval_ms": 0},
+        # vLLM's metrics through Ray's endpoint (ray_vllm_*): the Engine dashboard and the
+        # KV-cache and time-to-first-token alerts read them
+        "log_engine_metrics": True,
     }
     if accelerator == "cpu":
         config["accelerator_config"] = {"kind": "cpu"}

@@ -42,7 +42,7 @@ def test_default_render_has_the_expected_objects(render: Any) -> None:
             "Issuer",
             "Certificate",
             "NetworkPolicy",
-            *["ConfigMap"] * 4,  # one per dashboard
+            *["ConfigMap"] * 5,  # one per dashboard
         ]
     )
 

@@ -44,6 +44,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
         "/prometheusRule/expertBalancednessThreshold",
     ),
     ({"prometheusRule": {"policyRefusalBurst": 0}}, "/prometheusRule/policyRefusalBurst"),
+    ({"prometheusRule": {"kvCacheUsageThreshold": 1.5}}, "/prometheusRule/kvCacheUsageThreshold"),
     ({"networkPolicy": {"apiServerCIDRs": ["api.example.com"]}}, "/networkPolicy/apiServerCIDRs/0"),
     ({"networkPolicy": {"apiServerCIDRs": ["10.0.0.1/33"]}}, "/networkPolicy/apiServerCIDRs/0"),
     ({"dashboards": {"enabled": "yes"}}, "/dashboards/enabled"),

@@ -1,4 +1,5 @@
-"""Observability test fixtures: the Prometheus harness (promharness.py beside this file)."""
+"""Observability test fixtures: the Prometheus harness (promharness.py beside this file) and
+the table of vLLM's metric families (fake_vllm_exporter.py)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,8 @@ def _load(name: str) -> ModuleType:
 @pytest.fixture(scope="session")
 def promharness() -> ModuleType:
     return _load("promharness")
+
+
+@pytest.fixture(scope="session")
+def vllm_exporter() -> ModuleType:
+    return _load("fake_vllm_exporter")

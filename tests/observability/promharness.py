@@ -99,10 +99,17 @@ def dashboard_variables(paths: Iterable[Path] | None = None) -> dict[str, str]:
 class PrometheusServer:
     """A private Prometheus process scraping `targets` (host:port) every second."""
 
-    def __init__(self, workdir: Path, targets: list[str], labels: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        targets: list[str],
+        labels: dict[str, str] | None = None,
+        rule_files: list[Path] | None = None,
+    ):
         self.workdir = workdir
         self.targets = targets
         self.labels = labels or {}
+        self.rule_files = rule_files or []
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "prometheus.log"
@@ -112,7 +119,7 @@ class PrometheusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "global": {
                 # above Ray's metrics report interval: a scrape clears Ray's gauges
                 "scrape_interval": "3s",
@@ -127,6 +134,9 @@ class PrometheusServer:
                 }
             ],
         }
+        if self.rule_files:
+            config["rule_files"] = [str(p) for p in self.rule_files]
+        return config
 
     def start(self, timeout: float = 60) -> PrometheusServer:
         exe = shutil.which("prometheus")

@@ -1,5 +1,7 @@
-"""The dashboard-query harness, proven against a fake exporter with the contract's metrics:
-every panel returns data, and a panel on a metric nothing exports is reported empty."""
+"""The dashboard-query harness, proven against a fake exporter with the contract's metrics and
+one with vLLM 0.29's engine metrics (fake_vllm_exporter.py): every panel returns data, every
+vLLM family is scraped under the name the dashboards use, the engine alerts evaluate on the
+real names, and a panel on a metric nothing exports is reported empty."""
 
 from __future__ import annotations
 
@@ -18,23 +20,41 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
+RULES = REPO / "charts" / "mmo" / "rules"
+# The engine alerts and what they need: thresholds and each model's effective latency target.
+RULE_FILES = [RULES / n for n in ("mmo-thresholds.yaml", "mmo-serving.yaml", "mmo-engine.yaml")]
+ENGINE_ALERTS = ["MmoEngineKvCacheSaturated", "MmoTimeToFirstTokenAboveTarget"]
+
+
 @pytest.fixture(scope="module")
 def fake_prometheus(
     promharness: ModuleType, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     serving_port, operator_port = promharness.free_port(), promharness.free_port()
+    vllm_port = promharness.free_port()
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO / "serving")])
     )
-    exporter = subprocess.Popen(
-        [sys.executable, str(HERE / "fake_mmo_exporter.py"), str(serving_port), str(operator_port)],
-        env=env,
-    )
+    exporters = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "fake_mmo_exporter.py"),
+                str(serving_port),
+                str(operator_port),
+            ],
+            env=env,
+        ),
+        subprocess.Popen(
+            [sys.executable, str(HERE / "fake_vllm_exporter.py"), str(vllm_port), "fake"], env=env
+        ),
+    ]
     workdir = tmp_path_factory.mktemp("prom")
     prom = promharness.PrometheusServer(
         workdir,
-        [f"127.0.0.1:{serving_port}", f"127.0.0.1:{operator_port}"],
+        [f"127.0.0.1:{port}" for port in (serving_port, operator_port, vllm_port)],
         labels={"namespace": "ml", "model": "fake"},
+        rule_files=RULE_FILES,
     )
     try:
         prom.start()
@@ -42,8 +62,9 @@ def fake_prometheus(
         yield prom
     finally:
         prom.stop()
-        exporter.terminate()
-        exporter.wait(timeout=20)
+        for exporter in exporters:
+            exporter.terminate()
+            exporter.wait(timeout=20)
 
 
 def test_substitute_handles_grafana_variable_forms(promharness: ModuleType) -> None:
@@ -57,11 +78,17 @@ def test_substitute_handles_grafana_variable_forms(promharness: ModuleType) -> N
 def test_harness_finds_every_panel_query(promharness: ModuleType) -> None:
     queries = promharness.panel_queries()
     boards = {q.dashboard for q in queries}
-    assert boards == {"mmo / Overview", "mmo / Experts", "mmo / Isolation", "mmo / Operator"}
+    assert boards == {
+        "mmo / Overview",
+        "mmo / Engine",
+        "mmo / Experts",
+        "mmo / Isolation",
+        "mmo / Operator",
+    }
     expected = sum(
         len(t)
         for p in sorted((REPO / "charts/mmo/dashboards").glob("*.json"))
-        for t in (panel["targets"] for panel in json.loads(p.read_text())["panels"])
+        for t in (panel.get("targets", []) for panel in json.loads(p.read_text())["panels"])
     )
     assert len(queries) == expected
 
@@ -97,3 +124,32 @@ def test_a_panel_on_an_unexported_metric_is_reported(
 def test_relabel_turns_ray_names_into_contract_names(fake_prometheus: Any) -> None:
     assert fake_prometheus.query("ray_mmo_requests_total") == []
     assert fake_prometheus.query("mmo_requests_total")
+
+
+def test_every_vllm_family_is_scraped_under_its_ray_name(
+    vllm_exporter: ModuleType, fake_prometheus: Any
+) -> None:
+    names = vllm_exporter.exported_series_names()
+    missing = [name for name in names if not fake_prometheus.query(f"{name}{{model='fake'}}")]
+    assert missing == []
+    metadata = json.loads(fake_prometheus._get("/api/v1/metadata") or b"{}")["data"]
+    kinds = {name: entries[0]["type"] for name, entries in metadata.items()}
+    for family, (kind, _, _) in vllm_exporter.VLLM_FAMILIES.items():
+        assert kinds.get(vllm_exporter.ray_name(family)) == kind, family
+    (series,) = fake_prometheus.query(
+        "ray_vllm_kv_cache_usage_perc{ReplicaId='replica-a'}"
+    )  # vLLM's labels and the wrapper's ReplicaId survive the scrape
+    assert {"model_name", "engine", "ReplicaId", "namespace", "model"} <= set(series["metric"])
+
+
+def test_engine_alerts_evaluate_on_the_scraped_names(
+    promharness: ModuleType, fake_prometheus: Any
+) -> None:
+    """The exporter's first rank is full with requests waiting and its first tokens are
+    slower than the 0.5 s target the fake operator reports: both alerts become pending
+    (they fire after 10 minutes, longer than a test)."""
+    queries = [
+        promharness.PanelQuery("rules", alert, "A", f'ALERTS{{alertname="{alert}", model="fake"}}')
+        for alert in ENGINE_ALERTS
+    ]
+    assert promharness.empty_queries(fake_prometheus, queries, {}, timeout=90) == []

@@ -1,5 +1,7 @@
 """Dashboards and alert rules use only metrics that mmo exports (the contracts list, as named
-in serving/mmo_serving/metrics.py and operator/mmo_operator/metrics.py)."""
+in serving/mmo_serving/metrics.py and operator/mmo_operator/metrics.py) or that vLLM exports
+through Ray (ray_vllm_*: the families fake_vllm_exporter.py serves, which
+test_dashboards_harness.py sees scraped by a real Prometheus)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -42,6 +45,21 @@ PROMETHEUS_OWN = {"up"}
 METRIC = re.compile(r"(?<![:\w])([a-zA-Z_][a-zA-Z0-9_]*)\s*(?=\{|\[|\)|$|\s)")
 MMO = re.compile(r"(?<![:\w])(mmo_[a-z0-9_]+)")
 RECORDED = re.compile(r"(?<![\w])(mmo:[a-z0-9_:]+)")
+VLLM = re.compile(r"(?<![:\w])(ray_vllm_[a-z0-9_]+)")
+# What the engine dashboards must show (vLLM's names): latency to the first token, between
+# tokens and end to end, KV-cache usage, running and waiting requests, prompt and
+# generation tokens, preemptions.
+ENGINE_SHOWN = {
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:num_preemptions",
+}
 
 
 def dashboard_queries(path: Path) -> Iterator[str]:
@@ -127,7 +145,7 @@ def test_rules_use_only_mmo_and_prometheus_metrics() -> None:
         for expr in rule_exprs(path):
             for name in RECORDED.findall(expr):
                 assert name in recorded, f"{path.name}: {name} is recorded by no rule"
-            bare = RECORDED.sub(" ", expr)
+            bare = VLLM.sub(" ", RECORDED.sub(" ", expr))
             for name in MMO.findall(bare):
                 assert base_name(name) in CONTRACT, f"{path.name}: {name}"
             others = {
@@ -136,6 +154,45 @@ def test_rules_use_only_mmo_and_prometheus_metrics() -> None:
                 if not m.startswith("mmo_") and m not in PROMQL_WORDS and not m.isupper()
             }
             assert others <= PROMETHEUS_OWN, f"{path.name}: unknown metrics {others}"
+
+
+def used_vllm_series() -> dict[str, set[str]]:
+    used: dict[str, set[str]] = {}
+    sources: list[tuple[Path, Any]] = [(p, dashboard_queries(p)) for p in DASHBOARDS]
+    sources += [(p, rule_exprs(p)) for p in RULES]
+    for path, exprs in sources:
+        for expr in exprs:
+            for name in VLLM.findall(expr):
+                used.setdefault(name, set()).add(path.name)
+    return used
+
+
+def test_dashboards_and_rules_use_only_vllm_series_the_exporter_serves(
+    vllm_exporter: ModuleType,
+) -> None:
+    served = vllm_exporter.exported_series_names()
+    unknown = {name: files for name, files in used_vllm_series().items() if name not in served}
+    assert unknown == {}, "ray_vllm_* series vLLM 0.29 does not export (or not under that name)"
+    for name, files in used_vllm_series().items():
+        if served[name] == "histogram":
+            assert name.endswith(("_bucket", "_sum", "_count")), (name, files)
+
+
+def test_the_engine_metrics_are_shown_on_the_overview_and_engine_dashboards(
+    vllm_exporter: ModuleType,
+) -> None:
+    used = used_vllm_series()
+    for board in ("overview.json", "engine.json"):
+        assert any(board in files for files in used.values()), board
+    shown = {
+        family
+        for family in vllm_exporter.VLLM_FAMILIES
+        for name, files in used.items()
+        if name.startswith(vllm_exporter.ray_name(family))
+        and name[len(vllm_exporter.ray_name(family)) :] in ("", "_total", "_bucket", "_sum")
+        and "engine.json" in files
+    }
+    assert ENGINE_SHOWN - shown == set(), "engine metrics on no Engine dashboard panel"
 
 
 PROMQL_WORDS = {

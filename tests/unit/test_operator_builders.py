@@ -288,3 +288,59 @@ def test_cluster_and_mmo_up_share_one_deployment_options_function() -> None:
     dep = _ingress(_doc())
     expected = deployment_options(args, accelerator="mmo-accelerator-A100-80GB")
     assert dep == yaml.safe_load(yaml.safe_dump(expected))
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "<secret>") for e in container["env"]}
+
+
+def test_model_volume_is_mounted_read_only() -> None:
+    pod = _worker(_children(_doc()))["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model")
+    assert mount == {"name": "model", "mountPath": "/mnt/models/models", "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert volume["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+
+
+def test_head_and_workers_hold_kuberays_probes_until_ray_is_up() -> None:
+    cluster = _children(_doc())["RayService/tiny"]["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    worker = _worker(_children(_doc()))["spec"]["containers"][0]
+    head_script = head["startupProbe"]["exec"]["command"][-1]
+    worker_script = worker["startupProbe"]["exec"]["command"][-1]
+    assert "local_raylet_healthz" in head_script and "gcs_healthz" in head_script
+    assert "local_raylet_healthz" in worker_script and "gcs_healthz" not in worker_script
+    probe = worker["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 600
+
+
+def test_every_container_is_offline_and_vllm_waits_for_a_slow_load() -> None:
+    for doc, engine in ((_doc(), "vllm"), (_builtin_doc(), "mmo")):
+        children = _children(doc)
+        cluster = children["RayService/tiny"]["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+        worker = _worker(children)["spec"]["containers"][0]
+        for container in (head, worker):
+            env = _env(container)
+            names = [e["name"] for e in container["env"]]
+            assert len(names) == len(set(names)), f"duplicate env names: {names}"
+            for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS"):
+                assert env[key] == "1", (engine, key)
+            assert env["DO_NOT_TRACK"] == "1" and env["RAY_USAGE_STATS_ENABLED"] == "0"
+            if engine == "vllm":
+                assert int(env["VLLM_ENGINE_READY_TIMEOUT_S"]) >= 1800
+            else:
+                assert "VLLM_ENGINE_READY_TIMEOUT_S" not in env
+
+
+def test_podmonitor_labels_series_with_the_model_and_keeps_vllm_names() -> None:
+    endpoint = _children(_doc())["PodMonitor/tiny"]["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["relabelings"] == [
+        {
+            "sourceLabels": ["__meta_kubernetes_pod_label_serving_mmo_dev_model"],
+            "targetLabel": "model",
+            "action": "replace",
+        }
+    ]
+    (rename,) = endpoint["metricRelabelings"]
+    assert rename["regex"] == "ray_(mmo_.*)" and rename["action"] == "replace"

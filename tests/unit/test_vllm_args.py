@@ -125,6 +125,10 @@ def test_tokens_stream_as_they_are_decoded() -> None:
     assert config["experimental_configs"] == {"stream_batching_interval_ms": 0}
 
 
+def test_engine_metrics_go_through_rays_endpoint() -> None:
+    assert llm_config(_args(_doc()))["log_engine_metrics"] is True
+
+
 def test_one_gpu_has_no_expert_parallelism() -> None:
     args = AppArgs.model_validate(_args(_doc()).to_json_dict() | {"numGpus": 1})
     kw = llm_config(args)["engine_kwargs"]

@@ -45,7 +45,6 @@ import yaml
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_serving.config import AppArgs
 from mmo_serving.deployment import deployment_options
-from mmo_serving.metrics import METRICS_REPORT_INTERVAL_MS
 
 from .common import (
     CLIENT_PORT,
@@ -62,6 +61,7 @@ from .common import (
     rayservice_name,
 )
 from .gpu_nodes import node_placement
+from .pod_env import base_env
 
 IMPORT_PATH = "mmo_serving.app:build_app"
 WORKER_GROUP = "gpu"
@@ -69,20 +69,20 @@ PVC_ROOT = "/mnt/models"
 HYBRID_KEY_ENV = "MMO_CLOUD_API_KEY"
 HYBRID_SECRET_KEY = "api-key"
 GPU_RESOURCE = "nvidia.com/gpu"
+# Ray's health endpoints, as KubeRay's own probes call them: the raylet through the
+# dashboard agent on every pod, the GCS through the dashboard on the head.
+DASHBOARD_AGENT_PORT = 52365
+RAYLET_HEALTH = f"http://localhost:{DASHBOARD_AGENT_PORT}/api/local_raylet_healthz"
+GCS_HEALTH = f"http://localhost:{DASHBOARD_PORT}/api/gcs_healthz"
+# KubeRay adds liveness and readiness probes that start 30 s after the container does; a
+# startup probe holds them until Ray is up, so a worker that waits for the head's GCS (a
+# new cluster of an upgrade starts all its pods at once) is not restarted meanwhile. The
+# model itself loads later, inside Serve replicas: vllm_args' health timeouts and
+# pod_env.VLLM_ENGINE_READY_TIMEOUT_S cover that.
+STARTUP_PROBE_PERIOD_S = 10
+STARTUP_PROBE_BUDGET_S = 600
 # Fields of AppArgs that go to user_config / deployment options instead of args.
 IN_PLACE_ARGS = {"placement", "batching", "autoscaling"}
-
-# Hub and telemetry off in every mode (issue 7); PYTHONUNBUFFERED for the audit lines.
-BASE_ENV: dict[str, str] = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-    "PYTHONUNBUFFERED": "1",
-    # gauges must reach the node agent between two scrapes (mmo_serving.metrics)
-    "RAY_metrics_report_interval_ms": str(METRICS_REPORT_INTERVAL_MS),
-}
 
 # The Ray autoscaler runs as a sidecar of the head pod and calls the Kubernetes API server
 # (policy.network: the NAME-apiserver NetworkPolicy; status: PolicyEnforced says when the
@@ -122,20 +122,8 @@ def restricted_pod_context() -> Obj:
     }
 
 
-def _base_env(model: MultimodalModel) -> list[Obj]:
-    """Offline/no-telemetry environment from the isolation layer (or a minimal one)."""
-    try:
-        from mmo_operator.policy.network import isolation_env
-    except ImportError:
-        return [{"name": k, "value": v} for k, v in BASE_ENV.items()]
-    env = list(isolation_env(model))
-    names = {e["name"] for e in env}
-    env += [{"name": k, "value": v} for k, v in BASE_ENV.items() if k not in names]
-    return env
-
-
 def _env(model: MultimodalModel, *, worker: bool) -> list[Obj]:
-    env: list[Obj] = _base_env(model)
+    env: list[Obj] = base_env(model)
     source = model.spec.model.source
     if source.startswith("pvc://"):
         env.append({"name": "MMO_PVC_ROOT", "value": PVC_ROOT})
@@ -169,6 +157,28 @@ def _ports(model: MultimodalModel, *, head: bool) -> list[Obj]:
     return ports
 
 
+def startup_probe(*, head: bool) -> Obj:
+    checks = [RAYLET_HEALTH, GCS_HEALTH] if head else [RAYLET_HEALTH]
+    script = " && ".join(f"wget -T 2 -q -O- {url} | grep success" for url in checks)
+    return {
+        "exec": {"command": ["bash", "-c", script]},
+        "periodSeconds": STARTUP_PROBE_PERIOD_S,
+        "timeoutSeconds": 5,
+        "failureThreshold": STARTUP_PROBE_BUDGET_S // STARTUP_PROBE_PERIOD_S,
+    }
+
+
+def shm_size_gi(model: MultimodalModel) -> int:
+    """/dev/shm of a worker: half its memory (``memoryPerGpuGi`` x GPUs / 2).
+
+    Ray's object store lives there, NCCL's shared-memory transport and vLLM's message
+    queues between the front end and its data-parallel ranks too; a memory-backed
+    emptyDir counts against the container's memory limit, hence half and not all.
+    """
+    res = model.spec.resources
+    return max(1, res.memory_per_gpu_gi * res.gpus_per_node // 2)
+
+
 def _pod_labels(model: MultimodalModel, role: str) -> dict[str, str]:
     return {MODEL_LABEL: model.name, ROLE_LABEL: role}
 
@@ -189,6 +199,7 @@ def _head_template(model: MultimodalModel) -> Obj:
                         "limits": {"memory": "8Gi"},
                     },
                     "securityContext": restricted_container_context(),
+                    "startupProbe": startup_probe(head=True),
                     "volumeMounts": [
                         {"name": "shm", "mountPath": "/dev/shm"},
                         {"name": "ray-tmp", "mountPath": "/tmp/ray"},
@@ -211,14 +222,8 @@ def _worker_template(model: MultimodalModel) -> Obj:
         {"name": "ray-tmp", "mountPath": "/tmp/ray"},
     ]
     volumes: list[Obj] = [
-        # Ray's object store and NCCL use shared memory; the default 64 MiB is far too small.
-        {
-            "name": "shm",
-            "emptyDir": {
-                "medium": "Memory",
-                "sizeLimit": f"{max(1, res.memory_per_gpu_gi * gpus // 2)}Gi",
-            },
-        },
+        # the container runtime's default of 64 MiB is far too small (shm_size_gi)
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_size_gi(model)}Gi"}},
         {"name": "ray-tmp", "emptyDir": {}},
     ]
     source = model.spec.model.source
@@ -250,6 +255,7 @@ def _worker_template(model: MultimodalModel) -> Obj:
                         "limits": {"memory": memory, GPU_RESOURCE: str(gpus)},
                     },
                     "securityContext": restricted_container_context(),
+                    "startupProbe": startup_probe(head=False),
                     "volumeMounts": mounts,
                 }
             ],

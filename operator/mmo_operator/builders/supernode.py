@@ -26,7 +26,8 @@ from __future__ import annotations
 from mmo_operator.api.v1alpha1 import MultimodalModel
 
 from .common import Obj, labels, metadata
-from .rayservice import _base_env, restricted_container_context, restricted_pod_context
+from .pod_env import base_env
+from .rayservice import restricted_container_context, restricted_pod_context
 
 FEDERATED_IMAGE_ANNOTATION = "serving.mmo.dev/federated-image"
 PARTITION_ANNOTATION = "serving.mmo.dev/federated-partition"
@@ -105,7 +106,7 @@ def build_supernode(model: MultimodalModel, uid: str | None = None) -> Obj | Non
             str(CLIENTAPP_PORT),
         ],
         "env": [
-            *_base_env(model),
+            *base_env(model),
             {"name": "FLWR_HOME", "value": FLWR_HOME},
             {"name": "FLWR_TELEMETRY_ENABLED", "value": "0"},
         ],
