@@ -434,3 +434,72 @@ def test_workers_reach_the_s3_endpoint_and_nothing_else(
     assert reached == {("worker", store, port)}
     without = [p for p in pols if not p["metadata"]["name"].endswith("-s3")]
     assert not is_allowed(without, worker, next(e for e in S3_STORE if e.name == store), port)
+
+
+def test_render_pins_the_peers_to_the_namespaces_given(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmo_operator.cli import main
+
+    sample = str(ROOT / "manifests/samples/private-vqa.yaml")
+    flags = ["--kuberay-namespace", "ray-system", "--operator-namespace", "ops"]
+    assert main(["render", sample, *flags, "--monitoring-namespace", "obs"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    (network,) = [d for d in docs if d["metadata"]["name"].endswith("-network")]
+    pinned = [
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for rule in network["spec"]["ingress"]
+        for peer in rule["from"]
+        if "namespaceSelector" in peer
+    ]
+    assert pinned == ["ray-system", "ops", "obs"]  # KubeRay, the operator (rebalancing), metrics
+    with pytest.raises(SystemExit) as exit_:
+        main(["render", sample, "--kuberay-namespace", "Ray_System"])
+    assert exit_.value.code == 2
+    assert "'Ray_System' is not a namespace name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--pod-cidrs", "10.244.0.0/16,10.0.0.1/8", "'10.0.0.1/8' is not a CIDR"),
+        ("--service-cidrs", "services", "'services' is not a CIDR"),
+        ("--aggregator-namespaces", "federation,Kube_System", "'Kube_System' is not a namespace"),
+        ("--operator-namespace", "", "'' is not a namespace name"),
+    ],
+)
+def test_operator_refuses_bad_network_flags(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    from mmo_operator.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["operator", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and message in err
+
+
+def test_operator_flags_build_the_peers_and_the_cluster_networks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from mmo_operator import operator_commands as oc
+    from mmo_operator.policy.addresses import DEFAULT_POD_CIDRS, ClusterNetworks
+
+    def parse(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        oc.register(parser.add_subparsers())
+        return parser.parse_args(["operator", *argv])
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert oc.network_peers(parse()) == NetworkPeers()
+    assert oc.cluster_networks(parse()) == ClusterNetworks()
+    args = parse(
+        "--service-cidrs", "10.32.0.0/16", "--aggregator-namespaces", "", "--pod-cidrs", "fd00::/64"
+    )
+    assert oc.cluster_networks(args) == ClusterNetworks(
+        pod_cidrs=("fd00::/64",), service_cidrs=("10.32.0.0/16",), aggregator_namespaces=()
+    )
+    assert DEFAULT_POD_CIDRS != ("fd00::/64",)
+    monkeypatch.setenv("POD_NAMESPACE", "mmo-prod")  # the chart's downward API
+    assert oc.network_peers(parse()).operator_namespace == "mmo-prod"
