@@ -62,13 +62,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mmo_operator.api import MultimodalModel
-from mmo_operator.builders.common import (
-    DASHBOARD_PORT,
-    METRICS_PORT,
-    MODEL_LABEL,
-    ROLE_LABEL,
-    metadata,
-)
 from mmo_operator.policy.addresses import parse_ip
 from mmo_operator.policy.admission import split_host_port
 
@@ -101,6 +94,10 @@ def in_namespace(namespace: str, pod_labels: dict[str, str] | None = None) -> Ob
 
 
 def model_selector(model: MultimodalModel) -> Obj:
+    # Imported here, not at the top: the builders import this module (the pods'
+    # environment), and a module-level import back into builders would be a cycle.
+    from mmo_operator.builders.common import MODEL_LABEL
+
     return {"matchLabels": {MODEL_LABEL: model.name}}
 
 
@@ -113,6 +110,8 @@ def _policy(
     egress: list[Obj] | None = None,
     selector: Obj | None = None,
 ) -> Obj:
+    from mmo_operator.builders.common import metadata  # see model_selector
+
     spec: Obj = {"podSelector": selector or model_selector(model), "policyTypes": types}
     if ingress is not None:
         spec["ingress"] = ingress
@@ -215,6 +214,13 @@ def s3_rules(model: MultimodalModel) -> list[Obj]:
 def build_network_policies(model: MultimodalModel, peers: NetworkPeers | None = None) -> list[Obj]:
     """The NetworkPolicies of ``model``: ``NAME-network``, then those its mode, source
     and ``peers.apiserver_cidrs`` ask for."""
+    from mmo_operator.builders.common import (  # see model_selector
+        DASHBOARD_PORT,
+        METRICS_PORT,
+        MODEL_LABEL,
+        ROLE_LABEL,
+    )
+
     peers = peers or NetworkPeers()
     own = {"podSelector": model_selector(model)}
     serve_port = [{"protocol": "TCP", "port": model.spec.serving.port}]
