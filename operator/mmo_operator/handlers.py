@@ -33,6 +33,8 @@ from mmo_operator.builders.common import MANAGER, MODEL_LABEL
 from mmo_operator.catch_up import catch_up
 from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
 from mmo_operator.model_state import model_document
+from mmo_operator.policy.addresses import ClusterNetworks
+from mmo_operator.policy.network import NetworkPeers
 from mmo_operator.rebalance import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
 from mmo_operator.reconcile import Outcome, Reconciler
 
@@ -55,7 +57,10 @@ class Options:
     metrics_port: int | None = 8080
     peering_lifetime: int = 60
     workers: int = 16
-    apiserver_cidrs: tuple[str, ...] = ()  # for the head's Ray autoscaler (NetworkPolicy)
+    # the namespaces of KubeRay, the operator and monitoring; the API server's addresses
+    peers: NetworkPeers = field(default_factory=NetworkPeers)
+    # the cluster's pod and Service CIDRs, the aggregator namespaces (admission)
+    cluster: ClusterNetworks = field(default_factory=ClusterNetworks)
     rebalance: RebalanceOptions = field(default_factory=RebalanceOptions)
 
 
@@ -140,7 +145,8 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         memo.reconciler = Reconciler(
             Kube(pool_size=options.workers),
             webhook=options.webhook,
-            apiserver_cidrs=options.apiserver_cidrs,
+            peers=options.peers,
+            cluster=options.cluster,
         )
         memo.rebalancer = Rebalancer(memo.reconciler, options.rebalance)
         # reconciles run in threads (the kubernetes client is synchronous)
@@ -270,7 +276,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         def admit(body: Any, **kwargs: Any) -> None:
             if kwargs.get("operation") == "UPDATE" and not spec_changed(body, kwargs.get("old")):
                 return  # metadata only (kopf's finalizer, a deletion): nothing to judge
-            admission_check(_plain(body))
+            admission_check(_plain(body), options.cluster)
 
     return registry
 
@@ -291,9 +297,10 @@ def spec_changed(body: Any, old: Any) -> bool:
     return bool(_plain(body).get("spec") != _plain(old).get("spec"))
 
 
-def admission_check(body: dict[str, Any]) -> None:
-    """Reject a MultimodalModel with the messages of ``mmo validate``."""
+def admission_check(body: dict[str, Any], cluster: ClusterNetworks | None = None) -> None:
+    """Reject a MultimodalModel with the messages of ``mmo validate`` (with the cluster's
+    ranges and aggregator namespaces of the operator's flags)."""
     try:
-        validate(model_document(body))
+        validate(model_document(body), cluster=cluster)
     except InvalidResource as e:
         raise kopf.AdmissionError("\n".join(str(p) for p in e.problems), code=422) from e

@@ -10,6 +10,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -17,6 +18,19 @@ import yaml
 
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.planning.live import DEFAULT_LOAD_URL
+from mmo_operator.policy.addresses import (
+    DEFAULT_AGGREGATOR_NAMESPACES,
+    DEFAULT_POD_CIDRS,
+    DEFAULT_SERVICE_CIDRS,
+    ClusterNetworks,
+    parse_cidrs,
+)
+from mmo_operator.policy.network import (
+    DEFAULT_KUBERAY_NAMESPACE,
+    DEFAULT_MONITORING_NAMESPACE,
+    DEFAULT_OPERATOR_NAMESPACE,
+    NetworkPeers,
+)
 
 
 class _NoAliases(yaml.SafeDumper):
@@ -46,7 +60,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         plan,
         args=app_args,
         pod_monitor=not args.no_pod_monitor,
-        apiserver_cidrs=tuple(args.apiserver_cidr),
+        peers=network_peers(args),
     )
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": children}, indent=2))
@@ -65,6 +79,76 @@ def cidr(value: str) -> str:
         return str(ipaddress.ip_network(value.strip(), strict=True))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"not a CIDR ({e})") from e
+
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def namespace(value: str) -> str:
+    """An argparse type: a namespace name (a DNS label)."""
+    if not _NAMESPACE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a namespace name (lower-case letters, digits and '-', at most 63)"
+        )
+    return value
+
+
+def namespaces(value: str) -> tuple[str, ...]:
+    """An argparse type: a comma-separated list of namespace names (may be empty)."""
+    return tuple(namespace(v.strip()) for v in value.split(",") if v.strip())
+
+
+def cidr_list(value: str) -> tuple[str, ...]:
+    """An argparse type: a comma-separated CIDR list."""
+    try:
+        return parse_cidrs(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def network_peers(args: argparse.Namespace) -> NetworkPeers:
+    return NetworkPeers(
+        kuberay_namespace=args.kuberay_namespace,
+        operator_namespace=args.operator_namespace,
+        monitoring_namespace=args.monitoring_namespace,
+        apiserver_cidrs=tuple(args.apiserver_cidr),
+    )
+
+
+def add_peer_flags(p: argparse.ArgumentParser) -> None:
+    """The namespaces that pin the model's NetworkPolicy peers (``mmo operator`` and
+    ``mmo render``)."""
+    p.add_argument(
+        "--kuberay-namespace",
+        type=namespace,
+        default=DEFAULT_KUBERAY_NAMESPACE,
+        metavar="NS",
+        help="namespace of the KubeRay operator: only its pods there reach a model's Ray "
+        "dashboard (8265) and Serve port (default %(default)s)",
+    )
+    p.add_argument(
+        "--operator-namespace",
+        type=namespace,
+        default=os.environ.get("POD_NAMESPACE") or DEFAULT_OPERATOR_NAMESPACE,
+        metavar="NS",
+        help="namespace of the mmo operator: only its pods there read a rebalancing model's "
+        "expert load on the Serve port (default: env POD_NAMESPACE, else %(default)s)",
+    )
+    p.add_argument(
+        "--monitoring-namespace",
+        type=namespace,
+        default=DEFAULT_MONITORING_NAMESPACE,
+        metavar="NS",
+        help="namespace whose pods may scrape a model's metrics port (default %(default)s)",
+    )
+
+
+def cluster_networks(args: argparse.Namespace) -> ClusterNetworks:
+    return ClusterNetworks(
+        pod_cidrs=args.pod_cidrs,
+        service_cidrs=args.service_cidrs,
+        aggregator_namespaces=args.aggregator_namespaces,
+    )
 
 
 APISERVER_CIDR_HELP = (
@@ -118,7 +202,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         metrics_port=args.metrics_port or None,
         peering_lifetime=args.peering_lifetime,
-        apiserver_cidrs=tuple(args.apiserver_cidr),
+        peers=network_peers(args),
+        cluster=cluster_networks(args),
         rebalance=RebalanceOptions(
             url_template=args.expert_load_url,
             timeout_s=args.expert_load_timeout,
@@ -160,6 +245,7 @@ def register(subparsers: Any) -> None:
         metavar="CIDR",
         help="render as for `mmo operator --apiserver-cidr`: " + APISERVER_CIDR_HELP,
     )
+    add_peer_flags(p)
     p.set_defaults(func=cmd_render)
 
     p = subparsers.add_parser(
@@ -192,6 +278,32 @@ def register(subparsers: Any) -> None:
         type=cidr,
         metavar="CIDR",
         help=APISERVER_CIDR_HELP,
+    )
+    add_peer_flags(p)
+    p.add_argument(
+        "--pod-cidrs",
+        type=cidr_list,
+        default=DEFAULT_POD_CIDRS,
+        metavar="CIDR,...",
+        help="the cluster's pod CIDRs: admission refuses hybrid/federated egress and "
+        "endpoints there (default: the common distributions', " + ",".join(DEFAULT_POD_CIDRS) + ")",
+    )
+    p.add_argument(
+        "--service-cidrs",
+        type=cidr_list,
+        default=DEFAULT_SERVICE_CIDRS,
+        metavar="CIDR,...",
+        help="the cluster's Service CIDRs, refused as the pod CIDRs (default: "
+        + ",".join(DEFAULT_SERVICE_CIDRS)
+        + ")",
+    )
+    p.add_argument(
+        "--aggregator-namespaces",
+        type=namespaces,
+        default=DEFAULT_AGGREGATOR_NAMESPACES,
+        metavar="NS,...",
+        help="namespaces where an in-cluster federated aggregator (NAME.NS.svc) may run; "
+        "'' for none (default: " + ",".join(DEFAULT_AGGREGATOR_NAMESPACES) + ")",
     )
     p.add_argument("--webhook-port", type=int, default=9443)
     p.add_argument("--webhook-host", default=None, help="host name in the webhook's URL")

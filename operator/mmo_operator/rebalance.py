@@ -142,7 +142,7 @@ class Rebalancer:
         if meta.get("deletionTimestamp"):
             return CheckResult("skipped", "being deleted")
         try:
-            validated = validate(model_document(body))
+            validated = validate(model_document(body), cluster=self.reconciler.cluster)
         except InvalidResource:
             return CheckResult("skipped", "invalid spec")
         model = validated.model

@@ -54,6 +54,9 @@ from mmo_operator.model_state import (
 )
 from mmo_operator.planning import plan_for_model
 from mmo_operator.planning.current import plan_in_force, same_shape
+from mmo_operator.policy.addresses import ClusterNetworks
+from mmo_operator.policy.admission import egress_notes
+from mmo_operator.policy.network import NetworkPeers
 from mmo_operator.status import Observation, compute_status, unparsed_status
 from mmo_operator.worker_bounds import sync_worker_bounds
 
@@ -80,12 +83,19 @@ class Reconciler:
     """Holds the API client and the ``ModelState`` of every model."""
 
     def __init__(
-        self, kube: Kube, *, webhook: bool = True, apiserver_cidrs: tuple[str, ...] = ()
+        self,
+        kube: Kube,
+        *,
+        webhook: bool = True,
+        peers: NetworkPeers | None = None,
+        cluster: ClusterNetworks | None = None,
     ) -> None:
         self.kube = kube
         self.webhook = webhook
-        # The API server's addresses: the head's Ray autoscaler may reach them (NetworkPolicy).
-        self.apiserver_cidrs = apiserver_cidrs
+        # The peers' namespaces and the API server's addresses (the NetworkPolicies).
+        self.peers = peers or NetworkPeers()
+        # The cluster's pod and Service CIDRs and aggregator namespaces (admission).
+        self.cluster = cluster or ClusterNetworks()
         self.states = ModelStates()
 
     # -- entry points (each holds the model's lock)
@@ -134,7 +144,7 @@ class Reconciler:
         obs = Observation(
             generation=meta.get("generation"),
             webhook=self.webhook,
-            apiserver_egress=bool(self.apiserver_cidrs),
+            apiserver_egress=bool(self.peers.apiserver_cidrs),
         )
         outcome = Outcome(status={}, observation=obs)
         if meta.get("deletionTimestamp"):
@@ -143,7 +153,7 @@ class Reconciler:
         model: MultimodalModel | None = None
         try:
             try:
-                validated = validate(doc)
+                validated = validate(doc, cluster=self.cluster)
             except InvalidResource as e:
                 return self._invalid(body, doc, e, state, outcome)
             state.failed_generation = None
@@ -233,7 +243,7 @@ class Reconciler:
             args=build_app_args(model, obs.plan),
             uid=body["metadata"].get("uid"),
             pod_monitor=obs.monitoring_installed,
-            apiserver_cidrs=self.apiserver_cidrs,
+            peers=self.peers,
         )
         desired = [d for d in desired if d["kind"] != "RayService" or obs.kuberay_installed]
         wanted = {child_key(d) for d in desired}
@@ -241,6 +251,7 @@ class Reconciler:
         if extra_kinds and not first:  # kinds the builders added beyond the usual set
             seen.update(observe(kube, model.namespace, model.name, extra_kinds))
         obs.network_policies = sum(1 for d in desired if d["kind"] == "NetworkPolicy")
+        obs.egress_notes = egress_notes(model, self.cluster)
         rs_key = (*RAYSERVICE, model.name)
         obs.rayservice = seen.get(rs_key)
         obs.cluster_change_generation = state.cluster_change_generation

@@ -64,6 +64,7 @@ class Observation:
     network_policies: int = 0  # NetworkPolicies applied for the model
     webhook: bool = True  # the admission webhook is served
     apiserver_egress: bool = False  # the head may reach the API server (--apiserver-cidr)
+    egress_notes: list[str] = field(default_factory=list)  # what admission could not check
     apply_error: str | None = None  # an API error while applying children
     # The RayService generation that carries the last cluster change the operator applied.
     cluster_change_generation: int | None = None
@@ -125,6 +126,8 @@ def _policy(model: MultimodalModel, obs: Observation) -> Obj:
         )
     if IN_TREE_AUTOSCALING and not obs.apiserver_egress:
         text += "; " + AUTOSCALER_CUT_OFF
+    for note in obs.egress_notes:
+        text += "; " + note
     if iso.mode == "private" and not iso.audit.enabled:
         return _condition(POLICY, True, "EnforcedWithoutAudit", text)
     return _condition(POLICY, True, "Enforced", text)

@@ -136,6 +136,61 @@ def test_apiserver_cidrs_become_operator_args(render: Any, values_all_on: Obj) -
     ]
 
 
+def test_network_peers_and_cluster_ranges_become_operator_args(render: Any) -> None:
+    from mmo_operator.policy.addresses import (
+        DEFAULT_AGGREGATOR_NAMESPACES,
+        DEFAULT_POD_CIDRS,
+        DEFAULT_SERVICE_CIDRS,
+    )
+    from mmo_operator.policy.network import DEFAULT_KUBERAY_NAMESPACE, DEFAULT_MONITORING_NAMESPACE
+
+    def flags(values: Obj | None) -> dict[str, str]:
+        args = operator_container(render(values))["args"]
+        return dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
+
+    got = flags(None)
+    # the chart's defaults are the operator's own
+    assert got["--kuberay-namespace"] == DEFAULT_KUBERAY_NAMESPACE
+    assert got["--monitoring-namespace"] == DEFAULT_MONITORING_NAMESPACE
+    assert got["--pod-cidrs"] == ",".join(DEFAULT_POD_CIDRS)
+    assert got["--service-cidrs"] == ",".join(DEFAULT_SERVICE_CIDRS)
+    assert got["--aggregator-namespaces"] == ",".join(DEFAULT_AGGREGATOR_NAMESPACES)
+    # the operator's namespace comes from the downward API (its flag's default)
+    env = {e["name"]: e for e in operator_container(render())["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert not [a for a in operator_container(render())["args"] if "operator-namespace" in a]
+    custom = flags(
+        {
+            "networkPolicy": {"kuberayNamespace": "ray-system", "monitoringNamespace": "obs"},
+            "admission": {
+                "podCIDRs": ["100.64.0.0/16"],
+                "serviceCIDRs": ["100.65.0.0/16", "fd00:10::/108"],
+                "aggregatorNamespaces": [],
+            },
+        }
+    )
+    assert custom["--kuberay-namespace"] == "ray-system"
+    assert custom["--monitoring-namespace"] == "obs"
+    assert custom["--pod-cidrs"] == "100.64.0.0/16"
+    assert custom["--service-cidrs"] == "100.65.0.0/16,fd00:10::/108"
+    assert custom["--aggregator-namespaces"] == ""
+
+
+def test_the_rendered_args_parse_as_the_operator_reads_them(render: Any) -> None:
+    import argparse
+
+    from mmo_operator import operator_commands
+    from mmo_operator.policy.addresses import ClusterNetworks
+    from mmo_operator.policy.network import NetworkPeers
+
+    parser = argparse.ArgumentParser()
+    operator_commands.register(parser.add_subparsers())
+    args = parser.parse_args(operator_container(render())["args"])
+    assert operator_commands.cluster_networks(args) == ClusterNetworks()
+    peers = operator_commands.network_peers(args)
+    assert peers.kuberay_namespace == NetworkPeers().kuberay_namespace
+
+
 def test_image_uses_app_version_tag_or_digest(render: Any, values_all_on: Obj) -> None:
     meta = yaml.safe_load((REPO / "charts/mmo/Chart.yaml").read_text())
     assert operator_container(render())["image"].endswith(f":{meta['appVersion']}")

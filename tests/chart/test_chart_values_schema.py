@@ -47,6 +47,12 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"prometheusRule": {"kvCacheUsageThreshold": 1.5}}, "/prometheusRule/kvCacheUsageThreshold"),
     ({"networkPolicy": {"apiServerCIDRs": ["api.example.com"]}}, "/networkPolicy/apiServerCIDRs/0"),
     ({"networkPolicy": {"apiServerCIDRs": ["10.0.0.1/33"]}}, "/networkPolicy/apiServerCIDRs/0"),
+    ({"networkPolicy": {"kuberayNamespace": ""}}, "/networkPolicy/kuberayNamespace"),
+    ({"networkPolicy": {"monitoringNamespace": "Mon"}}, "/networkPolicy/monitoringNamespace"),
+    ({"admission": {"podCIDRs": []}}, "/admission/podCIDRs"),
+    ({"admission": {"serviceCIDRs": ["services"]}}, "/admission/serviceCIDRs/0"),
+    ({"admission": {"aggregatorNamespaces": ["Fed"]}}, "/admission/aggregatorNamespaces/0"),
+    ({"admission": {"podCidrs": ["10.0.0.0/8"]}}, "additional properties 'podCidrs'"),
     ({"dashboards": {"enabled": "yes"}}, "/dashboards/enabled"),
     ({"commonLabels": {"bad key!": "x"}}, "/commonLabels"),
 ]

@@ -48,3 +48,29 @@ def test_without_apiserver_cidrs_the_condition_says_why_workers_do_not_scale(
     assert "the Ray autoscaler cannot reach the API server under default-deny" in message
     assert "--apiserver-cidr" in message
     assert cluster.get(NETPOLS, "tiny-apiserver") is None
+
+
+def test_peer_namespaces_pin_the_policies_and_the_condition_names_unchecked_peers(
+    cluster: Cluster, start_operator: StartOperator
+) -> None:
+    start_operator("--kuberay-namespace", "ray-system", "--monitoring-namespace", "obs")
+    hybrid = {
+        "endpoint": "https://llm.example.com/v1",
+        "cidrs": ["203.0.113.0/24"],
+        "credentialsSecret": "cloud-key",
+        "offloadDataClasses": ["public"],
+    }
+    cluster.create(MMM, model_doc(isolation={"mode": "hybrid", "hybrid": hybrid}))
+    policy = wait_for("tiny-network", lambda: cluster.get(NETPOLS, "tiny-network"))
+    pinned = [
+        peer["namespaceSelector"]["matchLabels"]
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+        if "namespaceSelector" in peer
+    ]
+    assert pinned == [
+        {"kubernetes.io/metadata.name": "ray-system"},
+        {"kubernetes.io/metadata.name": "obs"},
+    ]
+    message = wait_for("PolicyEnforced", lambda: _policy_message(cluster))
+    assert "hybrid endpoint llm.example.com is a DNS name" in message

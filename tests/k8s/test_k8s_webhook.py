@@ -122,3 +122,53 @@ def test_webhook_rejects_with_the_mmo_validate_messages(
     respec = {**invalid, "spec": {**invalid["spec"], "batching": {"maxBatchSize": 4}}}
     answer = httpx.post(url, json=_review(respec, "UPDATE", invalid), timeout=10).json()
     assert answer["response"]["allowed"] is False
+
+
+def _hybrid(cidrs: list[str], endpoint: str = "https://llm.example.com/v1") -> dict[str, Any]:
+    return model_doc(
+        isolation={
+            "mode": "hybrid",
+            "hybrid": {
+                "endpoint": endpoint,
+                "cidrs": cidrs,
+                "credentialsSecret": "cloud-key",
+                "offloadDataClasses": ["public"],
+            },
+        }
+    )
+
+
+def test_webhook_judges_with_the_cluster_ranges_of_the_operator_flags(
+    cluster: Cluster, start_operator: StartOperator
+) -> None:
+    """--pod-cidrs / --service-cidrs (chart values admission.*) replace the defaults: a
+    range of this cluster is refused, a default range that is not this cluster's is not."""
+    port = _free_port()
+    start_operator(
+        "--webhook-port",
+        str(port),
+        "--webhook-host",
+        "127.0.0.1",
+        "--webhook-insecure",
+        "--pod-cidrs",
+        "100.64.0.0/16",
+        "--service-cidrs",
+        "100.65.0.0/16",
+        webhook=True,
+    )
+    url = f"http://127.0.0.1:{port}/validate"
+
+    def answer(doc: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            reply = httpx.post(url, json=_review(doc), timeout=2).json()
+        except httpx.TransportError:
+            return None
+        result: dict[str, Any] = reply["response"]
+        return result
+
+    inside = wait_for("the webhook server", lambda: answer(_hybrid(["100.65.0.0/24"])), 40, 0.3)
+    assert inside["allowed"] is False
+    assert "overlaps the cluster's Service CIDR 100.65.0.0/16" in inside["status"]["message"]
+    # 10.96.0.0/12 is refused by default; this cluster's Services are elsewhere
+    outside = answer(_hybrid(["10.96.8.0/24"], "https://10.96.8.9/v1"))
+    assert outside is not None and outside["allowed"] is True, outside

@@ -108,6 +108,9 @@ def test_gpu_workers_and_head() -> None:
     assert shm["emptyDir"]["medium"] == "Memory"
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # the workers never call the API server: no token; the head runs the Ray autoscaler
+    assert pod["automountServiceAccountToken"] is False
+    assert "automountServiceAccountToken" not in cluster["headGroupSpec"]["template"]["spec"]
     assert cluster["workerGroupSpecs"][0]["resources"] == {"mmo-accelerator-A100-80GB": "8"}
     assert cluster["enableInTreeAutoscaling"] is True
     assert any(m["mountPath"] == "/mnt/models/models" for m in container["volumeMounts"])

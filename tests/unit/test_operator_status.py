@@ -159,3 +159,13 @@ def test_a_spec_that_does_not_parse_gets_a_status() -> None:
     assert status["observedGeneration"] == 1 and not is_ready(status)
     again = unparsed_status(obs, previous=status, now="t1")
     assert again == status, "recomputing it changes nothing (no second write)"
+
+
+def test_policy_condition_says_what_admission_could_not_check() -> None:
+    model, obs = _setup()
+    obs.egress_notes = ["hybrid endpoint llm.example.com is a DNS name: admission cannot ..."]
+    cond = condition(compute_status(model, obs, now="t0"), "PolicyEnforced")
+    assert cond is not None and cond["status"] == "True"
+    assert cond["message"].endswith(
+        "; hybrid endpoint llm.example.com is a DNS name: admission cannot ..."
+    )

@@ -14,7 +14,9 @@ from mmo_operator.api.validation import parse_model
 from mmo_operator.policy.flows import Endpoint, external, is_allowed, leaving_namespace, pod
 from mmo_operator.policy.network import (
     OFFLINE_ENV,
+    NetworkPeers,
     build_network_policies,
+    client_peers,
     isolation_env,
     service_namespace,
 )
@@ -69,7 +71,7 @@ OTHERS = [
     pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, "10.0.0.10"),
     pod("fake-dns", "apps2", {"k8s-app": "kube-dns"}, "10.0.3.4"),
     pod("prometheus", "monitoring", {"app": "prometheus"}, "10.0.4.4"),
-    pod("kuberay", "ray-system", {"app.kubernetes.io/name": "kuberay-operator"}, "10.0.5.5"),
+    pod("kuberay", "kuberay", {"app.kubernetes.io/name": "kuberay-operator"}, "10.0.5.5"),
     pod("superlink", "federation", {"app": "superlink"}, "10.0.6.6"),
     external("cloud", "203.0.113.9"),
     external("aggregator-ip", "10.96.40.7"),
@@ -164,9 +166,9 @@ def test_private_sample_clients_and_no_clients_at_all() -> None:
     assert len(served) == 2, "KubeRay's health check and the operator's load reads only"
 
 
-def test_operator_reaches_the_serve_port_only_from_its_namespace_when_pinned() -> None:
+def test_operator_reaches_the_serve_port_only_from_its_namespace() -> None:
     m = model("private-vqa.yaml")
-    pols = build_network_policies(m, operator_namespace="mmo-system")
+    pols = build_network_policies(m, NetworkPeers(operator_namespace="mmo-system"))
     (head, _) = model_pods(m.name)
     here = pod(
         "op", "mmo-system", OPERATOR, "10.0.7.8", {"kubernetes.io/metadata.name": "mmo-system"}
@@ -177,7 +179,7 @@ def test_operator_reaches_the_serve_port_only_from_its_namespace_when_pinned() -
     assert not is_allowed(pols, elsewhere, head, 8000)
 
 
-APISERVER = ["172.18.0.2/32", "fd00::1/128"]
+APISERVER = ("172.18.0.2/32", "fd00::1/128")
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -185,7 +187,7 @@ def test_apiserver_cidrs_open_exactly_the_autoscaler_flows(mode: str) -> None:
     """--apiserver-cidr: the head (the Ray autoscaler's pod) reaches the API server on
     443 and 6443; the workers do not, and nothing else opens."""
     m = model(MODES[mode])
-    pols = build_network_policies(m, apiserver_cidrs=APISERVER)
+    pols = build_network_policies(m, NetworkPeers(apiserver_cidrs=APISERVER))
     pods = model_pods(m.name)
     autoscaler = {("head", "apiserver", 443, "TCP"), ("head", "apiserver", 6443, "TCP")}
     assert leaving_namespace(pols, pods, pods + OTHERS, PORTS) == EXPECTED_LEAVING[mode] | (
@@ -230,7 +232,7 @@ def test_names_labels_and_order() -> None:
 
 def test_monitoring_namespace_is_configurable() -> None:
     m = model("private-vqa.yaml")
-    pols = build_network_policies(m, monitoring_namespace="observability")
+    pols = build_network_policies(m, NetworkPeers(monitoring_namespace="observability"))
     prom = pod("prom", "observability", {}, "10.0.9.9")
     head = model_pods(m.name)[0]
     assert is_allowed(pols, prom, head, 8080)
@@ -246,13 +248,13 @@ def test_hybrid_endpoint_port_and_kuberay_namespace() -> None:
             "credentialsSecret": "k",
         },
     )
-    pols = build_network_policies(m, kuberay_namespace="ray-system")
+    pols = build_network_policies(m, NetworkPeers(kuberay_namespace="ray-system"))
     head = model_pods(m.name)[0]
     cloud = OTHERS[10]
     assert is_allowed(pols, head, cloud, 8443) and not is_allowed(pols, head, cloud, 443)
-    elsewhere = pod("kuberay2", "default", {"app.kubernetes.io/name": "kuberay-operator"})
-    assert is_allowed(pols, OTHERS[8], head, 8265)
-    assert not is_allowed(pols, elsewhere, head, 8265)
+    there = pod("kuberay2", "ray-system", {"app.kubernetes.io/name": "kuberay-operator"})
+    assert is_allowed(pols, there, head, 8265)
+    assert not is_allowed(pols, OTHERS[8], head, 8265), "the default namespace no more"
 
 
 def test_without_the_egress_policy_hybrid_is_private() -> None:
@@ -295,7 +297,9 @@ def test_render_yaml_is_plain_data() -> None:
 def test_policies_validate_against_the_kubernetes_schema(mode: str) -> None:
     import kubernetes_validate as kv
 
-    for policy in build_network_policies(model(MODES[mode]), apiserver_cidrs=APISERVER):
+    for policy in build_network_policies(
+        model(MODES[mode]), NetworkPeers(apiserver_cidrs=APISERVER)
+    ):
         kv.validate(policy, kv.latest_version(), strict=True)
 
 
@@ -314,3 +318,188 @@ def test_render_and_operator_take_apiserver_cidrs(capsys: pytest.CaptureFixture[
             main(["render", sample, "--apiserver-cidr", bad])
         assert exit_.value.code == 2
         assert "--apiserver-cidr: not a CIDR" in capsys.readouterr().err
+
+
+KUBERAY = {"app.kubernetes.io/name": "kuberay-operator"}
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
+# Pods that claim the labels of the model's peers from namespaces that are not theirs.
+FORGED = [
+    pod(f"{who}-in-{ns}", ns, labels, f"10.9.{i}.{j}")
+    for i, ns in enumerate(["attacker", NS, "default", "kube-system"])
+    for j, (who, labels) in enumerate(
+        [("kuberay", KUBERAY), ("operator", OPERATOR), ("prometheus", PROMETHEUS)]
+    )
+    if not (ns == NS and who == "prometheus")  # its own namespace's pods: allowedClients
+]
+EVERY_PORT = [*PORTS, (8001, "TCP"), (52365, "TCP"), (6380, "TCP")]
+
+
+def _rebalancing(m: MultimodalModel, enabled: bool) -> MultimodalModel:
+    m = m.model_copy(deep=True)
+    m.spec.experts.rebalance.enabled = enabled
+    return m
+
+
+@pytest.mark.parametrize("rebalance", [False, True])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_forged_label_in_another_namespace_reaches_nothing(mode: str, rebalance: bool) -> None:
+    """Labelled as KubeRay, the mmo operator or Prometheus, a pod outside the peer's
+    namespace reaches no port of the model: not the dashboard (8265, the Jobs API has
+    no authentication), not the Serve port, not the metrics."""
+    m = _rebalancing(model(MODES[mode]), rebalance)
+    pols = build_network_policies(m, NetworkPeers(apiserver_cidrs=APISERVER))
+    reached = {
+        (src.name, dst.name, port)
+        for src in FORGED
+        for dst in model_pods(m.name)
+        for port, proto in EVERY_PORT
+        if is_allowed(pols, src, dst, port, proto)
+    }
+    assert reached == set()
+    real = {p.name: p for p in OTHERS}
+    head = model_pods(m.name)[0]
+    assert is_allowed(pols, real["kuberay"], head, 8265)
+    assert is_allowed(pols, real["prometheus"], head, 8080)
+    assert is_allowed(pols, real["mmo-operator"], head, m.spec.serving.port) == rebalance
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_the_dashboard_and_serve_port_without_clients(mode: str) -> None:
+    """No allowedClients: the dashboard and the Serve port are the KubeRay operator's (in
+    its namespace) and, when rebalancing, the mmo operator's (in its namespace)."""
+    m = _rebalancing(model(MODES[mode], allowedClients=None), True)
+    pols = build_network_policies(m)
+    everyone = OTHERS + FORGED
+    for port in (8265, m.spec.serving.port):
+        callers = {
+            src.name
+            for src in everyone
+            for dst in model_pods(m.name)
+            if is_allowed(pols, src, dst, port)
+        }
+        assert callers == ({"kuberay"} if port == 8265 else {"kuberay", "mmo-operator"})
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_peer_beyond_the_model_and_its_clients_names_its_namespace(mode: str) -> None:
+    m = _rebalancing(model(MODES[mode]), True)
+    clients = client_peers(m)  # the user's own choice of peers (spec.isolation)
+    for policy in build_network_policies(m, NetworkPeers(apiserver_cidrs=APISERVER)):
+        for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                own = peer == {"podSelector": {"matchLabels": {"serving.mmo.dev/model": m.name}}}
+                if own or "ipBlock" in peer or peer in clients:
+                    continue
+                names = peer["namespaceSelector"]["matchLabels"]
+                assert list(names) == ["kubernetes.io/metadata.name"], peer
+
+
+S3_STORE = [
+    pod("minio-here", NS, {"app": "minio"}, "10.0.1.40"),
+    pod("minio-store", "store", {"app": "minio"}, "10.0.8.8"),
+    pod("minio-elsewhere", "apps2", {"app": "minio"}, "10.0.3.40"),
+    external("s3-cloud", "52.216.0.1"),
+]
+
+
+@pytest.mark.parametrize(
+    "endpoint,store",
+    [
+        ("http://minio:9000", "minio-here"),
+        ("http://minio.store.svc:9000", "minio-store"),
+        ("https://minio.store.svc.cluster.local", "minio-store"),
+        ("http://10.0.8.8:9000", "minio-store"),
+    ],
+)
+@pytest.mark.parametrize("mode", list(MODES))
+def test_workers_reach_the_s3_endpoint_and_nothing_else(
+    mode: str, endpoint: str, store: str
+) -> None:
+    doc = yaml.safe_load((ROOT / "manifests/samples" / MODES[mode]).read_text())
+    doc["metadata"]["namespace"] = NS
+    doc["spec"]["model"]["source"] = "s3://weights/vqa"
+    doc["spec"]["model"]["s3"] = {"endpoint": endpoint, "credentialsSecret": "s3-creds"}
+    m = parse_model(doc)
+    pols = build_network_policies(m)
+    assert [p["metadata"]["name"] for p in pols][-1] == f"{m.name}-s3"
+    port = 443 if endpoint.startswith("https") and endpoint.count(":") == 1 else 9000
+    head, worker = model_pods(m.name)
+    reached = {
+        (src.name, dst.name, p)
+        for src in (head, worker)
+        for dst in S3_STORE
+        for p, proto in [*PORTS, (9000, "TCP")]
+        if is_allowed(pols, src, dst, p, proto)
+    }
+    assert reached == {("worker", store, port)}
+    without = [p for p in pols if not p["metadata"]["name"].endswith("-s3")]
+    assert not is_allowed(without, worker, next(e for e in S3_STORE if e.name == store), port)
+
+
+def test_render_pins_the_peers_to_the_namespaces_given(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmo_operator.cli import main
+
+    sample = str(ROOT / "manifests/samples/private-vqa.yaml")
+    flags = ["--kuberay-namespace", "ray-system", "--operator-namespace", "ops"]
+    assert main(["render", sample, *flags, "--monitoring-namespace", "obs"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    (network,) = [d for d in docs if d["metadata"]["name"].endswith("-network")]
+    pinned = [
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for rule in network["spec"]["ingress"]
+        for peer in rule["from"]
+        if "namespaceSelector" in peer
+    ]
+    assert pinned == ["ray-system", "ops", "obs"]  # KubeRay, the operator (rebalancing), metrics
+    with pytest.raises(SystemExit) as exit_:
+        main(["render", sample, "--kuberay-namespace", "Ray_System"])
+    assert exit_.value.code == 2
+    assert "'Ray_System' is not a namespace name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag,value,message",
+    [
+        ("--pod-cidrs", "10.244.0.0/16,10.0.0.1/8", "'10.0.0.1/8' is not a CIDR"),
+        ("--service-cidrs", "services", "'services' is not a CIDR"),
+        ("--aggregator-namespaces", "federation,Kube_System", "'Kube_System' is not a namespace"),
+        ("--operator-namespace", "", "'' is not a namespace name"),
+    ],
+)
+def test_operator_refuses_bad_network_flags(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    from mmo_operator.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["operator", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and message in err
+
+
+def test_operator_flags_build_the_peers_and_the_cluster_networks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from mmo_operator import operator_commands as oc
+    from mmo_operator.policy.addresses import DEFAULT_POD_CIDRS, ClusterNetworks
+
+    def parse(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        oc.register(parser.add_subparsers())
+        return parser.parse_args(["operator", *argv])
+
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert oc.network_peers(parse()) == NetworkPeers()
+    assert oc.cluster_networks(parse()) == ClusterNetworks()
+    args = parse(
+        "--service-cidrs", "10.32.0.0/16", "--aggregator-namespaces", "", "--pod-cidrs", "fd00::/64"
+    )
+    assert oc.cluster_networks(args) == ClusterNetworks(
+        pod_cidrs=("fd00::/64",), service_cidrs=("10.32.0.0/16",), aggregator_namespaces=()
+    )
+    assert DEFAULT_POD_CIDRS != ("fd00::/64",)
+    monkeypatch.setenv("POD_NAMESPACE", "mmo-prod")  # the chart's downward API
+    assert oc.network_peers(parse()).operator_namespace == "mmo-prod"

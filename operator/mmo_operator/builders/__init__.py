@@ -9,7 +9,8 @@ the operator compares with what it observes, so that an unchanged object costs n
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_serving.config import AppArgs, PlacementPlan
@@ -20,6 +21,9 @@ from .pdb import build_worker_pdb
 from .podmonitor import build_podmonitor
 from .rayservice import build_rayservice
 from .supernode import build_supernode
+
+if TYPE_CHECKING:
+    from mmo_operator.policy.network import NetworkPeers
 
 
 def _network_policy_builder() -> Callable[..., list[Obj]] | None:
@@ -48,14 +52,14 @@ def build_children(
     args: AppArgs | None = None,
     uid: str | None = None,
     pod_monitor: bool = True,
-    apiserver_cidrs: Sequence[str] = (),
+    peers: NetworkPeers | None = None,
 ) -> list[Obj]:
     """Every child object, in the order to apply them (policies before pods).
 
     ``pod_monitor`` is False when the monitoring CRDs are absent; the PodMonitor is built
-    only when ``spec.monitoring.podMonitor`` is set as well. ``apiserver_cidrs``: the API
-    server's addresses, which the head's Ray autoscaler may reach (``mmo operator
-    --apiserver-cidr``).
+    only when ``spec.monitoring.podMonitor`` is set as well. ``peers``: the namespaces of
+    KubeRay, the operator and monitoring, and the API server's addresses (``mmo operator
+    --kuberay-namespace ... --apiserver-cidr``), for the NetworkPolicies.
     """
     if args is None:
         from .app_args import build_app_args
@@ -64,7 +68,7 @@ def build_children(
     children: list[Obj] = [build_placement_configmap(model, plan, uid)]
     network = _network_policy_builder()
     if network is not None:
-        children += _own(network(model, apiserver_cidrs=tuple(apiserver_cidrs)), model, uid)
+        children += _own(network(model, peers), model, uid)
     children.append(build_worker_pdb(model, uid))
     children.append(build_rayservice(model, args, uid))
     supernode = build_supernode(model, uid)  # federated mode only

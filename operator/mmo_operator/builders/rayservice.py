@@ -237,6 +237,8 @@ def _worker_template(model: MultimodalModel) -> Obj:
     return {
         "metadata": {"labels": _pod_labels(model, "worker")},
         "spec": {
+            # Workers never call the API server (the head's autoscaler does): no token.
+            "automountServiceAccountToken": False,
             "securityContext": restricted_pod_context(),
             **node_placement(res),
             "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],

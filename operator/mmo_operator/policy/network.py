@@ -2,7 +2,12 @@
 
 Every pod of a model carries ``serving.mmo.dev/model: NAME`` (head and workers); the
 policies select them by that label. NetworkPolicies are allow-lists that add up, so
-the set below is read as "default deny, plus exactly these":
+the set below is read as "default deny, plus exactly these". Every peer that is not a
+pod of the model itself is pinned to a named namespace (``kubernetes.io/metadata.name``,
+which the API server sets and no user can forge) ANDed with its pod labels, because a
+pod label alone is claimed by anyone who can create a pod. The namespaces come from
+:class:`NetworkPeers` (``mmo operator --kuberay-namespace``, ``--operator-namespace``,
+``--monitoring-namespace``; chart values):
 
 ``NAME-network``
     Everything that always travels together, in one object (one write, not five):
@@ -10,28 +15,35 @@ the set below is read as "default deny, plus exactly these":
 
     - all ports between pods of the model, both ways (GCS 6379, raylets, object manager,
       workers, NCCL/gloo use ports chosen at run time);
-    - from the KubeRay operator's pods (``app.kubernetes.io/name: kuberay-operator`` in any
-      namespace, or the namespace given), the dashboard port 8265 that it drives the
-      RayService through and the Serve port (``spec.serving.port``), where it
-      health-checks the head's Serve proxy (``/-/healthz``) before putting the head behind
-      the serve Service;
+    - from the KubeRay operator's pods (``app.kubernetes.io/name: kuberay-operator`` in
+      the KubeRay namespace only), the dashboard port 8265 that it drives the RayService
+      through (the Jobs API behind it has no authentication: nobody else may reach it)
+      and the Serve port (``spec.serving.port``), where it health-checks the head's Serve
+      proxy (``/-/healthz``) before putting the head behind the serve Service;
     - egress to kube-dns only: UDP and TCP 53 to pods ``k8s-app: kube-dns`` in the
-      namespace ``kube-system`` (pinned by ``kubernetes.io/metadata.name``);
+      namespace ``kube-system``;
     - the Serve HTTP port (``spec.serving.port``) from ``spec.isolation.allowedClients``
       only: each entry is one peer, its namespace and pod selectors ANDed; a pod selector
       alone means this namespace; an entry with neither means every pod of this
       namespace. No entries: no such rule, and nobody may call. With
       ``spec.experts.rebalance.enabled`` the mmo operator's pods
       (``app.kubernetes.io/name: mmo``, ``app.kubernetes.io/component: operator``, in the
-      namespace given or any) may also call it: they read ``/v1/expert-load``;
-    - Ray's Prometheus port 8080 from the monitoring namespace only (``monitoring`` by
-      default; ``monitoring_namespace=``).
+      operator's namespace only) may also call it: they read ``/v1/expert-load``;
+    - Ray's Prometheus port 8080 from the monitoring namespace only.
 ``NAME-egress`` (hybrid and federated only)
     hybrid: the endpoint's CIDRs on its port (443 unless the URL names another).
     federated: the aggregator's CIDRs on its port; when the aggregator is a cluster
     Service name (``name.ns.svc[...]``) its namespace is allowed on that port too, because
     most CNIs apply policy after Service DNAT, so a ClusterIP range alone would not match.
     private: none (no such policy).
+``NAME-s3`` (``s3://`` sources only)
+    The worker pods (``serving.mmo.dev/role: worker``), which load the weights, to the
+    ``s3.endpoint`` on its port (80/443 by scheme unless the URL names one). Admission
+    guarantees the host is in the cluster: a Service of the model's namespace (a pod
+    of this namespace), ``name.ns.svc[...]`` (a pod of namespace ``ns``), or an address
+    in the cluster's ranges (that address). Policy applies after Service DNAT, so the
+    object store's pods must listen on the port the URL names (Service port = target
+    port, as MinIO's charts do).
 ``NAME-apiserver`` (only when the operator runs with ``--apiserver-cidr``)
     The head pods (``serving.mmo.dev/role: head``), where the Ray autoscaler runs as a
     sidecar (``enableInTreeAutoscaling``), to the API server's addresses on TCP 443 and
@@ -45,29 +57,47 @@ the set below is read as "default deny, plus exactly these":
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from mmo_operator.api import MultimodalModel
-from mmo_operator.builders.common import (
-    DASHBOARD_PORT,
-    METRICS_PORT,
-    MODEL_LABEL,
-    ROLE_LABEL,
-    metadata,
-)
+from mmo_operator.policy.addresses import parse_ip
 from mmo_operator.policy.admission import split_host_port
 
 Obj = dict[str, Any]
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
 DEFAULT_MONITORING_NAMESPACE = "monitoring"
+DEFAULT_KUBERAY_NAMESPACE = "kuberay"  # where the install docs put KubeRay's chart
+DEFAULT_OPERATOR_NAMESPACE = "mmo-system"  # the chart passes its release namespace
 KUBERAY_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
 OPERATOR_LABELS = {"app.kubernetes.io/name": "mmo", "app.kubernetes.io/component": "operator"}
 APISERVER_PORTS = (443, 6443)  # the kubernetes Service's port, and the usual endpoint port
 
 
+@dataclass(frozen=True)
+class NetworkPeers:
+    """Where the model's peers outside its own pods run (operator flags, chart values)."""
+
+    kuberay_namespace: str = DEFAULT_KUBERAY_NAMESPACE
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+    monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE
+    apiserver_cidrs: tuple[str, ...] = ()  # the API server's addresses, for the autoscaler
+
+
+def in_namespace(namespace: str, pod_labels: dict[str, str] | None = None) -> Obj:
+    """A peer pinned to the namespace named ``namespace`` (and these pod labels: ANDed)."""
+    peer: Obj = {"namespaceSelector": {"matchLabels": {NS_NAME_LABEL: namespace}}}
+    if pod_labels is not None:
+        peer["podSelector"] = {"matchLabels": dict(pod_labels)}
+    return peer
+
+
 def model_selector(model: MultimodalModel) -> Obj:
+    # Imported here, not at the top: the builders import this module (the pods'
+    # environment), and a module-level import back into builders would be a cycle.
+    from mmo_operator.builders.common import MODEL_LABEL
+
     return {"matchLabels": {MODEL_LABEL: model.name}}
 
 
@@ -80,6 +110,8 @@ def _policy(
     egress: list[Obj] | None = None,
     selector: Obj | None = None,
 ) -> Obj:
+    from mmo_operator.builders.common import metadata  # see model_selector
+
     spec: Obj = {"podSelector": selector or model_selector(model), "policyTypes": types}
     if ingress is not None:
         spec["ingress"] = ingress
@@ -150,43 +182,58 @@ def egress_rules(model: MultimodalModel) -> list[Obj]:
         peers = _ip_peers(iso.federated.cidrs)
         ns = service_namespace(host)
         if ns is not None:
-            peers.append({"namespaceSelector": {"matchLabels": {NS_NAME_LABEL: ns}}})
+            peers.append(in_namespace(ns))
         return [{"to": peers, "ports": [{"protocol": "TCP", "port": port}]}]
     return []
 
 
-def build_network_policies(
-    model: MultimodalModel,
-    *,
-    monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE,
-    kuberay_namespace: str | None = None,
-    operator_namespace: str | None = None,
-    apiserver_cidrs: Sequence[str] = (),
-) -> list[Obj]:
-    """The NetworkPolicies of ``model``: ``NAME-network``, then those of the options.
+def s3_rules(model: MultimodalModel) -> list[Obj]:
+    """Egress of the workers to the ``s3.endpoint`` of an ``s3://`` source (else empty)."""
+    s3 = model.spec.model.s3
+    if s3 is None or not model.spec.model.source.startswith("s3://"):
+        return []
+    parts = urlsplit(s3.endpoint)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # refused at admission
+        return []
+    ip = parse_ip(host)
+    ns = service_namespace(host)
+    if ip is not None:
+        peer: Obj = {"ipBlock": {"cidr": f"{ip}/{ip.max_prefixlen}"}}
+    elif ns is not None:
+        peer = in_namespace(ns)
+    elif "." not in host.rstrip(".") and host:
+        peer = {"podSelector": {}}  # a Service of the model's own namespace
+    else:  # not in the cluster: refused at admission, so open nothing
+        return []
+    return [{"to": [peer], "ports": [{"protocol": "TCP", "port": port}]}]
 
-    ``apiserver_cidrs``: the API server's addresses, for the head's Ray autoscaler."""
+
+def build_network_policies(model: MultimodalModel, peers: NetworkPeers | None = None) -> list[Obj]:
+    """The NetworkPolicies of ``model``: ``NAME-network``, then those its mode, source
+    and ``peers.apiserver_cidrs`` ask for."""
+    from mmo_operator.builders.common import (  # see model_selector
+        DASHBOARD_PORT,
+        METRICS_PORT,
+        MODEL_LABEL,
+        ROLE_LABEL,
+    )
+
+    peers = peers or NetworkPeers()
     own = {"podSelector": model_selector(model)}
     serve_port = [{"protocol": "TCP", "port": model.spec.serving.port}]
     serve_ingress = []
     if model.spec.isolation.allowed_clients:
         serve_ingress.append({"from": client_peers(model), "ports": serve_port})
     if model.spec.experts.rebalance.enabled:
-        operator: Obj = {"podSelector": {"matchLabels": dict(OPERATOR_LABELS)}}
-        operator["namespaceSelector"] = (
-            {"matchLabels": {NS_NAME_LABEL: operator_namespace}} if operator_namespace else {}
-        )
+        operator = in_namespace(peers.operator_namespace, OPERATOR_LABELS)
         serve_ingress.append({"from": [operator], "ports": serve_port})
-    kuberay: Obj = {"podSelector": {"matchLabels": dict(KUBERAY_LABELS)}}
-    kuberay["namespaceSelector"] = (
-        {"matchLabels": {NS_NAME_LABEL: kuberay_namespace}} if kuberay_namespace else {}
-    )
-    kube_dns = {
-        "namespaceSelector": {"matchLabels": {NS_NAME_LABEL: "kube-system"}},
-        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-    }
+    kuberay = in_namespace(peers.kuberay_namespace, KUBERAY_LABELS)
+    kube_dns = in_namespace("kube-system", {"k8s-app": "kube-dns"})
     metrics_ingress = {
-        "from": [{"namespaceSelector": {"matchLabels": {NS_NAME_LABEL: monitoring_namespace}}}],
+        "from": [in_namespace(peers.monitoring_namespace)],
         "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
     }
     kuberay_ingress = {
@@ -212,10 +259,14 @@ def build_network_policies(
     egress = egress_rules(model)
     if egress:
         policies.append(_policy(model, "egress", ["Egress"], egress=egress))
-    if apiserver_cidrs:
+    storage = s3_rules(model)
+    if storage:
+        workers = {"matchLabels": {MODEL_LABEL: model.name, ROLE_LABEL: "worker"}}
+        policies.append(_policy(model, "s3", ["Egress"], egress=storage, selector=workers))
+    if peers.apiserver_cidrs:
         head = {"matchLabels": {MODEL_LABEL: model.name, ROLE_LABEL: "head"}}
         rule = {
-            "to": _ip_peers(list(apiserver_cidrs)),
+            "to": _ip_peers(list(peers.apiserver_cidrs)),
             "ports": [{"protocol": "TCP", "port": port} for port in APISERVER_PORTS],
         }
         policies.append(_policy(model, "apiserver", ["Egress"], egress=[rule], selector=head))
