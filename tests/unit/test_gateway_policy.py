@@ -9,7 +9,7 @@ import pytest
 from mmo_serving.config import HybridArgs, IsolationArgs
 from mmo_serving.gateway.headers import HeaderError, parse_headers
 from mmo_serving.gateway.policy import Classification, classify, decide
-from mmo_serving.gateway.request import map_texts, payload_sha256, scan
+from mmo_serving.gateway.request import map_texts, payload_hmac, scan
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 ENDPOINT = "https://cloud.example.com/v1"
@@ -87,8 +87,11 @@ def test_text_that_starts_with_data_colon_is_text_not_an_image() -> None:
 
 
 def test_payload_hash_is_stable_across_key_order() -> None:
-    assert payload_sha256({"a": 1, "b": [1, 2]}) == payload_sha256({"b": [1, 2], "a": 1})
-    assert payload_sha256({"a": 1}) != payload_sha256({"a": 2})
+    k = b"k"
+    assert payload_hmac({"a": 1, "b": [1, 2]}, k) == payload_hmac({"b": [1, 2], "a": 1}, k)
+    assert payload_hmac({"a": 1}, k) != payload_hmac({"a": 2}, k)
+    assert payload_hmac({"a": 1}, k) != payload_hmac({"a": 1}, b"other")
+    assert len(payload_hmac({"a": "\ud800"}, k)) == 64  # a lone surrogate is no error
 
 
 # --- classification ----------------------------------------------------------------------

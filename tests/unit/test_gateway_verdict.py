@@ -114,6 +114,9 @@ def test_remote_image_refusal_says_to_send_it_inline() -> None:
     assert json.loads(stream.getvalue())["decision"] == "refuse"
 
 
+REPLY = {"object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
+
+
 def test_decide_answers_local_refused_offloaded_and_fallback() -> None:
     sent: list[dict[str, Any]] = []
     status = [200]
@@ -121,7 +124,7 @@ def test_decide_answers_local_refused_offloaded_and_fallback() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(json.loads(request.content))
         assert request.url.path == "/v1/chat/completions"
-        return httpx.Response(status[0], json={"object": "chat.completion", "choices": []})
+        return httpx.Response(status[0], json=REPLY)
 
     hy = HybridArgs(endpoint="https://cloud.example.com/v1", retries=0, credentials_env="K")
     sink = Sink()
@@ -139,7 +142,7 @@ def test_decide_answers_local_refused_offloaded_and_fallback() -> None:
         v = await gw.decide(info("hello", {"X-Route": "nowhere"}))
         assert isinstance(v, Refused) and v.status == 400 and "X-Route" in v.message
         v = await gw.decide(info("mail a.b@example.com", {"X-Data-Class": "public"}, queue=99))
-        assert v == Offloaded("public", "default", {"object": "chat.completion", "choices": []})
+        assert v == Offloaded("public", "default", REPLY)
         assert "a.b@example.com" not in json.dumps(sent) and "[EMAIL]" in json.dumps(sent)
         status[0] = 503
         v = await gw.decide(info("hello", {"X-Data-Class": "public", "X-Route": "cloud"}))
@@ -156,7 +159,7 @@ def test_offloaded_embeddings_are_rebuilt_from_the_schema() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(json.loads(request.content))
         assert request.url.path == "/v1/embeddings"
-        return httpx.Response(200, json={"object": "list", "data": []})
+        return httpx.Response(200, json={"object": "list", "data": [{"embedding": [0.5]}]})
 
     hy = HybridArgs(endpoint="https://cloud.example.com/v1", retries=0, credentials_env="K")
     cloud = CloudClient(hy, env={"K": "x"}, transport=httpx.MockTransport(handler))

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import yaml
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
-from mmo_serving.config import AppArgs
+from mmo_serving.config import AUDIT_KEY_ENV, AppArgs
 from mmo_serving.deployment import deployment_options
 from mmo_serving.metrics import METRICS_REPORT_INTERVAL_MS
 
@@ -68,6 +68,7 @@ WORKER_GROUP = "gpu"
 PVC_ROOT = "/mnt/models"
 HYBRID_KEY_ENV = "MMO_CLOUD_API_KEY"
 HYBRID_SECRET_KEY = "api-key"
+AUDIT_SECRET_KEY = "key"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Fields of AppArgs that go to user_config / deployment options instead of args.
 IN_PLACE_ARGS = {"placement", "batching", "autoscaling"}
@@ -122,6 +123,11 @@ def restricted_pod_context() -> Obj:
     }
 
 
+def audit_secret_name(model: MultimodalModel) -> str:
+    """The Secret keying the audit trail's digests: ``isolation.audit.keySecret``."""
+    return model.spec.isolation.audit.key_secret or f"{model.name}-audit-key"
+
+
 def _base_env(model: MultimodalModel) -> list[Obj]:
     """Offline/no-telemetry environment from the isolation layer (or a minimal one)."""
     try:
@@ -141,6 +147,9 @@ def _env(model: MultimodalModel, *, worker: bool) -> list[Obj]:
         env.append({"name": "MMO_PVC_ROOT", "value": PVC_ROOT})
     if not worker:
         return env
+    # Optional: without the Secret each replica keys its audit digests with a random key.
+    ref = {"name": audit_secret_name(model), "key": AUDIT_SECRET_KEY, "optional": True}
+    env.append({"name": AUDIT_KEY_ENV, "valueFrom": {"secretKeyRef": ref}})
     hybrid = model.spec.isolation.hybrid
     if model.spec.isolation.mode == "hybrid" and hybrid is not None:
         ref = {"name": hybrid.credentials_secret, "key": HYBRID_SECRET_KEY}
