@@ -183,3 +183,65 @@ def test_offloaded_embeddings_are_rebuilt_from_the_schema() -> None:
 
     asyncio.run(main())
     assert sent == [{"model": "m", "input": ["hello", "call [PHONE]"], "encoding_format": "float"}]
+
+
+@pytest.mark.parametrize(
+    "name,code",
+    [("X-Data-Class", "invalid_data_class"), ("X-Route", "invalid_route"),
+     ("X-Tenant", "invalid_tenant")],
+)  # fmt: skip
+def test_a_repeated_header_is_refused_not_last_one_wins(name: str, code: str) -> None:
+    pairs = [(name, "public" if name == "X-Data-Class" else "local"), (name.lower(), "cloud")]
+    with pytest.raises(HeaderError) as exc:
+        parse_headers(pairs)
+    assert (exc.value.code, exc.value.message) == (
+        code,
+        f"header {name}: sent 2 times; send it once",
+    )
+    stream = io.StringIO()
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    verdict = asyncio.run(gw.decide(RequestInfo("r", "/v1/chat/completions", pairs, body, 0)))
+    assert isinstance(verdict, Refused) and (verdict.status, verdict.code) == (400, code)
+    assert verdict.param == name
+    assert json.loads(stream.getvalue())["status"] == 400
+    # the same header once, as pairs, is fine
+    assert parse_headers([("X-Data-Class", "public"), ("X-Route", "local")]).route == "local"
+
+
+def test_a_slow_scan_does_not_hold_a_concurrent_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PII scan runs in a worker thread: while one request's scan is stuck, another
+    request is decided. On the event loop the stuck scan would hold every request."""
+    import threading
+
+    from mmo_serving.gateway import pii
+
+    started, release = threading.Event(), threading.Event()
+    released_by_other: list[bool] = []
+    real = pii.count_parts
+
+    def stuck_on_slow(parts: Any) -> Any:
+        if any("SLOW" in p for p in parts):
+            started.set()
+            released_by_other.append(release.wait(timeout=30))
+        return real(parts)
+
+    monkeypatch.setattr(pii, "count_parts", stuck_on_slow)
+    gw = Gateway(IsolationArgs(), audit=AuditLog(enabled=False))
+    order: list[str] = []
+
+    async def one(text: str) -> None:
+        await gw.decide(info(text, {}))
+        order.append(text)
+
+    async def main() -> None:
+        slow = asyncio.create_task(one("SLOW scan"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        await one("fast")
+        release.set()
+        await slow
+
+    asyncio.run(main())
+    assert order == ["fast", "SLOW scan"]
+    assert released_by_other == [True]  # the fast request finished while the scan was stuck

@@ -68,20 +68,23 @@ def _is_text_data(m: re.Match[str]) -> bool:
 
 def _data_metadata(value: str, m: re.Match[str]) -> tuple[str, str | None]:
     """The parameters of the data: URL matched by ``m`` (up to its comma) and, for a
-    ``data:text/...`` URL, its content (base64 decoded when so marked)."""
+    base64 ``data:text/...`` URL, its decoded content (a plain one is scanned as the
+    text it is)."""
     comma = value.find(",", m.start(), m.end() + _META_MAX)
     end = comma if comma >= 0 else min(len(value), m.end() + _META_MAX)
     meta = value[m.start() : end]
-    if not _is_text_data(m) or comma < 0:
+    if not _is_text_data(m) or comma < 0 or ";base64" not in meta.lower():
         return meta, None
-    payload = value[comma + 1 :]
-    if ";base64" in meta.lower():
-        try:
-            raw = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=False)
-        except ValueError:
-            return meta, payload
-        return meta, raw.decode("utf-8", "replace")
-    return meta, payload
+    words = value[comma + 1 :].split(None, 1)
+    return meta, _b64_text(words[0] if words else "")
+
+
+def _b64_text(payload: str) -> str:
+    """Base64 (standard or URL-safe) as text, as far as it decodes; never an error."""
+    clean = re.sub(r"[^A-Za-z0-9+/]", "", payload.replace("-", "+").replace("_", "/"))
+    clean = clean[: len(clean) - len(clean) % 4 if len(clean) % 4 == 1 else len(clean)]
+    raw = base64.b64decode(clean + "=" * (-len(clean) % 4))
+    return raw.decode("utf-8", "replace")
 
 
 def _is_image(key: str | None, in_image: bool, value: str) -> bool:
