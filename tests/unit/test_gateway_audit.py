@@ -19,8 +19,8 @@ from mmo_serving.gateway import (
     Offloaded,
     RequestInfo,
     Verdict,
+    pii,
 )
-from mmo_serving.gateway import pii
 from mmo_serving.gateway.audit import AuditKey, audit_key, safe_token
 from mmo_serving.gateway.request import payload_hmac
 
