@@ -103,6 +103,11 @@ def accelerator_resource(model: MultimodalModel) -> str:
     return f"mmo-accelerator-{model.spec.resources.gpu_type}"
 
 
+def audit_secret_name(model: MultimodalModel) -> str:
+    """The Secret keying the audit trail's digests: ``isolation.audit.keySecret``."""
+    return model.spec.isolation.audit.key_secret or f"{model.name}-audit-key"
+
+
 def restricted_container_context() -> Obj:
     return {
         "allowPrivilegeEscalation": False,
@@ -121,11 +126,6 @@ def restricted_pod_context() -> Obj:
         "fsGroup": 100,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-
-
-def audit_secret_name(model: MultimodalModel) -> str:
-    """The Secret keying the audit trail's digests: ``isolation.audit.keySecret``."""
-    return model.spec.isolation.audit.key_secret or f"{model.name}-audit-key"
 
 
 def _base_env(model: MultimodalModel) -> list[Obj]:
