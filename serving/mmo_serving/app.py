@@ -40,6 +40,7 @@ from mmo_serving.gateway import Gateway, Local, Offloaded, RequestInfo, build_ga
 from mmo_serving.metrics import ServingMetrics, serving_metrics
 from mmo_serving.openai import chat, embeddings
 from mmo_serving.openai import schema as oa
+from mmo_serving.openai.body import read_body
 from mmo_serving.openai.errors import error_response, install_error_handlers
 from mmo_serving.openai.sse import events, primed, words
 
@@ -69,6 +70,8 @@ class _Outcome:
         self.cache = "off"
         self.start = time.perf_counter()
         self.request_id = ""
+        self.error_code = ""
+        self.audited = False  # the gateway wrote this request's audit line
 
 
 def _scope(verdict: Local) -> tuple[str, str]:
@@ -185,8 +188,9 @@ class MmoIngress:
         request: Request,
         handler: Callable[[Request, _Outcome], Awaitable[Response]],
     ) -> Response:
-        """Run one API request: errors as OpenAI JSON, metrics. The request id is the
-        client's ``X-Request-Id`` or a new one."""
+        """Run one API request: errors as OpenAI JSON, metrics, and exactly one audit
+        line (the gateway's, or one here when the request ended before its verdict).
+        The request id is the client's ``X-Request-Id`` or a new one."""
         self.inflight[route] += 1
         self.metrics.queue_depth(route, self.inflight[route])
         out = _Outcome(route)
@@ -194,17 +198,19 @@ class MmoIngress:
         try:
             resp = await handler(request, out)
         except EngineUnsupported as exc:
-            out.code = 400
+            out.code, out.error_code = 400, "unsupported_by_engine"
             resp = error_response(oa.ApiError(400, str(exc), code="unsupported_by_engine"))
         except oa.ApiError as exc:
-            out.code = exc.status
+            out.code, out.error_code = exc.status, exc.code
             resp = error_response(exc)
         except Exception:
             log.exception("%s failed", route)
-            out.code = 500
+            out.code, out.error_code = 500, "internal_error"
             err = oa.ApiError(500, "internal error", code="internal_error", type="server_error")
             resp = error_response(err)
         finally:
+            if not out.audited:
+                self._audit_rejected(request, out)
             self.inflight[route] -= 1
             self.metrics.queue_depth(route, self.inflight[route])
             self.metrics.request(
@@ -216,6 +222,17 @@ class MmoIngress:
                 seconds=time.perf_counter() - out.start,
             )
         return resp
+
+    def _audit_rejected(self, request: Request, out: _Outcome) -> None:
+        try:
+            self.gateway.record_rejected(
+                out.request_id, request.headers.items(), out.route, out.code, out.error_code
+            )
+        except Exception:
+            log.exception("%s: writing the audit line failed", out.route)
+
+    async def _body(self, request: Request) -> bytes:
+        return await read_body(request, self.args.max_request_bytes)
 
     def _check_model(self, model: str) -> None:
         if model != self.args.name:
@@ -232,13 +249,14 @@ class MmoIngress:
         info = RequestInfo(
             request_id=out.request_id,
             route=out.route,
-            headers=dict(request.headers),
+            headers=request.headers.items(),  # every copy: a repeated header is refused
             # the validated request, not the raw JSON: fields the schema ignores never
             # reach the gateway (nor, through an offload, the cloud endpoint)
             body=req.model_dump(mode="json", exclude_none=True),
             queue_depth=self.inflight[out.route],
         )
         verdict = await self.gateway.decide(info)
+        out.audited = True
         if isinstance(verdict, Local | Offloaded):
             if isinstance(verdict, Offloaded):
                 out.cache = "offload"
@@ -252,7 +270,7 @@ class MmoIngress:
 
     async def _chat(self, request: Request, out: _Outcome) -> Response:
         req: oa.ChatCompletionRequest = oa.parse_model(
-            oa.ChatCompletionRequest, await request.body()
+            oa.ChatCompletionRequest, await self._body(request)
         )
         self._check_model(req.model)
         verdict = await self._gate(request, out, req)
@@ -288,7 +306,7 @@ class MmoIngress:
     # ------------------------------------------------------------------ embeddings
 
     async def _embeddings(self, request: Request, out: _Outcome) -> Response:
-        req: oa.EmbeddingRequest = oa.parse_model(oa.EmbeddingRequest, await request.body())
+        req: oa.EmbeddingRequest = oa.parse_model(oa.EmbeddingRequest, await self._body(request))
         self._check_model(req.model)
         embeddings.check_items(req)
         verdict = await self._gate(request, out, req)

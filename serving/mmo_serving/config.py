@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 EMPTY_SLOT = -1
+# Room for one image of the default max_image_bytes (8 MiB) as base64 in a data: URL.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# The audit trail's digest key (mmo_serving.gateway.audit), mounted from a Secret.
+AUDIT_KEY_ENV = "MMO_AUDIT_KEY"
 
 DataClass = Literal["public", "internal", "sensitive"]
 Modality = Literal["text", "image"]
@@ -214,6 +218,11 @@ class AppArgs(_Camel):
     isolation: IsolationArgs = Field(default_factory=IsolationArgs)
     max_new_tokens: int = Field(default=8, ge=1, le=512)
     max_image_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        ge=1,
+        description="Largest request body the front reads (413 above it).",
+    )
     port: int = Field(default=8000, ge=1, le=65535)
     vllm: VllmArgs | None = Field(default=None, description="Engine vllm's settings.")
 

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -27,11 +28,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from mmo_serving.config import AppArgs
+from mmo_serving.config import AUDIT_KEY_ENV, AppArgs
 from mmo_serving.metrics import METRICS_REPORT_INTERVAL_MS
 
 APP_NAME = "mmo"
@@ -107,6 +108,12 @@ def hybrid_key_warning(args: AppArgs, env: Mapping[str, str] = os.environ) -> st
         "offloads to the cloud endpoint will fall back to local serving "
         f"(export {hybrid.credentials_env}=... before mmo up to offload)"
     )
+
+
+def ensure_audit_key(env: MutableMapping[str, str]) -> str:
+    """A random audit digest key for this run (kept when the user exported one); the
+    replicas inherit it, so all of them key the trail alike."""
+    return env.setdefault(AUDIT_KEY_ENV, secrets.token_hex(32))
 
 
 def sample_image_data_url() -> str:
@@ -231,6 +238,7 @@ def run_up(app_args: AppArgs, opts: UpOptions, out: TextIO = sys.stdout) -> int:
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     # Quiet Ray's start-up: the logical GPUs are what we want (see ray_cluster fixture).
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    ensure_audit_key(os.environ)
     import ray
     from ray import serve
 

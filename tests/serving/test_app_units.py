@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.requests import Request
 
 from mmo_serving.backend import ChatDelta, ChatOutput
 from mmo_serving.cache import CacheScope, ResponseCache, cache_key
@@ -457,3 +458,56 @@ def test_app_expert_load_recorder_exports_deltas_of_counts_updated_in_place() ->
 
     asyncio.run(main())
     assert exported == [(0, 1, 1, 5)]
+
+
+def test_app_request_body_over_the_limit_is_413_with_the_limit() -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from mmo_serving.openai.body import read_body
+    from mmo_serving.openai.errors import error_response
+
+    api = FastAPI()
+
+    @api.post("/v1/embeddings")
+    async def embed(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse({"read": len(await read_body(request, 1024))})
+        except oa.ApiError as exc:
+            return error_response(exc)
+
+    client = TestClient(api)
+    assert client.post("/v1/embeddings", content=b"x" * 1024).json() == {"read": 1024}
+    message = "request body is larger than the limit of 1024 bytes (spec.serving.maxRequestBytes)"
+    r = client.post("/v1/embeddings", content=b"x" * 1025)  # Content-Length over the limit
+    assert r.status_code == 413
+    assert r.json()["error"] == {
+        "message": message, "type": "invalid_request_error", "param": None,
+        "code": "request_too_large",
+    }  # fmt: skip
+
+    def chunks() -> Any:  # no Content-Length: the body grows over the limit while read
+        for _ in range(8):
+            yield b"y" * 200
+
+    r = client.post("/v1/embeddings", content=chunks())
+    assert r.status_code == 413 and r.json()["error"]["message"] == message
+    r = client.post("/v1/embeddings", content=b"{}", headers={"Content-Length": "2x"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_content_length"
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        (b'{"model": "m", "input": "\\ud800"}', "a \\u escape of a lone UTF-16 surrogate"),
+        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON: nested too deeply"),
+    ],
+)
+def test_app_lone_surrogates_and_deep_json_are_400(raw: bytes, message: str) -> None:
+    with pytest.raises(oa.ApiError) as exc:
+        oa.parse_model(oa.EmbeddingRequest, raw)
+    assert exc.value.status == 400 and exc.value.code == "invalid_json"
+    assert message in exc.value.message
+    # a surrogate pair is one character: fine
+    assert oa.parse_model(oa.EmbeddingRequest, b'{"model": "m", "input": "\\ud83d\\ude00"}')

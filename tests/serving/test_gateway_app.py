@@ -31,6 +31,7 @@ from mmo_serving.engine.types import (
 
 MODEL = "shapes"
 KEY_ENV = "MMO_GW_TEST_KEY"
+MAX_BODY = 65536
 PII = ["noor.haddad@example.net", "4000 0566 5566 5556", "NL91 ABNA 0417 1643 00", "10.77.1.2"]
 
 
@@ -39,6 +40,8 @@ class TinyEngine:
         self.args = args
 
     async def generate(self, items: list[GenerationRequest]) -> list[GenerationResult]:
+        if any("BOOM" in item.text for item in items):
+            raise RuntimeError("the engine failed")
         return [GenerationResult(text="local answer", tokens=2) for _ in items]
 
     async def embed(self, items: list[EmbeddingRequest]) -> list[list[float]]:
@@ -145,6 +148,7 @@ def _args(mode: str, cloud_url: str, audit: Path) -> dict[str, Any]:
         "numGpus": 1,
         "cache": {"enabled": True, "maxEntries": 16, "ttlSeconds": 600},
         "isolation": isolation,
+        "maxRequestBytes": MAX_BODY,
     }
 
 
@@ -256,6 +260,8 @@ def test_hybrid_endpoint_down_serves_locally(env: Env) -> None:
     assert _content(resp) == "local answer"
     last = env.audit_lines("hybrid")[-1]
     assert last["decision"] == "fallback" and "HTTP 500" in last["reason"]
+    # the body did reach the endpoint before it failed: the line says so
+    assert (last["sent"], last["destination"], last["answeredBy"]) == (True, env.cloud.url, "local")
 
 
 def test_private_sends_nothing_and_refuses_cloud_and_remote_images(env: Env) -> None:
@@ -288,4 +294,45 @@ def test_audit_lines_have_no_raw_content(env: Env) -> None:
             assert value not in raw
         assert "summarise" not in raw and "what is 2+2" not in raw
         for line in env.audit_lines(app):
-            assert line["mode"] == app and len(line["payloadSha256"]) == 64
+            assert line["mode"] == app and line["digestKey"] == "replica"
+            assert line["payloadHmac"] is None or len(line["payloadHmac"]) == 64
+
+
+def _chat_raw(text: str) -> bytes:
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": text}]}).encode()
+
+
+PATHS: list[tuple[str, bytes, list[tuple[str, str]], int, str]] = [
+    # (request id, raw body, extra headers, status, error code or "")
+    ("path-ok", _chat_raw("hello"), [], 200, ""),
+    ("path-bad-json", b"{not json", [], 400, "invalid_json"),
+    ("path-schema", json.dumps({"model": MODEL}).encode(), [], 400, "invalid_schema"),
+    ("path-model", json.dumps({"model": "nope", "messages": []}).encode(), [], 400, ""),
+    ("path-unknown-model", _chat_raw("hi").replace(MODEL.encode(), b"other"), [], 404,
+     "model_not_found"),
+    ("path-too-big", _chat_raw("x" * MAX_BODY), [], 413, "request_too_large"),
+    ("path-surrogate", _chat_raw("a").replace(b'"a"', b'"\\ud800"'), [], 400, "invalid_json"),
+    ("path-deep", b"[" * 20_000 + b"]" * 20_000, [], 400, "invalid_json"),
+    ("path-dup-class", _chat_raw("hi"), [("X-Data-Class", "public"), ("X-Data-Class", "sensitive")],
+     400, "invalid_data_class"),
+    ("path-dup-route", _chat_raw("hi"), [("X-Route", "local"), ("x-route", "cloud")], 400,
+     "invalid_route"),
+    ("path-engine-500", _chat_raw("BOOM"), [], 500, "internal_error"),
+]  # fmt: skip
+
+
+def test_every_path_writes_exactly_one_audit_line(env: Env) -> None:
+    for rid, raw, extra, status, code in PATHS:
+        headers = [("Content-Type", "application/json"), ("X-Request-Id", rid), *extra]
+        resp = env.http.post("/private/v1/chat/completions", content=raw, headers=headers)
+        assert resp.status_code == status, (rid, resp.text)
+        if code:
+            assert resp.json()["error"]["code"] == code, rid
+        if code == "request_too_large":
+            assert f"limit of {MAX_BODY} bytes" in resp.json()["error"]["message"]
+    lines = env.audit_lines("private")
+    for rid, _, _, status, _ in PATHS:
+        mine = [x for x in lines if x["requestId"] == rid]
+        assert len(mine) == 1, (rid, mine)
+        # the engine failed after the gateway had decided: its line is the decision's
+        assert mine[0]["status"] == (200 if rid == "path-engine-500" else status), rid

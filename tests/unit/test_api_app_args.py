@@ -74,3 +74,10 @@ def test_placement_must_match_gpu_count(deepseek) -> None:
     _, args = plan_and_app_args(deepseek)
     with pytest.raises(ValueError, match=r"placement\.numGpus=8 but numGpus=4"):
         AppArgs.model_validate({**args.to_json_dict(), "numGpus": 4})
+
+
+def test_max_request_bytes_follows_spec_serving(deepseek) -> None:
+    m = deepseek.model.model_copy(deep=True)
+    assert build_app_args(m, None).max_request_bytes == 16 * 1024 * 1024  # the default
+    m.spec.serving.max_request_bytes = 65536
+    assert build_app_args(m, None).max_request_bytes == 65536

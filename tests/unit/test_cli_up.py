@@ -13,7 +13,14 @@ import pytest
 
 from mmo_operator.cli import main
 from mmo_operator.up_command import up_app_args
-from mmo_serving.local import UpOptions, banner, hybrid_key_warning, mmo_command, run_up
+from mmo_serving.local import (
+    UpOptions,
+    banner,
+    ensure_audit_key,
+    hybrid_key_warning,
+    mmo_command,
+    run_up,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVATE = str(ROOT / "manifests/samples/private-vqa.yaml")
@@ -141,3 +148,12 @@ def test_banner_commands_can_be_pasted(tmp_path: Path) -> None:
     assert ask.endswith(
         "ask --url http://127.0.0.1:8000 --image PICTURE.png 'what colour is the circle?'"
     )
+
+
+def test_up_makes_a_random_audit_key_per_run_unless_one_is_exported() -> None:
+    first: dict[str, str] = {}
+    second: dict[str, str] = {}
+    key = ensure_audit_key(first)
+    assert first == {"MMO_AUDIT_KEY": key} and len(key) == 64
+    assert ensure_audit_key(second) != key  # another run, another key
+    assert ensure_audit_key({"MMO_AUDIT_KEY": "mine"}) == "mine"

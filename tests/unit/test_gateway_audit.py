@@ -19,9 +19,12 @@ from mmo_serving.gateway import (
     Offloaded,
     RequestInfo,
     Verdict,
+    pii,
 )
-from mmo_serving.gateway.audit import safe_token
-from mmo_serving.gateway.request import payload_sha256
+from mmo_serving.gateway.audit import AuditKey, audit_key, safe_token
+from mmo_serving.gateway.request import payload_hmac
+
+KEY = AuditKey(b"deployment-key", "deployment")
 
 SECRET_TEXT = "the merger with Initech closes friday, call 415-555-2671"
 
@@ -67,14 +70,14 @@ def handle(gw: Gateway, headers: dict[str, str], b: dict[str, Any] | None = None
 
 def test_audit_line_fields_and_no_raw_content() -> None:
     stream = io.StringIO()
-    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream))
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=KEY)
     res = handle(gw, {"X-Request-Id": "req-42", "X-Tenant": "acme", "X-Data-Class": "public"})
     assert res.status == 200
     line = json.loads(stream.getvalue())
     assert set(line) == {
-        "time", "requestId", "tenant", "mode", "route", "class", "declaredClass", "sentClass",
-        "decision", "destination", "status", "reason", "payloadSha256", "images", "pii",
-        "redactions",
+        "time", "requestId", "tenant", "mode", "route", "class", "declaredClass", "decision",
+        "sent", "destination", "sentClass", "answeredBy", "status", "reason", "payloadHmac",
+        "digestKey", "images", "pii", "redactions",
     }  # fmt: skip
     assert line["requestId"] == "req-42" and line["tenant"] == "acme"
     assert (line["class"], line["declaredClass"], line["decision"]) == (
@@ -83,19 +86,74 @@ def test_audit_line_fields_and_no_raw_content() -> None:
         "local",
     )
     assert line["pii"] == {"phone": 1} and line["redactions"] == {}
-    assert line["payloadSha256"] == payload_sha256(body())
+    assert (line["sent"], line["destination"], line["answeredBy"]) == (False, "local", "local")
+    assert line["payloadHmac"] == payload_hmac(body(), KEY.secret)
+    assert line["digestKey"] == "deployment"
     assert "Initech" not in stream.getvalue() and "555" not in stream.getvalue()
 
 
 def test_client_supplied_ids_that_are_not_tokens_are_hashed() -> None:
     stream = io.StringIO()
-    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream))
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=KEY)
     res = handle(gw, {"X-Request-Id": "bob@example.com", "X-Tenant": "Jane Doe, 415-555-2671"})
     line = json.loads(stream.getvalue())
-    assert line["requestId"].startswith("sha256:") and line["tenant"].startswith("sha256:")
+    assert line["requestId"].startswith("hmac:") and line["tenant"].startswith("hmac:")
     assert "example.com" not in stream.getvalue() and "Jane" not in stream.getvalue()
     assert res.status == 200
-    assert safe_token("ok-1.2:3", "d") == "ok-1.2:3" and safe_token(None, "d") == "d"
+    assert safe_token("ok-1.2:3", "d", KEY.secret) == "ok-1.2:3"
+    assert safe_token(None, "d", KEY.secret) == "d"
+
+
+def test_token_shaped_ids_holding_pii_are_hashed_too() -> None:
+    stream = io.StringIO()
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=KEY)
+    handle(gw, {"X-Request-Id": "10.20.30.40", "X-Tenant": "4111111111111111"})
+    line = json.loads(stream.getvalue())
+    assert line["requestId"].startswith("hmac:") and line["tenant"].startswith("hmac:")
+    assert "10.20.30.40" not in stream.getvalue() and "4111" not in stream.getvalue()
+
+
+def test_digests_are_keyed_so_a_guess_cannot_be_confirmed() -> None:
+    import hashlib
+
+    lines = []
+    for key in [KEY, KEY, AuditKey(b"another-deployment", "deployment")]:
+        stream = io.StringIO()
+        gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=key)
+        handle(gw, {"X-Tenant": "Jane Doe"})
+        lines.append(json.loads(stream.getvalue()))
+    assert lines[0]["payloadHmac"] == lines[1]["payloadHmac"]  # same key: requests match
+    assert lines[0]["tenant"] == lines[1]["tenant"]
+    assert lines[0]["payloadHmac"] != lines[2]["payloadHmac"]
+    assert lines[0]["tenant"] != lines[2]["tenant"]
+    # the unkeyed digest of the guessed body (what the trail used to hold) is not there
+    canon = json.dumps(body(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    guess = hashlib.sha256(canon.encode()).hexdigest()
+    assert guess not in json.dumps(lines)
+    assert hashlib.sha256(b"Jane Doe").hexdigest()[:16] not in json.dumps(lines)
+
+
+def test_audit_key_comes_from_the_environment_or_is_random_per_replica() -> None:
+    assert audit_key({"MMO_AUDIT_KEY": "s3cret"}) == AuditKey(b"s3cret", "deployment")
+    a, b = audit_key({}), audit_key({})
+    assert a.scope == b.scope == "replica" and a.secret != b.secret and len(a.secret) == 32
+    stream = io.StringIO()
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=a)
+    handle(gw, {})
+    assert json.loads(stream.getvalue())["digestKey"] == "replica"
+
+
+def test_request_rejected_before_the_gateway_still_writes_one_line() -> None:
+    stream = io.StringIO()
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=KEY)
+    headers = [("X-Tenant", "Jane Doe"), ("X-Data-Class", "public")]
+    gw.record_rejected("r-1", headers, "/v1/embeddings", 413, "request_too_large")
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert (line["requestId"], line["route"], line["decision"]) == ("r-1", "embeddings", "rejected")
+    assert (line["status"], line["sent"], line["destination"]) == (413, False, "none")
+    assert line["answeredBy"] == "none" and line["payloadHmac"] is None
+    assert "request_too_large" in line["reason"] and "Jane" not in stream.getvalue()
+    assert pii.count(stream.getvalue()) == {}
 
 
 def test_invalid_header_is_refused_with_400_and_audited() -> None:
@@ -112,6 +170,9 @@ def test_invalid_header_is_refused_with_400_and_audited() -> None:
     gw = Gateway(IsolationArgs(mode="federated"), audit=AuditLog(stream=stream), metrics=Sink())
     res = handle(gw, {"X-Data-Class": "top-secret"})
     assert res.status == 400
+    assert res.body["error"]["message"] == (
+        "header X-Data-Class: unknown value (length 10); allowed: public, internal, sensitive"
+    )
     assert res.body["error"]["code"] == "invalid_data_class"
     assert "X-Data-Class" in res.body["error"]["message"]
     assert json.loads(stream.getvalue())["decision"] == "refuse"

@@ -55,9 +55,26 @@ class FakeCloud:
             return web.json_response({"error": "boom"}, status=500)
         if self.mode == "slow":
             await asyncio.sleep(2)
+        if self.mode in BROKEN_REPLIES:
+            return BROKEN_REPLIES[self.mode]()
         return web.json_response(
             {"object": "chat.completion", "choices": [{"message": {"content": "from cloud"}}]}
         )
+
+
+BROKEN_REPLIES: dict[str, Callable[[], Any]] = {
+    "redirect": lambda: web.Response(status=302, headers={"Location": "https://x.test/"}),
+    "bad_request": lambda: web.json_response({"error": "no"}, status=400),
+    "not_json": lambda: web.Response(text="<html>busy</html>", content_type="text/html"),
+    "bad_encoding": lambda: web.Response(
+        body=b"this is not gzip",
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    ),
+    "deep": lambda: web.Response(
+        body=b"[" * 200_000 + b"]" * 200_000, content_type="application/json"
+    ),
+    "no_choices": lambda: web.json_response({"object": "chat.completion"}),
+}
 
 
 @asynccontextmanager
@@ -379,10 +396,67 @@ def test_endpoint_failure_falls_back_to_local(mode: str) -> None:
         assert len(local.calls) == 1
         assert len(fake.raw) == 2  # one try + one retry
         line = json.loads(audit.getvalue())
-        assert line["decision"] == "fallback" and line["destination"] == "local"
+        assert line["decision"] == "fallback" and line["answeredBy"] == "local"
+        assert line["sent"] is True and line["destination"] == endpoint  # it did leave
         why = "HTTP 500 after 2 attempt(s)" if mode == "fail" else "timeout after 0.2s after 2"
         assert why in line["reason"]
         assert sink.decisions == [("hybrid", "fallback", "public")]
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    "mode,why",
+    [
+        ("fail", "HTTP 500 after 1 attempt(s)"),
+        ("redirect", "HTTP 302 (not retried)"),
+        ("bad_request", "HTTP 400 (not retried)"),
+        ("slow", "timeout after 0.2s"),
+        ("not_json", "HTTP 200 with a body that is not JSON"),
+        ("bad_encoding", "Content-Encoding cannot be decoded"),
+        ("deep", "HTTP 200 with JSON nested too deeply"),
+        ("no_choices", "answered a reply without choices"),
+    ],
+)
+def test_audit_says_the_body_was_sent_when_the_call_then_failed(mode: str, why: str) -> None:
+    async def main() -> None:
+        fake = FakeCloud(mode=mode)
+        async with serve(fake) as endpoint:
+            gw, audit, sink = make_gateway(endpoint, timeout_s=0.2, retries=0)
+            local = LocalModel()
+            res = await handle(
+                gw,
+                chat("write to olivia.martin@example.org please"),
+                {"X-Data-Class": "public", "X-Route": "cloud"},
+                local_model=local,
+            )
+            await gw.close()
+        assert res.status == 200 and res.body["choices"][0]["message"]["content"] == "local"
+        assert len(fake.raw) == 1 and b"[EMAIL]" in fake.raw[0]
+        (line,) = [json.loads(x) for x in audit.getvalue().splitlines()]
+        assert line["decision"] == "fallback" and why in line["reason"], line["reason"]
+        assert "after the body was sent" in line["reason"]
+        assert (line["sent"], line["destination"], line["sentClass"]) == (True, endpoint, "public")
+        assert line["redactions"] == {"email": 1} and line["answeredBy"] == "local"
+        assert sink.redacted == {"email": 1}
+
+    run(main)
+
+
+def test_audit_says_nothing_was_sent_when_the_endpoint_was_unreachable() -> None:
+    async def main() -> None:
+        async with serve(FakeCloud()) as endpoint:
+            pass  # the server is gone: connections are refused
+        gw, audit, _ = make_gateway(endpoint, retries=0)
+        res = await handle(
+            gw, chat("hi"), {"X-Data-Class": "public", "X-Route": "cloud"}, local_model=LocalModel()
+        )
+        await gw.close()
+        assert res.decision == "fallback"
+        line = json.loads(audit.getvalue())
+        assert "before the body was sent: connection error" in line["reason"]
+        assert (line["sent"], line["destination"], line["sentClass"]) == (False, "local", None)
+        assert line["redactions"] == {} and line["answeredBy"] == "local"
 
     run(main)
 

@@ -9,7 +9,7 @@ import pytest
 from mmo_serving.config import HybridArgs, IsolationArgs
 from mmo_serving.gateway.headers import HeaderError, parse_headers
 from mmo_serving.gateway.policy import Classification, classify, decide
-from mmo_serving.gateway.request import map_texts, payload_sha256, scan
+from mmo_serving.gateway.request import map_texts, payload_hmac, scan
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 ENDPOINT = "https://cloud.example.com/v1"
@@ -87,8 +87,11 @@ def test_text_that_starts_with_data_colon_is_text_not_an_image() -> None:
 
 
 def test_payload_hash_is_stable_across_key_order() -> None:
-    assert payload_sha256({"a": 1, "b": [1, 2]}) == payload_sha256({"b": [1, 2], "a": 1})
-    assert payload_sha256({"a": 1}) != payload_sha256({"a": 2})
+    k = b"k"
+    assert payload_hmac({"a": 1, "b": [1, 2]}, k) == payload_hmac({"b": [1, 2], "a": 1}, k)
+    assert payload_hmac({"a": 1}, k) != payload_hmac({"a": 2}, k)
+    assert payload_hmac({"a": 1}, k) != payload_hmac({"a": 1}, b"other")
+    assert len(payload_hmac({"a": "\ud800"}, k)) == 64  # a lone surrogate is no error
 
 
 # --- classification ----------------------------------------------------------------------
@@ -227,3 +230,72 @@ def test_hybrid_without_hybrid_block_fails_closed() -> None:
     args = IsolationArgs(mode="hybrid")
     d = decide(args, classify_h({"X-Data-Class": "public"}, scan(chat("x")), args), "cloud")
     assert d.action == "local"
+
+
+# --- images hidden in text, data: URL metadata ----------------------------------------
+
+PNG_B64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5E"
+    "rkJggg=="
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f" data:image/png;base64,{PNG_B64}",  # leading space
+        f"what is in data:image/png;base64,{PNG_B64} this picture?",  # mid-sentence
+        f"what is in this picture? {PNG_B64}",  # raw base64 image bytes
+        "jpeg /9j/4AAQSkZJRgABAQEASABIAAD/2wBDAAMCAgICAgMCAgIDAwMDBAYEBAQEBAgGBgUGBwkIBwcH",
+    ],
+)
+def test_an_image_anywhere_in_a_text_part_counts_as_an_image(text: str) -> None:
+    s = scan(chat(text))
+    assert s.inline_images == 1
+    c = classify_h({"X-Data-Class": "public"}, s, IsolationArgs())
+    assert (c.declared, c.data_class, c.source) == ("sensitive", "sensitive", "image")
+    d = decide(iso("hybrid"), c, "cloud")
+    assert d.action == "local" and "sensitive data never leaves" in d.reason
+
+
+def test_ordinary_text_is_not_taken_for_an_image() -> None:
+    for text in ["data: 3 rows", "see https://example.com/data:x", "base64 is an encoding"]:
+        assert scan(chat(text)).inline_images == 0, text
+
+
+def test_data_url_metadata_is_scanned_when_images_are_not_sensitive() -> None:
+    url = f"data:image/png;name=passport-olivia.martin@example.org.png;base64,{PNG_B64}"
+    s = scan(chat("describe it", url))
+    assert s.inline_images == 1
+    c = classify_h({"X-Data-Class": "public"}, s, IsolationArgs(images_sensitive=False))
+    assert c.declared == "public" and c.data_class == "sensitive" and c.pii == {"email": 1}
+    # a text that embeds such a URL: its metadata too
+    s = scan(chat(f"look: {url}"))
+    assert "email" in classify_h({}, s, IsolationArgs(images_sensitive=False)).pii
+    # the pixels themselves are not scanned: no PII in a plain image
+    plain = scan(chat("describe it", f"data:image/png;base64,{PNG_B64}"))
+    assert classify_h({}, plain, IsolationArgs(images_sensitive=False)).pii == {}
+
+
+def test_data_text_is_text_not_an_image() -> None:
+    import base64
+
+    hidden = base64.b64encode(b"call me at olivia.martin@example.org").decode()
+    for url in [f"data:text/plain;base64,{hidden}", "data:text/plain,olivia.martin@example.org"]:
+        slot = scan(chat("read this", url))  # in an image slot
+        assert slot.inline_images == 0, url
+        c = classify_h({"X-Data-Class": "public"}, slot, IsolationArgs(images_sensitive=False))
+        assert c.data_class == "sensitive" and c.pii == {"email": 1}, url
+        bare = scan({"model": "m", "input": [url]})  # a whole string, not in an image slot
+        assert bare.inline_images == 0 and bare.texts == [url]
+        assert classify_h({}, bare, IsolationArgs()).pii == {"email": 1}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["data:text/plain;base64,QUJDR", "data:text/plain;base64,Q", "data:text/plain;base64,",
+     "data:text/plain;base64", "data:text/plain;base64,QUJD-_", "data:text/plain;base64,%%%"],
+)  # fmt: skip
+def test_malformed_base64_text_urls_are_scanned_without_error(url: str) -> None:
+    s = scan(chat("read this", url))
+    assert s.inline_images == 0 and url in s.texts

@@ -114,6 +114,9 @@ def test_remote_image_refusal_says_to_send_it_inline() -> None:
     assert json.loads(stream.getvalue())["decision"] == "refuse"
 
 
+REPLY = {"object": "chat.completion", "choices": [{"message": {"content": "hi"}}]}
+
+
 def test_decide_answers_local_refused_offloaded_and_fallback() -> None:
     sent: list[dict[str, Any]] = []
     status = [200]
@@ -121,7 +124,7 @@ def test_decide_answers_local_refused_offloaded_and_fallback() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(json.loads(request.content))
         assert request.url.path == "/v1/chat/completions"
-        return httpx.Response(status[0], json={"object": "chat.completion", "choices": []})
+        return httpx.Response(status[0], json=REPLY)
 
     hy = HybridArgs(endpoint="https://cloud.example.com/v1", retries=0, credentials_env="K")
     sink = Sink()
@@ -139,7 +142,7 @@ def test_decide_answers_local_refused_offloaded_and_fallback() -> None:
         v = await gw.decide(info("hello", {"X-Route": "nowhere"}))
         assert isinstance(v, Refused) and v.status == 400 and "X-Route" in v.message
         v = await gw.decide(info("mail a.b@example.com", {"X-Data-Class": "public"}, queue=99))
-        assert v == Offloaded("public", "default", {"object": "chat.completion", "choices": []})
+        assert v == Offloaded("public", "default", REPLY)
         assert "a.b@example.com" not in json.dumps(sent) and "[EMAIL]" in json.dumps(sent)
         status[0] = 503
         v = await gw.decide(info("hello", {"X-Data-Class": "public", "X-Route": "cloud"}))
@@ -156,7 +159,7 @@ def test_offloaded_embeddings_are_rebuilt_from_the_schema() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(json.loads(request.content))
         assert request.url.path == "/v1/embeddings"
-        return httpx.Response(200, json={"object": "list", "data": []})
+        return httpx.Response(200, json={"object": "list", "data": [{"embedding": [0.5]}]})
 
     hy = HybridArgs(endpoint="https://cloud.example.com/v1", retries=0, credentials_env="K")
     cloud = CloudClient(hy, env={"K": "x"}, transport=httpx.MockTransport(handler))
@@ -180,3 +183,65 @@ def test_offloaded_embeddings_are_rebuilt_from_the_schema() -> None:
 
     asyncio.run(main())
     assert sent == [{"model": "m", "input": ["hello", "call [PHONE]"], "encoding_format": "float"}]
+
+
+@pytest.mark.parametrize(
+    "name,code",
+    [("X-Data-Class", "invalid_data_class"), ("X-Route", "invalid_route"),
+     ("X-Tenant", "invalid_tenant")],
+)  # fmt: skip
+def test_a_repeated_header_is_refused_not_last_one_wins(name: str, code: str) -> None:
+    pairs = [(name, "public" if name == "X-Data-Class" else "local"), (name.lower(), "cloud")]
+    with pytest.raises(HeaderError) as exc:
+        parse_headers(pairs)
+    assert (exc.value.code, exc.value.message) == (
+        code,
+        f"header {name}: sent 2 times; send it once",
+    )
+    stream = io.StringIO()
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    verdict = asyncio.run(gw.decide(RequestInfo("r", "/v1/chat/completions", pairs, body, 0)))
+    assert isinstance(verdict, Refused) and (verdict.status, verdict.code) == (400, code)
+    assert verdict.param == name
+    assert json.loads(stream.getvalue())["status"] == 400
+    # the same header once, as pairs, is fine
+    assert parse_headers([("X-Data-Class", "public"), ("X-Route", "local")]).route == "local"
+
+
+def test_a_slow_scan_does_not_hold_a_concurrent_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PII scan runs in a worker thread: while one request's scan is stuck, another
+    request is decided. On the event loop the stuck scan would hold every request."""
+    import threading
+
+    from mmo_serving.gateway import pii
+
+    started, release = threading.Event(), threading.Event()
+    released_by_other: list[bool] = []
+    real = pii.count_parts
+
+    def stuck_on_slow(parts: Any) -> Any:
+        if any("SLOW" in p for p in parts):
+            started.set()
+            released_by_other.append(release.wait(timeout=30))
+        return real(parts)
+
+    monkeypatch.setattr(pii, "count_parts", stuck_on_slow)
+    gw = Gateway(IsolationArgs(), audit=AuditLog(enabled=False))
+    order: list[str] = []
+
+    async def one(text: str) -> None:
+        await gw.decide(info(text, {}))
+        order.append(text)
+
+    async def main() -> None:
+        slow = asyncio.create_task(one("SLOW scan"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        await one("fast")
+        release.set()
+        await slow
+
+    asyncio.run(main())
+    assert order == ["fast", "SLOW scan"]
+    assert released_by_other == [True]  # the fast request finished while the scan was stuck

@@ -172,6 +172,18 @@ def test_hybrid_workers_read_the_api_key_from_the_secret() -> None:
     assert key["valueFrom"]["secretKeyRef"] == {"name": "cloud-key", "key": "api-key"}
 
 
+def test_workers_key_the_audit_trail_from_a_secret() -> None:
+    def audit_ref(doc: dict) -> dict:
+        env = _worker(_children(doc))["spec"]["containers"][0]["env"]
+        return next(e for e in env if e["name"] == "MMO_AUDIT_KEY")["valueFrom"]["secretKeyRef"]
+
+    doc = _doc()
+    default = {"name": f"{doc['metadata']['name']}-audit-key", "key": "key", "optional": True}
+    assert audit_ref(doc) == default
+    named = audit_ref(_doc(isolation={"audit": {"keySecret": "trail-key"}}))
+    assert named == {"name": "trail-key", "key": "key", "optional": True}
+
+
 def test_pdb_protects_the_min_replicas_floor_and_podmonitor_is_optional() -> None:
     children = _children(_doc(autoscaling__minReplicas=2, autoscaling__maxReplicas=3))
     assert children["PodDisruptionBudget/tiny-workers"]["spec"]["minAvailable"] == 2

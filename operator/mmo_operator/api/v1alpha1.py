@@ -415,6 +415,12 @@ class Audit(ApiModel):
     """Append-only record of every isolation decision (never raw content)."""
 
     enabled: bool = Field(default=True, description="Write one JSON line per decision.")
+    key_secret: Name | None = Field(
+        default=None,
+        description="Secret whose key `key` keys the trail's payload digests (HMAC-SHA256), "
+        "mounted as MMO_AUDIT_KEY (omit: NAME-audit-key). Without the Secret each replica "
+        "keys with a random key of its own.",
+    )
 
 
 class Isolation(ApiModel):
@@ -512,6 +518,13 @@ class Serving(ApiModel):
         default="2.60.0", max_length=32, pattern=_SEMVER, description="Ray version."
     )
     port: int = Field(default=8000, ge=1024, le=65535, description="Serve HTTP port.")
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body the endpoint reads; larger ones get 413 (default "
+        "16 MiB: room for one 8 MiB image as a base64 data: URL).",
+    )
 
 
 class Monitoring(ApiModel):

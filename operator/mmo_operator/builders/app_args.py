@@ -110,6 +110,7 @@ def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArg
             audit_enabled=iso.audit.enabled,
         ),
         port=spec.serving.port,
+        max_request_bytes=spec.serving.max_request_bytes,
     )
 
 

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import yaml
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
-from mmo_serving.config import AppArgs
+from mmo_serving.config import AUDIT_KEY_ENV, AppArgs
 from mmo_serving.deployment import deployment_options
 
 from .common import (
@@ -68,6 +68,7 @@ WORKER_GROUP = "gpu"
 PVC_ROOT = "/mnt/models"
 HYBRID_KEY_ENV = "MMO_CLOUD_API_KEY"
 HYBRID_SECRET_KEY = "api-key"
+AUDIT_SECRET_KEY = "key"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Ray's health endpoints, as KubeRay's own probes call them: the raylet through the
 # dashboard agent on every pod, the GCS through the dashboard on the head.
@@ -102,6 +103,11 @@ def accelerator_resource(model: MultimodalModel) -> str:
     return f"mmo-accelerator-{model.spec.resources.gpu_type}"
 
 
+def audit_secret_name(model: MultimodalModel) -> str:
+    """The Secret keying the audit trail's digests: ``isolation.audit.keySecret``."""
+    return model.spec.isolation.audit.key_secret or f"{model.name}-audit-key"
+
+
 def restricted_container_context() -> Obj:
     return {
         "allowPrivilegeEscalation": False,
@@ -129,6 +135,9 @@ def _env(model: MultimodalModel, *, worker: bool) -> list[Obj]:
         env.append({"name": "MMO_PVC_ROOT", "value": PVC_ROOT})
     if not worker:
         return env
+    # Optional: without the Secret each replica keys its audit digests with a random key.
+    ref = {"name": audit_secret_name(model), "key": AUDIT_SECRET_KEY, "optional": True}
+    env.append({"name": AUDIT_KEY_ENV, "valueFrom": {"secretKeyRef": ref}})
     hybrid = model.spec.isolation.hybrid
     if model.spec.isolation.mode == "hybrid" and hybrid is not None:
         ref = {"name": hybrid.credentials_secret, "key": HYBRID_SECRET_KEY}

@@ -1,12 +1,25 @@
 """Audit trail (one JSON line per decision) and the decision counters.
 
 A line holds: ``time`` (UTC, ISO 8601), ``requestId``, ``tenant``, ``mode``, ``route``,
-``class`` (after classification), ``declaredClass``, ``sentClass`` (offloads only),
-``decision`` (local, offload, refuse, fallback), ``destination``, ``status``,
-``reason``, ``payloadSha256`` (of the canonical JSON body), ``pii`` and ``redactions``
-(counts per kind). Never raw content: the reason strings are built from fixed text and
-policy values only, and a request id or tenant that is not a plain token
-(``[A-Za-z0-9._:-]{1,64}``) is replaced by its hash, since headers are client input.
+``class`` (after classification), ``declaredClass``, ``decision`` (local, offload,
+refuse, fallback), ``sent`` (whether the redacted body was sent to the endpoint, even
+when the call then failed), ``destination`` (where the body went: ``local``, the
+endpoint, or ``none``), ``sentClass`` (the class of what was sent), ``answeredBy``
+(``cloud``, ``local`` or ``none``: who produced the answer), ``status``, ``reason``,
+``payloadHmac`` and ``digestKey`` (see below), ``images``, ``pii`` and ``redactions``
+(counts per kind; ``redactions`` are those of the body that was sent).
+
+Never raw content: the reason strings are built from fixed text and policy values only;
+a request id or tenant is written as sent only when it is a plain token
+(``[A-Za-z0-9._:-]{1,64}``) in which no PII is detected, otherwise as a keyed hash,
+since headers are client input.
+
+Keyed digests: ``payloadHmac`` is HMAC-SHA256 of the canonical JSON body under the
+deployment's audit key (environment variable ``MMO_AUDIT_KEY``: in a cluster the
+operator mounts it from a Secret, ``mmo up`` makes a random one per run), so that a
+guessed body cannot be confirmed from the trail. Without the variable each replica
+makes a random key (``digestKey: replica``): digests then match only within one
+replica's lifetime.
 
 Lines go to stdout (``IsolationArgs.audit_path`` unset) or are appended to a file with
 one ``write`` per line on an ``O_APPEND`` descriptor, so that several replicas sharing a
@@ -17,24 +30,45 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import sys
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import IO, Any, Protocol
+
+from mmo_serving.config import AUDIT_KEY_ENV
+from mmo_serving.gateway import pii
 
 _TOKEN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def safe_token(value: str | None, default: str) -> str:
-    """``value`` if it is a plain token, else ``sha256:<16 hex>`` of it."""
+@dataclass(frozen=True)
+class AuditKey:
+    secret: bytes
+    scope: str  # "deployment": from MMO_AUDIT_KEY; "replica": random, this process only
+
+
+def audit_key(env: Mapping[str, str] | None = None) -> AuditKey:
+    """The deployment's audit key from ``MMO_AUDIT_KEY``, else a random one."""
+    value = (env if env is not None else os.environ).get(AUDIT_KEY_ENV, "")
+    if value:
+        return AuditKey(value.encode("utf-8"), "deployment")
+    return AuditKey(secrets.token_bytes(32), "replica")
+
+
+def safe_token(value: str | None, default: str, key: bytes) -> str:
+    """``value`` if it is a plain token without PII, else ``hmac:<16 hex>`` of it."""
     if value is None or value == "":
         return default
-    if _TOKEN.fullmatch(value):
+    if _TOKEN.fullmatch(value) and not pii.count(value):
         return value
-    return "sha256:" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
+    digest = hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return "hmac:" + digest.hexdigest()[:16]
 
 
 class MetricsSink(Protocol):

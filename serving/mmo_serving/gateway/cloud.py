@@ -16,6 +16,10 @@
   failure the endpoint is skipped for ``cooldown_s`` so that an outage does not add the
   retry latency to every request. Redirects are not followed.
 - Errors never include the response body or the request: only status and error type.
+  A :class:`CloudError` says whether the body was sent (``sent``): true once any
+  attempt got past connecting, whatever happened next (a 3xx, 4xx or 5xx, a timeout
+  waiting for the answer, an answer that is not JSON, a bad ``Content-Encoding``, JSON
+  nested too deeply to read), so that the audit trail can say the endpoint may hold it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,17 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class CloudError(RuntimeError):
-    """The endpoint could not serve the request (the gateway then serves it locally)."""
+    """The endpoint could not serve the request (the gateway then serves it locally).
+
+    ``sent``: the body left (the endpoint may have received it) before the failure."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+# Failures before any byte of the request left: nothing was sent.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 def _is_loopback(host: str) -> bool:
@@ -101,9 +115,9 @@ class CloudClient:
             )
         return self._client
 
-    def _fail(self, message: str) -> CloudError:
+    def _fail(self, message: str, sent: bool) -> CloudError:
         self._down_until = self._clock() + self._cooldown_s
-        return CloudError(message)
+        return CloudError(message, sent=sent)
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``endpoint/path``; the JSON object answered, or CloudError."""
@@ -117,29 +131,37 @@ class CloudClient:
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         attempts = self.args.retries + 1
         last = "no attempt"
+        sent = False
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
             try:
                 resp = await self._http().post(self.url(path), json=body, headers=headers)
-            except httpx.TimeoutException:
+            except httpx.TimeoutException as exc:
+                sent = sent or not isinstance(exc, _NOT_SENT)
                 last = f"timeout after {self.args.timeout_s}s"
                 continue
             except httpx.TransportError as exc:
+                sent = sent or not isinstance(exc, _NOT_SENT)
                 last = f"connection error ({type(exc).__name__})"
                 continue
+            except httpx.DecodingError:
+                raise self._fail("a reply whose Content-Encoding cannot be decoded", True) from None
+            sent = True
             if resp.status_code == 200:
                 try:
                     data = resp.json()
                 except ValueError:
-                    raise self._fail("HTTP 200 with a body that is not JSON") from None
+                    raise self._fail("HTTP 200 with a body that is not JSON", sent) from None
+                except RecursionError:
+                    raise self._fail("HTTP 200 with JSON nested too deeply", sent) from None
                 if not isinstance(data, dict):
-                    raise self._fail("HTTP 200 with a JSON body that is not an object")
+                    raise self._fail("HTTP 200 with a JSON body that is not an object", sent)
                 return data
             last = f"HTTP {resp.status_code}"
             if resp.status_code not in RETRY_STATUSES:
-                raise self._fail(f"{last} (not retried)")
-        raise self._fail(f"{last} after {attempts} attempt(s)")
+                raise self._fail(f"{last} (not retried)", sent)
+        raise self._fail(f"{last} after {attempts} attempt(s)", sent)
 
     async def aclose(self) -> None:
         if self._client is not None:

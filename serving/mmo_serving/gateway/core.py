@@ -5,21 +5,33 @@ body (:mod:`.policy`: declared class, images, PII), decides, writes one audit li
 counts the decision, then answers :class:`~.verdict.Local`, :class:`~.verdict.Offloaded`
 or :class:`~.verdict.Refused`. An offload sends a copy rebuilt from the OpenAI schema
 (:mod:`.outbound`: the client's unknown fields never leave), redacted when the policy
-says so, to the hybrid endpoint (:mod:`.cloud`); when that fails the verdict is
-``Local(outcome="fallback")`` and the front serves the request itself.
+says so, to the hybrid endpoint (:mod:`.cloud`); when that fails, or the endpoint
+answers something that is not an OpenAI reply, the verdict is
+``Local(outcome="fallback")`` and the front serves the request itself. The audit line
+then still says whether the body was sent, where, with which class and redactions.
+
+The PII scans (classification, redaction, the last check of what leaves) run in a
+worker thread (``asyncio.to_thread``), never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mmo_serving.config import DataClass, IsolationArgs
 from mmo_serving.gateway import outbound, pii
-from mmo_serving.gateway.audit import AuditLog, MetricsSink, safe_token
-from mmo_serving.gateway.headers import DEFAULT_TENANT, HeaderError, header, parse_headers
+from mmo_serving.gateway.audit import AuditKey, AuditLog, MetricsSink, audit_key, safe_token
+from mmo_serving.gateway.headers import (
+    DEFAULT_TENANT,
+    HeaderError,
+    Headers,
+    header,
+    parse_headers,
+)
 from mmo_serving.gateway.policy import (
     REMOTE_IMAGES_NOT_FETCHED,
     Classification,
@@ -27,7 +39,7 @@ from mmo_serving.gateway.policy import (
     classify,
     decide,
 )
-from mmo_serving.gateway.request import Scan, map_texts, payload_sha256, scan
+from mmo_serving.gateway.request import Scan, map_texts, payload_hmac, scan
 from mmo_serving.gateway.verdict import Local, Offloaded, Refused, RequestInfo, Verdict
 
 if TYPE_CHECKING:
@@ -44,12 +56,21 @@ def cloud_route(route: str) -> str:
 class _Seen:
     """One request as the audit trail records it."""
 
-    request_id: str  # audit-safe (a token, or its hash)
+    request_id: str  # audit-safe (a token, or its keyed hash)
     tenant: str  # audit-safe
     route: str  # under /v1: chat/completions | embeddings
     classification: Classification | None  # None when a header was invalid
     scanned: Scan
-    payload_sha256: str
+    payload_hmac: str | None  # None: the body was never read
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A body that left for the endpoint (the call may have failed afterwards)."""
+
+    destination: str
+    data_class: DataClass
+    redactions: Counter[str] = field(default_factory=Counter)
 
 
 class Gateway:
@@ -60,6 +81,7 @@ class Gateway:
         metrics: MetricsSink | None = None,
         audit: AuditLog | None = None,
         cloud: CloudClient | None = None,
+        key: AuditKey | None = None,
     ) -> None:
         self.args = args
         self.metrics = metrics
@@ -68,6 +90,7 @@ class Gateway:
 
             check_endpoint(args.hybrid.endpoint)  # fail at start, not on the first offload
         self.audit = audit or AuditLog(args.audit_path, enabled=args.audit_enabled)
+        self.key = key or audit_key()
         self._cloud = cloud
 
     @property
@@ -103,29 +126,53 @@ class Gateway:
             out["model"] = hybrid.model
         return out, counts
 
-    async def decide(self, info: RequestInfo) -> Verdict:
-        """The verdict for one request; the audit line and the counters are written."""
-        seen = _Seen(
-            request_id=safe_token(
-                info.request_id or header(info.headers, "X-Request-Id"),
-                uuid.uuid4().hex,
-            ),
-            tenant=safe_token(header(info.headers, "X-Tenant"), DEFAULT_TENANT),
-            route=cloud_route(info.route),
-            classification=None,
-            scanned=scan(info.body),
-            payload_sha256=payload_sha256(info.body),
+    def _checked_outbound(
+        self, body: dict[str, Any], decision: Decision, route: str
+    ) -> tuple[dict[str, Any] | None, Counter[str], bool]:
+        """:meth:`outbound_body` and whether the detectors still flag what would leave
+        (every string of it, keys included): CPU work, run off the event loop."""
+        sent, counts = self.outbound_body(body, decision, route)
+        leftover = sent is not None and bool(pii.count_parts(scan(sent).strings()))
+        return sent, counts, leftover
+
+    def _ids(self, request_id: str | None, headers: Headers) -> tuple[str, str]:
+        """The request id and tenant as the audit trail may write them."""
+        rid = safe_token(
+            request_id or header(headers, "X-Request-Id"), uuid.uuid4().hex, self.key.secret
         )
+        return rid, safe_token(header(headers, "X-Tenant"), DEFAULT_TENANT, self.key.secret)
+
+    def _read(
+        self, body: dict[str, Any], declared: DataClass | None, classified: bool
+    ) -> tuple[Scan, str, Classification | None]:
+        """Scan, digest and (when ``classified``) classify the body: one PII scan of the
+        request, run off the event loop."""
+        scanned = scan(body)
+        digest = payload_hmac(body, self.key.secret)
+        cls = classify(declared, scanned, self.args) if classified else None
+        return scanned, digest, cls
+
+    async def decide(self, info: RequestInfo) -> Verdict:
+        """The verdict for one request; the audit line and the counters are written.
+
+        The scans run in a worker thread: a large body does not hold the event loop
+        (and so the replica's other requests)."""
+        rid, tenant = self._ids(info.request_id, info.headers)
         try:
             caller = parse_headers(info.headers)
         except HeaderError as exc:
-            self._record(seen, "refuse", exc.message, "none", 400, "sensitive")
+            scanned, digest, _ = await asyncio.to_thread(self._read, info.body, None, False)
+            seen = _Seen(rid, tenant, cloud_route(info.route), None, scanned, digest)
+            self._record(seen, "refuse", exc.message, 400, "sensitive")
             return Refused(400, exc.message, exc.code, param=exc.header)
-        cls = classify(caller.data_class, seen.scanned, self.args)
-        seen = _Seen(**{**seen.__dict__, "classification": cls})
+        scanned, digest, cls = await asyncio.to_thread(
+            self._read, info.body, caller.data_class, True
+        )
+        assert cls is not None
+        seen = _Seen(rid, tenant, cloud_route(info.route), cls, scanned, digest)
         d = decide(self.args, cls, caller.route, info.queue_depth)
         if d.action == "refuse":
-            self._record(seen, "refuse", d.reason, "none", d.status, d.data_class)
+            self._record(seen, "refuse", d.reason, d.status, d.data_class)
             return Refused(d.status, d.reason, d.code)
         if d.action == "local":
             return self._local(seen, "local", d.reason, caller.tenant, cls.data_class)
@@ -134,12 +181,12 @@ class Gateway:
     async def _offload(
         self, seen: _Seen, d: Decision, body: dict[str, Any], tenant: str, local_class: DataClass
     ) -> Verdict:
-        sent, counts = self.outbound_body(body, d, seen.route)
+        sent, counts, leftover = await asyncio.to_thread(
+            self._checked_outbound, body, d, seen.route
+        )
         if sent is None:
             reason = f"the body cannot be rebuilt for the {seen.route} endpoint: served locally"
             return self._local(seen, "fallback", reason, tenant, local_class)
-        # every string that would leave, keys included
-        leftover = pii.count_parts(scan(sent).strings())
         if leftover:  # defence in depth: never send what the detectors still flag
             reason = "PII left in the outbound body: served locally"
             return self._local(seen, "fallback", reason, tenant, local_class)
@@ -149,62 +196,107 @@ class Gateway:
             return self._local(seen, "fallback", reason, tenant, local_class)
         from mmo_serving.gateway.cloud import CloudError
 
+        went = _Sent(d.destination, d.data_class, counts)
         try:
             response = await cloud.post(seen.route, sent)
         except CloudError as exc:
-            reason = f"cloud endpoint failed: {exc}; served locally"
+            if exc.sent:
+                reason = f"cloud endpoint failed after the body was sent: {exc}; answered locally"
+                return self._local(seen, "fallback", reason, tenant, local_class, went)
+            reason = f"cloud endpoint failed before the body was sent: {exc}; served locally"
             return self._local(seen, "fallback", reason, tenant, local_class)
-        self._record(seen, "offload", d.reason, d.destination, 200, d.data_class, counts)
+        problem = outbound.reply_problem(seen.route, response)
+        if problem is not None:
+            reason = f"cloud endpoint failed after the body was sent: answered {problem}; "
+            reason += "answered locally"
+            return self._local(seen, "fallback", reason, tenant, local_class, went)
+        self._record(seen, "offload", d.reason, 200, d.data_class, went, answered_by="cloud")
         return Offloaded(d.data_class, tenant, response)
 
     def _local(
-        self, seen: _Seen, outcome: str, reason: str, tenant: str, data_class: DataClass
+        self,
+        seen: _Seen,
+        outcome: str,
+        reason: str,
+        tenant: str,
+        data_class: DataClass,
+        went: _Sent | None = None,
     ) -> Local | Refused:
         if seen.scanned.remote_images:  # a fallback would have to fetch them
             message = f"{REMOTE_IMAGES_NOT_FETCHED} ({reason})"
-            self._record(seen, "refuse", message, "none", 403, data_class)
+            self._record(seen, "refuse", message, 403, data_class, went)
             return Refused(403, message, "remote_image_refused")
-        self._record(seen, outcome, reason, "local", 200, data_class)
+        self._record(seen, outcome, reason, 200, data_class, went, answered_by="local")
         return Local(data_class, tenant, "fallback" if outcome == "fallback" else "local")
+
+    def record_rejected(
+        self, request_id: str | None, headers: Headers, route: str, status: int, code: str
+    ) -> None:
+        """The audit line of a request the front answered without a verdict (a body over
+        the limit, bad JSON or schema, an unknown model, an internal error): one line
+        for every request, whatever happened. ``code`` is the error's fixed code; the
+        message is not written (it may quote the client)."""
+        rid, tenant = self._ids(request_id, headers)
+        seen = _Seen(rid, tenant, cloud_route(route), None, Scan(), None)
+        reason = f"answered HTTP {status} ({code}) before the gateway decided"
+        self.audit.write(self._line(seen, "rejected", reason, status, None, "none"))
 
     def _record(
         self,
         seen: _Seen,
         outcome: str,
         reason: str,
-        destination: str,
         status: int,
         data_class: str,
-        redactions: Counter[str] | None = None,
+        went: _Sent | None = None,
+        *,
+        answered_by: str = "none",
     ) -> None:
-        cls = seen.classification
-        redactions = redactions or Counter()
         if self.metrics is not None:
             self.metrics.decision(self.args.mode, outcome, data_class)
-            for kind, n in sorted(redactions.items()):
+            for kind, n in sorted((went.redactions if went else Counter()).items()):
                 self.metrics.redactions(kind, n)
-        self.audit.write(
-            {
-                "requestId": seen.request_id,
-                "tenant": seen.tenant,
-                "mode": self.args.mode,
-                "route": seen.route,
-                "class": cls.data_class if cls else None,
-                "declaredClass": cls.declared if cls else None,
-                "sentClass": data_class if outcome == "offload" else None,
-                "decision": outcome,
-                "destination": destination,
-                "status": status,
-                "reason": reason,
-                "payloadSha256": seen.payload_sha256,
-                "images": {
-                    "inline": seen.scanned.inline_images,
-                    "remote": seen.scanned.remote_images,
-                },
-                "pii": dict(sorted((cls.pii if cls else Counter()).items())),
-                "redactions": dict(sorted(redactions.items())),
-            }
-        )
+        self.audit.write(self._line(seen, outcome, reason, status, went, answered_by))
+
+    def _line(
+        self,
+        seen: _Seen,
+        outcome: str,
+        reason: str,
+        status: int,
+        went: _Sent | None,
+        answered_by: str,
+    ) -> dict[str, Any]:
+        cls = seen.classification
+        if went is not None:
+            destination = went.destination
+        elif outcome in ("local", "fallback"):
+            destination = "local"
+        else:
+            destination = "none"
+        return {
+            "requestId": seen.request_id,
+            "tenant": seen.tenant,
+            "mode": self.args.mode,
+            "route": seen.route,
+            "class": cls.data_class if cls else None,
+            "declaredClass": cls.declared if cls else None,
+            "decision": outcome,
+            "sent": went is not None,
+            "destination": destination,
+            "sentClass": went.data_class if went else None,
+            "answeredBy": answered_by,
+            "status": status,
+            "reason": reason,
+            "payloadHmac": seen.payload_hmac,
+            "digestKey": self.key.scope,
+            "images": {
+                "inline": seen.scanned.inline_images,
+                "remote": seen.scanned.remote_images,
+            },
+            "pii": dict(sorted((cls.pii if cls else Counter()).items())),
+            "redactions": dict(sorted((went.redactions if went else Counter()).items())),
+        }
 
     async def close(self) -> None:
         if self._cloud is not None:

@@ -6,12 +6,17 @@
   cache and the audit trail, it is not authentication.
 
 A value the gateway cannot act on is a :class:`HeaderError` (answered 400), one error
-code per header.
+code per header: ``invalid_data_class``, ``invalid_route``, ``invalid_tenant``. A header
+sent more than once is such a value too: which copy a proxy or a framework keeps
+differs, so the gateway acts on none of them.
+
+Headers come as a mapping or, to keep repeated names, as ``(name, value)`` pairs (the
+front passes Starlette's ``request.headers.items()``, which keeps every copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -22,6 +27,8 @@ DATA_CLASSES: tuple[DataClass, ...] = get_args(DataClass)
 ROUTES: tuple[Route, ...] = get_args(Route)
 DEFAULT_TENANT = "default"
 MAX_TENANT_LEN = 64
+
+Headers = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 class HeaderError(ValueError):
@@ -39,13 +46,27 @@ class CallerHeaders:
     tenant: str
 
 
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """The value of header ``name`` (any case), stripped; None when absent."""
+def _pairs(headers: Headers) -> Iterable[tuple[str, str]]:
+    return headers.items() if isinstance(headers, Mapping) else headers
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """Every value of header ``name`` (any case), stripped, in the order received."""
     wanted = name.lower()
-    for k, v in headers.items():
-        if k.lower() == wanted:
-            return v.strip()
-    return None
+    return [v.strip() for k, v in _pairs(headers) if k.lower() == wanted]
+
+
+def header(headers: Headers, name: str) -> str | None:
+    """The first value of header ``name`` (any case), stripped; None when absent."""
+    found = header_values(headers, name)
+    return found[0] if found else None
+
+
+def _once(headers: Headers, name: str, code: str) -> str | None:
+    found = header_values(headers, name)
+    if len(found) > 1:
+        raise HeaderError(name, f"sent {len(found)} times; send it once", code)
+    return found[0] if found else None
 
 
 def _data_class(raw: str | None) -> DataClass | None:
@@ -87,9 +108,9 @@ def _tenant(raw: str | None) -> str:
     return raw
 
 
-def parse_headers(headers: Mapping[str, str]) -> CallerHeaders:
+def parse_headers(headers: Headers) -> CallerHeaders:
     return CallerHeaders(
-        data_class=_data_class(header(headers, "X-Data-Class")),
-        route=_route(header(headers, "X-Route")),
-        tenant=_tenant(header(headers, "X-Tenant")),
+        data_class=_data_class(_once(headers, "X-Data-Class", "invalid_data_class")),
+        route=_route(_once(headers, "X-Route", "invalid_route")),
+        tenant=_tenant(_once(headers, "X-Tenant", "invalid_tenant")),
     )

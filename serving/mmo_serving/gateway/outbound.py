@@ -93,3 +93,34 @@ def rebuild(body: Any, route: str) -> dict[str, Any] | None:
     except ValidationError:
         return None
     return None
+
+
+def _chat_reply_problem(reply: dict[str, Any]) -> str | None:
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return "a reply without choices"
+    message = choices[0].get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        return "a reply without choices[0].message.content"
+    return None
+
+
+def _embeddings_reply_problem(reply: dict[str, Any]) -> str | None:
+    data = reply.get("data")
+    if not isinstance(data, list) or not data:
+        return "a reply without data"
+    for item in data:
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(vector, list | str):  # str: encoding_format base64
+            return "a reply without data[].embedding"
+    return None
+
+
+def reply_problem(route: str, reply: dict[str, Any]) -> str | None:
+    """What makes the endpoint's JSON ``reply`` unusable as the answer for ``route``, in
+    fixed words (never its content); ``None`` when it has the OpenAI shape."""
+    if route == CHAT_ROUTE:
+        return _chat_reply_problem(reply)
+    if route == EMBED_ROUTE:
+        return _embeddings_reply_problem(reply)
+    return f"a reply for a route the gateway does not forward ({route})"

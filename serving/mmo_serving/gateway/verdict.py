@@ -14,18 +14,19 @@ before the cache and the engine, and awaits ``Gateway.decide(info)``:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from mmo_serving.config import DataClass
+from mmo_serving.gateway.headers import Headers
 
 
 @dataclass(frozen=True)
 class RequestInfo:
     request_id: str
     route: str  # "/v1/chat/completions" or "/v1/embeddings"
-    headers: Mapping[str, str]  # as received (names in any case)
+    # as received (names in any case); (name, value) pairs keep a repeated header
+    headers: Headers
     # the validated request (schema fields only); an offload sends a copy rebuilt from it
     body: dict[str, Any]
     queue_depth: int  # requests in flight in this replica, this one included

@@ -85,13 +85,35 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, msg, code="invalid_schema", param=param or None)
 
 
+def _lone_surrogate(data: Any) -> bool:
+    """Whether the parsed JSON holds a lone UTF-16 surrogate (``"\\ud800"`` without
+    its pair): JSON allows the escape, but it is no Unicode text."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_json_body(raw: bytes) -> Any:
     if not raw:
         raise ApiError(400, "request body is empty: expected a JSON object", code="invalid_json")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise ApiError(
+            400, "request body is not valid JSON: nested too deeply", code="invalid_json"
+        ) from None
+    if (b"\\ud" in raw or b"\\uD" in raw) and _lone_surrogate(data):
+        raise ApiError(
+            400,
+            "request body is not valid Unicode: a \\u escape of a lone UTF-16 surrogate "
+            "(\\ud800-\\udfff without its pair)",
+            code="invalid_json",
+        )
+    return data
 
 
 def parse_model(cls: type[BaseModel], raw: bytes) -> Any:
