@@ -8,8 +8,7 @@ the operator compares with what it observes, so that an unchanged object costs n
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_serving.config import AppArgs, PlacementPlan
@@ -20,18 +19,6 @@ from .pdb import build_worker_pdb
 from .podmonitor import build_podmonitor
 from .rayservice import build_rayservice
 from .supernode import build_supernode
-
-
-def _network_policy_builder() -> Callable[..., list[Obj]] | None:
-    """The isolation layer's builder, when it is installed."""
-    try:
-        module = importlib.import_module("mmo_operator.policy.network")
-    except ModuleNotFoundError as e:
-        if e.name in ("mmo_operator.policy", "mmo_operator.policy.network"):
-            return None
-        raise
-    fn: Callable[..., list[Obj]] | None = getattr(module, "build_network_policies", None)
-    return fn
 
 
 def _own(objs: list[Obj], model: MultimodalModel, uid: str | None) -> list[Obj]:
@@ -62,9 +49,11 @@ def build_children(
 
         args = build_app_args(model, plan)
     children: list[Obj] = [build_placement_configmap(model, plan, uid)]
-    network = _network_policy_builder()
-    if network is not None:
-        children += _own(network(model, apiserver_cidrs=tuple(apiserver_cidrs)), model, uid)
+    # Imported here: policy.network imports builders.common (until it becomes a builder).
+    from mmo_operator.policy.network import build_network_policies
+
+    policies = build_network_policies(model, apiserver_cidrs=tuple(apiserver_cidrs))
+    children += _own(policies, model, uid)
     children.append(build_worker_pdb(model, uid))
     children.append(build_rayservice(model, args, uid))
     supernode = build_supernode(model, uid)  # federated mode only
