@@ -1,4 +1,4 @@
-"""Live expert rebalancing: the operator's ``rebalance`` timer (issue 5, part 4).
+"""Live expert rebalancing: the operator's ``rebalance`` timer.
 
 For a MultimodalModel with ``spec.experts.rebalance.enabled`` and ``Ready``, every
 ``intervalSeconds`` (the kopf timer ticks every ``--rebalance-check-seconds`` and acts

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from mmo_operator.api.parse import parse_model, resolve_architecture
 from mmo_operator.api.problems import InvalidResource
@@ -46,6 +45,7 @@ from mmo_operator.model_state import (
     model_document,
     model_key,
 )
+from mmo_operator.objects import Obj
 from mmo_operator.planning import plan_for_model
 from mmo_operator.planning.current import plan_in_force, same_shape
 from mmo_operator.status import Observation, compute_status, unparsed_status
@@ -53,7 +53,6 @@ from mmo_operator.validation import Validated, capacity_of, validate
 from mmo_operator.worker_bounds import sync_worker_bounds
 
 log = logging.getLogger(__name__)
-Obj = dict[str, Any]
 
 
 @dataclass

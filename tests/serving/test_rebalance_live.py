@@ -1,4 +1,4 @@
-"""Acceptance of issue 5: a rebalance applied to a running engine without a restart, and
+"""Live rebalancing end to end: a rebalance applied to a running engine without a restart, and
 the balancedness improving on skewed traffic.
 
 The Serve app runs on the session's local Ray with the expert-parallel engine (4 ranks

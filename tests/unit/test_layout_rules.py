@@ -91,6 +91,7 @@ PACKAGES = {"mmo_operator": ROOT / "operator", "mmo_serving": ROOT / "serving"}
 OPERATOR_LAYERS: dict[str, int] = {
     # 0: the API model, its schema and rules
     "api": 0,
+    "objects": 0,
     # 1: placement, capacity, checkpoints, the plan in force
     "planning": 1,
     # 2: isolation admission, engine arguments, addresses

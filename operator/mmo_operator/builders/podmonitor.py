@@ -1,7 +1,7 @@
 """PodMonitor ``NAME`` scraping Ray's Prometheus endpoint on every pod of the model.
 
 Ray prefixes custom metrics with ``ray_``; the relabeling renames ``ray_(mmo_.*)`` to
-``$1`` so that dashboards and alerts see ``mmo_*`` (contracts file).
+``$1`` so that dashboards and alerts see ``mmo_*`` (README: Dashboards and alerts).
 """
 
 from __future__ import annotations

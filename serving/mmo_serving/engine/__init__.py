@@ -30,6 +30,7 @@ __all__ = [
     "make_engine",
 ]
 
+
 def __getattr__(name: str) -> Any:
     """The engines load torch and ray: they are imported on first use."""
     if name == "LocalEngine":
