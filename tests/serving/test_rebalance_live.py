@@ -71,7 +71,7 @@ REQUESTS = 12
 async def tiny_engine(args: AppArgs) -> Any:
     """The expert-parallel engine on the tiny model (the app's engine seam)."""
     from mmo_serving.engine import ExpertParallelEngine
-    from mmo_serving.engine.model_runner import ModelSource
+    from mmo_serving.engine.builtin_runner import ModelSource
 
     engine = ExpertParallelEngine(args, ModelSource("tiny://", tiny=TINY, seed=3))
     await engine.ready()
