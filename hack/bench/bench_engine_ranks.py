@@ -36,7 +36,7 @@ import numpy as np
 
 
 def model_source() -> tuple[Any, str]:
-    from mmo_serving.engine.model_runner import ModelSource
+    from mmo_serving.engine.builtin_runner import ModelSource
 
     try:
         from mmo_serving.model import load_model

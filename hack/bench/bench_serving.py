@@ -8,7 +8,7 @@
 3. The Serve HTTP path against a bare uvicorn app serving the same FastAPI route on
    the same machine (the no-model path ``GET /v1/models``): sequential req/s and p50.
 
-Targets (issue 4): batching >= 1.3x throughput at 32 clients; a cache hit >= 3x faster
+Targets: batching >= 1.3x throughput at 32 clients; a cache hit >= 3x faster
 than a miss; >= 100 req/s sequential on the no-model path with p50 <= 10 ms.
 
     .venv/bin/python hack/bench/bench_serving.py --out /tmp/bench_serving.json

@@ -24,7 +24,8 @@ from typing import Any
 from mmo_operator.events import Event
 from mmo_operator.kube import ApiFailure, Kube
 from mmo_operator.model_state import ModelState
-from mmo_operator.reconcile import Obj, Outcome, Reconciler
+from mmo_operator.objects import Obj
+from mmo_operator.reconcile import Outcome, Reconciler
 
 log = logging.getLogger(__name__)
 BACKOFFS = (0.5, 1.0, 2.0, 4.0)

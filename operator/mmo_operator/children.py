@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mmo_operator import events
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_operator.builders.common import MANAGER, MODEL_LABEL
@@ -12,8 +10,8 @@ from mmo_operator.diff import needs_apply
 from mmo_operator.events import Event
 from mmo_operator.kube import Kube, KubeTemporaryError
 from mmo_operator.model_state import ChildKey, ModelState
+from mmo_operator.objects import Obj
 
-Obj = dict[str, Any]
 RAYSERVICE = ("ray.io/v1", "RayService")
 PODMONITOR = ("monitoring.coreos.com/v1", "PodMonitor")
 

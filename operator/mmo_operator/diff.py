@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmo_operator.builders.common import HASH_ANNOTATION
-
-Obj = dict[str, Any]
+from mmo_operator.objects import Obj
 
 
 def contains(desired: Any, observed: Any) -> bool:

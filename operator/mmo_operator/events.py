@@ -7,8 +7,7 @@ from typing import Any
 
 from mmo_operator.builders.common import CLUSTER_HASH_ANNOTATION
 from mmo_operator.diff import annotation
-
-Obj = dict[str, Any]
+from mmo_operator.objects import Obj
 
 
 @dataclass

@@ -26,9 +26,9 @@ import urllib3
 from kubernetes import client, config
 
 from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from mmo_operator.objects import Obj
 
 FIELD_MANAGER = "mmo-operator"
-Obj = dict[str, Any]
 
 # apiVersion, kind -> plural, for every kind the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {

@@ -1,4 +1,4 @@
-"""The operator's own Prometheus metrics (names in the contracts file).
+"""The operator's own Prometheus metrics (the names the alert rules and dashboards use).
 
 A private registry, served by ``serve(port)`` on ``/metrics``; labels stay bounded
 (``reason`` is one of ``ERROR_REASONS``, ``ready`` is ``true``/``false``).

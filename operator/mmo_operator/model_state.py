@@ -10,10 +10,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmo_operator.objects import Obj
 from mmo_operator.status import Observation, rebalance_figures
 from mmo_serving.config import PlacementPlan
 
-Obj = dict[str, Any]
 ChildKey = tuple[str, str, str]  # apiVersion, kind, name
 
 

@@ -41,9 +41,9 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from mmo_operator.api.validation import validate_file
     from mmo_operator.builders import build_children
     from mmo_operator.builders.app_args import plan_and_app_args
+    from mmo_operator.validation import validate_file
 
     try:
         validated = validate_file(args.file)

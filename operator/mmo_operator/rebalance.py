@@ -1,4 +1,4 @@
-"""Live expert rebalancing: the operator's ``rebalance`` timer (issue 5, part 4).
+"""Live expert rebalancing: the operator's ``rebalance`` timer.
 
 For a MultimodalModel with ``spec.experts.rebalance.enabled`` and ``Ready``, every
 ``intervalSeconds`` (the kopf timer ticks every ``--rebalance-check-seconds`` and acts
@@ -41,7 +41,6 @@ import kopf
 
 from mmo_operator import metrics
 from mmo_operator.api.problems import InvalidResource
-from mmo_operator.api.validation import validate
 from mmo_operator.builders.common import placement_configmap_name
 from mmo_operator.events import Event
 from mmo_operator.kube import ApiFailure, KubePermanentError, KubeTemporaryError
@@ -60,6 +59,7 @@ from mmo_operator.planning.live import (
 from mmo_operator.planning.rebalance import should_rebalance
 from mmo_operator.reconcile import Reconciler, now_iso
 from mmo_operator.status import is_ready
+from mmo_operator.validation import validate
 
 log = logging.getLogger("mmo_operator.rebalance")
 

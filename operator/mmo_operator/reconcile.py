@@ -13,17 +13,10 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
+from mmo_operator.api.parse import parse_model, resolve_architecture
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.v1alpha1 import MultimodalModel
-from mmo_operator.api.validation import (
-    Validated,
-    capacity_of,
-    parse_model,
-    resolve_architecture,
-    validate,
-)
 from mmo_operator.builders import build_children
 from mmo_operator.builders.app_args import build_app_args
 from mmo_operator.builders.common import placement_configmap_name
@@ -52,16 +45,17 @@ from mmo_operator.model_state import (
     model_document,
     model_key,
 )
+from mmo_operator.objects import Obj
 from mmo_operator.planning import plan_for_model
 from mmo_operator.planning.current import plan_in_force, same_shape
 from mmo_operator.policy.addresses import ClusterNetworks
 from mmo_operator.policy.admission import egress_notes
 from mmo_operator.policy.network import NetworkPeers
 from mmo_operator.status import Observation, compute_status, unparsed_status
+from mmo_operator.validation import Validated, capacity_of, validate
 from mmo_operator.worker_bounds import sync_worker_bounds
 
 log = logging.getLogger(__name__)
-Obj = dict[str, Any]
 
 
 @dataclass

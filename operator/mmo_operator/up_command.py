@@ -22,9 +22,9 @@ class SpecError(Exception):
 
 def up_app_args(path: str) -> AppArgs:
     """The operator's validation, plan and AppArgs for the spec in ``path``."""
-    from mmo_operator.api.validation import validate_file
     from mmo_operator.builders.app_args import plan_and_app_args
     from mmo_operator.policy.admission import egress_notes
+    from mmo_operator.validation import validate_file
 
     try:
         # local: a loopback endpoint (a stand-in cloud on this machine) is allowed here,

@@ -15,9 +15,9 @@ from mmo_operator.diff import owned_by
 from mmo_operator.events import Event, bounds_updated
 from mmo_operator.kube import ApiFailure, Kube
 from mmo_operator.model_state import ModelState
+from mmo_operator.objects import Obj
 
 log = logging.getLogger(__name__)
-Obj = dict[str, Any]
 WorkerBounds = dict[str, tuple[Any, Any]]  # groupName -> (minReplicas, maxReplicas)
 
 

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, get_args
 
+from mmo_serving.config import DataClass
 from mmo_serving.extras import ASK_NEEDS, missing_serving_extra
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -34,7 +35,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", help="model name (default: the endpoint's first model)")
     p.add_argument("--max-tokens", type=int, help="limit on generated tokens")
     p.add_argument("--stream", action="store_true", help="stream the answer as it is sent")
-    p.add_argument("--data-class", choices=["public", "internal", "sensitive"])
+    p.add_argument("--data-class", choices=get_args(DataClass))
     p.add_argument("--tenant", help="X-Tenant header")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the whole JSON response")

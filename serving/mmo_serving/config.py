@@ -18,7 +18,10 @@ DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 AUDIT_KEY_ENV = "MMO_AUDIT_KEY"
 
 DataClass = Literal["public", "internal", "sensitive"]
+IsolationMode = Literal["private", "hybrid", "federated"]
 Modality = Literal["text", "image"]
+Placement = Literal["balanced", "contiguous", "roundRobin"]
+Engine = Literal["mmo", "vllm"]
 
 
 def _public_only() -> list[DataClass]:
@@ -54,13 +57,13 @@ class LayerPlacement(_Camel):
 
 
 class PlacementPlan(_Camel):
-    """The placement contract (DESIGN.md section 4).
+    """Where every expert lives: the placement the operator plans and the engine loads.
 
     The same JSON appears in ``mmo plan -o json``, the placement ConfigMap, AppArgs and
     ``status.placement``.
     """
 
-    strategy: Literal["balanced", "contiguous", "roundRobin"]
+    strategy: Placement
     num_gpus: int = Field(ge=1)
     num_nodes: int = Field(default=1, ge=1)
     slots_per_gpu: int = Field(ge=1)
@@ -145,8 +148,8 @@ class HybridArgs(_Camel):
 
 
 class IsolationArgs(_Camel):
-    mode: Literal["private", "hybrid", "federated"] = "private"
-    default_data_class: Literal["public", "internal", "sensitive"] = "internal"
+    mode: IsolationMode = "private"
+    default_data_class: DataClass = "internal"
     images_sensitive: bool = True
     hybrid: HybridArgs | None = None
     audit_enabled: bool = True
@@ -173,7 +176,7 @@ class VllmArgs(_Camel):
     accelerator_type: str | None = Field(
         default=None, description="Ray's accelerator name of the GPUs, e.g. A100-80G."
     )
-    expert_placement: Literal["balanced", "contiguous", "roundRobin"] = "balanced"
+    expert_placement: Placement = "balanced"
     redundant_experts: int = Field(default=0, ge=0)
     rebalance_interval_s: float = Field(
         default=300, gt=0, description="How often balanced placement re-places experts."
@@ -191,7 +194,7 @@ class AppArgs(_Camel):
 
     name: str = Field(description="Served model name (the MultimodalModel's name).")
     model_source: str = Field(description="builtin://NAME, pvc://CLAIM/PATH or a local path.")
-    engine: Literal["mmo", "vllm"] = Field(
+    engine: Engine = Field(
         default="mmo",
         description="mmo: the built-in expert-parallel engine (builtin:// models); "
         "vllm: Ray Serve LLM running vLLM (real checkpoints).",

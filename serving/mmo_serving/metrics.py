@@ -1,4 +1,5 @@
-"""The single place that names the serving metrics (see the contracts file).
+"""The single place that names the serving metrics (the alert rules and dashboards use
+these names).
 
 Metrics are ``ray.serve.metrics`` objects, exported on Ray's Prometheus endpoint with a
 ``ray_`` prefix. Checked on Ray 2.55: a Counter named ``mmo_requests_total`` is exported

@@ -7,7 +7,7 @@ from typing import Any
 Obj = dict[str, Any]
 APPLY = {"list", "create", "patch", "delete"}  # server-side apply, list, prune
 
-# (apiGroup, resource) -> verbs: what `mmo operator` does (issue 6, kopf's own needs).
+# (apiGroup, resource) -> verbs: what `mmo operator` does (and kopf's own needs).
 NAMESPACED = {
     ("serving.mmo.dev", "multimodalmodels"): {"get", "list", "watch", "patch"},
     ("serving.mmo.dev", "multimodalmodels/status"): {"patch"},

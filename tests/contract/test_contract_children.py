@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from mmo_operator.api.problems import InvalidResource
-from mmo_operator.api.validation import validate, validate_file
 from mmo_operator.builders import build_children
 from mmo_operator.builders.app_args import plan_and_app_args
+from mmo_operator.validation import validate, validate_file
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "hack" / "schemas"

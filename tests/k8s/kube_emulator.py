@@ -51,7 +51,8 @@ import kmock
 import yaml
 from kmock._internal import apps, enums, rendering  # the server internals we extend
 
-Obj = dict[str, Any]
+from mmo_operator.objects import Obj
+
 Key = tuple[kmock.resource, str | None, str]
 
 STATUS_REASONS = {

@@ -30,8 +30,8 @@ from operator_harness import (
     wait_for,
 )
 
-from mmo_operator.api.validation import validate
 from mmo_operator.builders.app_args import plan_and_app_args
+from mmo_operator.validation import validate
 from mmo_serving.config import PlacementPlan
 
 StartOperator = Callable[..., OperatorProcess]

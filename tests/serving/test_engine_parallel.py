@@ -24,8 +24,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmo_serving.config import AppArgs
 from mmo_serving.engine import EmbeddingRequest, ExpertParallelEngine, GenerationRequest
+from mmo_serving.engine.builtin_runner import ModelSource
 from mmo_serving.engine.experts import expert_leaves, leaf_tensor
-from mmo_serving.engine.model_runner import ModelSource
 from mmo_serving.engine.resources import (
     PLACEMENT_STRATEGY,
     placement_group_bundles,

@@ -17,8 +17,8 @@ from mmo_serving.engine import (
     GenerationResult,
     LocalEngine,
 )
+from mmo_serving.engine.builtin_runner import ModelSource
 from mmo_serving.engine.experts import find_moe_layers
-from mmo_serving.engine.model_runner import ModelSource
 from mmo_serving.engine.resources import (
     placement_group_bundles,
     rank_bundles,

@@ -1,4 +1,4 @@
-"""Acceptance of issue 5: a rebalance applied to a running engine without a restart, and
+"""Live rebalancing end to end: a rebalance applied to a running engine without a restart, and
 the balancedness improving on skewed traffic.
 
 The Serve app runs on the session's local Ray with the expert-parallel engine (4 ranks
@@ -25,11 +25,11 @@ import pytest
 from ray import serve
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
-from mmo_operator.api.validation import validate
 from mmo_operator.builders.app_args import build_app_args, plan_and_app_args
 from mmo_operator.builders.rayservice import build_serve_config, deployment_config
 from mmo_operator.planning.live import parse_expert_load
 from mmo_operator.planning.rebalance import should_rebalance
+from mmo_operator.validation import validate
 from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs, PlacementPlan
 
@@ -71,7 +71,7 @@ REQUESTS = 12
 async def tiny_engine(args: AppArgs) -> Any:
     """The expert-parallel engine on the tiny model (the app's engine seam)."""
     from mmo_serving.engine import ExpertParallelEngine
-    from mmo_serving.engine.model_runner import ModelSource
+    from mmo_serving.engine.builtin_runner import ModelSource
 
     engine = ExpertParallelEngine(args, ModelSource("tiny://", tiny=TINY, seed=3))
     await engine.ready()

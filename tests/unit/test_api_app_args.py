@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mmo_operator.api.validation import validate_file
 from mmo_operator.builders.app_args import build_app_args, model_version, plan_and_app_args
+from mmo_operator.validation import validate_file
 from mmo_serving.config import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def test_model_version_changes_with_weights_only(deepseek) -> None:
 
 
 def test_hybrid_settings_reach_the_gateway() -> None:
-    from mmo_operator.api.validation import parse_model, read_file
+    from mmo_operator.api.parse import parse_model, read_file
 
     model = parse_model(read_file(ROOT / "manifests/samples/hybrid-vqa.yaml"))
     args = build_app_args(model, None)

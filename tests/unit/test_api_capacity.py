@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from mmo_operator.api.parse import parse_model, read_document, resolve_architecture
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.v1alpha1 import Architecture
-from mmo_operator.api.validation import (
-    capacity_of,
-    parse_model,
-    read_document,
-    resolve_architecture,
-    validate,
-)
 from mmo_operator.cli import main
 from mmo_operator.planning.capacity import plan_capacity, split_params
+from mmo_operator.validation import capacity_of, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEEPSEEK = Architecture(

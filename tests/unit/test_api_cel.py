@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from mmo_operator.api.crd import build_crd
+from mmo_operator.api.parse import parse_model
 from mmo_operator.api.rules import RULES
-from mmo_operator.api.validation import parse_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]

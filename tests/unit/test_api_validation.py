@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from mmo_operator.api.crd import build_crd
+from mmo_operator.api.parse import read_document
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.rules import RULES
-from mmo_operator.api.validation import read_document, validate, validate_file
 from mmo_operator.cli import main
+from mmo_operator.validation import validate, validate_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))

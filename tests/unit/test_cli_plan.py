@@ -154,8 +154,8 @@ def test_current_plan_text_output_shows_moves_per_layer(
 def test_current_plan_from_a_configmap_or_the_whole_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mmo_operator.api.validation import validate_file
     from mmo_operator.builders.configmap import build_placement_configmap
+    from mmo_operator.validation import validate_file
     from mmo_serving.config import PlacementPlan
 
     current = _current(tmp_path, capsys, PRIVATE)

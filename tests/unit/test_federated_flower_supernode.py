@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mmo_operator.api.validation import parse_model
+from mmo_operator.api.parse import parse_model
 from mmo_operator.builders.supernode import PARTITION_ANNOTATION, build_supernode
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"

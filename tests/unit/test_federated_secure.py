@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mmo_operator.api.validation import parse_model
+from mmo_operator.api.parse import parse_model
 from mmo_operator.policy.admission import check_isolation
 from mmo_serving.federated.rounds import RoundLog
 from mmo_serving.federated.secure import (

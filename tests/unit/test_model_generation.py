@@ -138,7 +138,7 @@ def test_moe_layers_are_discoverable(model) -> None:
 
 
 def test_generation_reports_the_prompt_tokens(model, samples) -> None:
-    from mmo_serving.engine.model_runner import ShapesRunner
+    from mmo_serving.engine.builtin_runner import ShapesRunner
     from mmo_serving.engine.types import GenerationRequest
     from mmo_serving.model.inference import encode_questions
 

@@ -9,13 +9,13 @@ from typing import Any
 import jsonpatch
 import yaml
 
-from mmo_operator.api.validation import validate
 from mmo_operator.builders import build_children
 from mmo_operator.builders.app_args import plan_and_app_args
 from mmo_operator.builders.common import HASH_ANNOTATION
 from mmo_operator.builders.rayservice import cluster_hash
 from mmo_operator.diff import contains, needs_apply
 from mmo_operator.planning.current import plan_in_force
+from mmo_operator.validation import validate
 from mmo_operator.worker_bounds import bounds_patch, serving_clusters, worker_bounds
 
 TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"

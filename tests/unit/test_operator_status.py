@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from mmo_operator.api.validation import validate
 from mmo_operator.builders.app_args import plan_and_app_args
 from mmo_operator.status import Observation, compute_status, condition, is_ready, unparsed_status
+from mmo_operator.validation import validate
 
 TINY = Path(__file__).resolve().parents[1] / "k8s" / "data" / "tiny.yaml"
 

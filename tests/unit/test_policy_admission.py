@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mmo_operator.api.validation import parse_model
+from mmo_operator.api.parse import parse_model
 from mmo_operator.policy.addresses import ClusterNetworks, parse_cidrs, parse_ip
 from mmo_operator.policy.admission import (
     check_isolation,

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mmo_operator.api.validation import validate, validate_file
 from mmo_operator.builders.app_args import build_app_args
 from mmo_operator.policy.engine import OWNED_ENGINE_ARGS
+from mmo_operator.validation import validate, validate_file
 from mmo_serving.config import AppArgs
 from mmo_serving.vllm_args import (
     VllmArgsError,

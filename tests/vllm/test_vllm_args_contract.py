@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from mmo_operator.api.validation import validate
 from mmo_operator.builders.app_args import build_app_args
+from mmo_operator.validation import validate
 from mmo_serving.vllm_args import llm_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from .v1alpha1 import Architecture
 SERVING_PACKAGE = "mmo_serving"
 # Tensors whose name contains one of these are routed-expert weights (stacked [E, ...]).
 EXPERT_TENSOR_MARKERS = (".w_in", ".w_out", ".w_gate")
-# What the serving engine can do with a shipped model (mmo_serving.engine.model_runner).
+# What the serving engine can do with a shipped model (mmo_serving.engine.builtin_runner).
 BUILTIN_QUANTIZATIONS = ("none", "int8")
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from .parse import _unwrap
 from .rules import RULES
 from .v1alpha1 import (
     GROUP,
@@ -26,7 +27,6 @@ from .v1alpha1 import (
     MultimodalModelSpec,
     MultimodalModelStatus,
 )
-from .validation import _unwrap
 
 _DROP = {"title", "discriminator"}
 

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from mmo_serving.config import DataClass, Engine, IsolationMode, Modality, Placement
+
 GROUP = "serving.mmo.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -42,12 +44,7 @@ Quantization = Literal[
     "fp8",
     "experts-int8",
 ]
-Modality = Literal["text", "image"]
 Attention = Literal["mla", "gqa"]
-Placement = Literal["balanced", "contiguous", "roundRobin"]
-IsolationMode = Literal["private", "hybrid", "federated"]
-DataClass = Literal["public", "internal", "sensitive"]
-Engine = Literal["mmo", "vllm"]
 # vLLM 0.29's --all2all-backend choices (vllm.config.parallel.All2AllBackend)
 All2AllBackend = Literal[
     "naive",

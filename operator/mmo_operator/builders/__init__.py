@@ -8,8 +8,6 @@ the operator compares with what it observes, so that an unchanged object costs n
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mmo_operator.api.v1alpha1 import MultimodalModel
@@ -24,18 +22,6 @@ from .supernode import build_supernode
 
 if TYPE_CHECKING:
     from mmo_operator.policy.network import NetworkPeers
-
-
-def _network_policy_builder() -> Callable[..., list[Obj]] | None:
-    """The isolation layer's builder, when it is installed."""
-    try:
-        module = importlib.import_module("mmo_operator.policy.network")
-    except ModuleNotFoundError as e:
-        if e.name in ("mmo_operator.policy", "mmo_operator.policy.network"):
-            return None
-        raise
-    fn: Callable[..., list[Obj]] | None = getattr(module, "build_network_policies", None)
-    return fn
 
 
 def _own(objs: list[Obj], model: MultimodalModel, uid: str | None) -> list[Obj]:
@@ -66,9 +52,10 @@ def build_children(
 
         args = build_app_args(model, plan)
     children: list[Obj] = [build_placement_configmap(model, plan, uid)]
-    network = _network_policy_builder()
-    if network is not None:
-        children += _own(network(model, peers), model, uid)
+    # Imported here: policy.network imports builders.common (until it becomes a builder).
+    from mmo_operator.policy.network import build_network_policies
+
+    children += _own(build_network_policies(model, peers), model, uid)
     children.append(build_worker_pdb(model, uid))
     children.append(build_rayservice(model, args, uid))
     supernode = build_supernode(model, uid)  # federated mode only

@@ -6,8 +6,8 @@ import hashlib
 import json
 
 from mmo_operator.api.v1alpha1 import MultimodalModel, engine_of
-from mmo_operator.api.validation import Validated
 from mmo_operator.planning import plan_for_model
+from mmo_operator.validation import Validated
 from mmo_serving.config import (
     AppArgs,
     AutoscalingArgs,

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from mmo_operator.api.v1alpha1 import API_VERSION, KIND, MultimodalModel
+from mmo_operator.objects import Obj
 
 MANAGER = "mmo-operator"
 MODEL_LABEL = "serving.mmo.dev/model"
@@ -15,13 +16,12 @@ HASH_ANNOTATION = "serving.mmo.dev/spec-hash"
 CLUSTER_HASH_ANNOTATION = "serving.mmo.dev/cluster-hash"
 UPGRADE_ANNOTATION = "serving.mmo.dev/upgrade-strategy"
 
-# Ports (contracts file): GCS, dashboard, client, Ray's Prometheus endpoint.
+# Ports: GCS, dashboard, client, Ray's Prometheus endpoint (the chart's NetworkPolicies
+# and the dashboards use the same numbers).
 GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
-
-Obj = dict[str, Any]
 
 
 def rayservice_name(model: MultimodalModel) -> str:
@@ -50,7 +50,7 @@ def endpoint(model: MultimodalModel) -> str:
 
 
 def labels(model: MultimodalModel) -> dict[str, str]:
-    """Labels of every object the operator creates for a model (contracts file)."""
+    """Labels of every object the operator creates for a model (selectors rely on them)."""
     return {
         "app.kubernetes.io/name": "mmo",
         "app.kubernetes.io/instance": model.name,

@@ -1,7 +1,7 @@
 """PodMonitor ``NAME`` scraping Ray's Prometheus endpoint on every pod of the model.
 
 Ray prefixes custom metrics with ``ray_``; the relabeling renames ``ray_(mmo_.*)`` to
-``$1`` so that dashboards and alerts see ``mmo_*`` (contracts file). vLLM's engine
+``$1`` so that dashboards and alerts see ``mmo_*`` (README: Dashboards and alerts). vLLM's engine
 metrics (``ray_vllm_*``, recorded through Ray by Ray Serve LLM, labelled ``model_name``
 and ``engine``) keep their names, as Ray's own LLM dashboards query them. Every series
 gets a ``model`` label from the pod's ``serving.mmo.dev/model`` label, which dashboards

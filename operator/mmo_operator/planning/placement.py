@@ -19,16 +19,15 @@ Pure: numpy and pydantic only.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 
 from mmo_operator.planning import churn, packing
 from mmo_operator.planning.loads import load_matrix
-from mmo_serving.config import EMPTY_SLOT, LayerPlacement, PlacementPlan
+from mmo_serving.config import EMPTY_SLOT, LayerPlacement, Placement, PlacementPlan
 
-Strategy = Literal["balanced", "contiguous", "roundRobin"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
+STRATEGIES: tuple[str, ...] = get_args(Placement)
 DEFAULT_CHURN_TOLERANCE = 0.02
 
 

@@ -30,16 +30,15 @@ __all__ = [
     "make_engine",
 ]
 
-_LAZY = {
-    "LocalEngine": "mmo_serving.engine.local",
-    "ExpertParallelEngine": "mmo_serving.engine.parallel",
-    "make_engine": "mmo_serving.engine.parallel",
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    """The engines load torch and ray: they are imported on first use."""
+    if name == "LocalEngine":
+        from mmo_serving.engine.local import LocalEngine
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return LocalEngine
+    if name in ("ExpertParallelEngine", "make_engine"):
+        from mmo_serving.engine import parallel
+
+        return getattr(parallel, name)
     raise AttributeError(f"module 'mmo_serving.engine' has no attribute {name!r}")

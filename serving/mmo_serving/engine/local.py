@@ -49,7 +49,7 @@ def build_expert_load(
 
 def default_runner_factory(args: AppArgs) -> RunnerFactory:
     """The runner of the model named by ``args`` (``mmo_serving.model``)."""
-    from mmo_serving.engine.model_runner import ModelSource
+    from mmo_serving.engine.builtin_runner import ModelSource
 
     return ModelSource.from_args(args)
 

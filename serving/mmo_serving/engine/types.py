@@ -151,7 +151,7 @@ class ExpertLoad:
 
 
 class Engine(Protocol):
-    """What the Serve app calls (contract: /tmp/mmo-contracts.md, "Serving engine")."""
+    """What the Serve app calls on an engine."""
 
     async def generate(self, items: list[GenerationRequest]) -> list[GenerationResult]: ...
 

@@ -1,4 +1,4 @@
-"""Federated fine-tuning of the answer head with Flower (issue 7, the ``federated`` extra).
+"""Federated fine-tuning of the answer head with Flower (the ``federated`` extra).
 
 - :mod:`.dp` clipping and Gaussian noise of a site's update (numpy);
 - :mod:`.data` each site's skewed share of the synthetic task; :mod:`.head` the tuned

@@ -44,7 +44,6 @@ Interface for the serving engine
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 _EXPORTS = {
@@ -80,7 +79,42 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'mmo_serving.model' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"mmo_serving.model.{mod}"), name)
+    """Each name loads its own module on first use (most of them import torch)."""
+    match _EXPORTS.get(name):
+        case "checkpoint":
+            from mmo_serving.model import checkpoint
+
+            return getattr(checkpoint, name)
+        case "config":
+            from mmo_serving.model import config
+
+            return getattr(config, name)
+        case "inference":
+            from mmo_serving.model import inference
+
+            return getattr(inference, name)
+        case "moe":
+            from mmo_serving.model import moe
+
+            return getattr(moe, name)
+        case "preprocess":
+            from mmo_serving.model import preprocess
+
+            return getattr(preprocess, name)
+        case "quant":
+            from mmo_serving.model import quant
+
+            return getattr(quant, name)
+        case "scope":
+            from mmo_serving.model import scope
+
+            return getattr(scope, name)
+        case "tokenizer":
+            from mmo_serving.model import tokenizer
+
+            return getattr(tokenizer, name)
+        case "transformer":
+            from mmo_serving.model import transformer
+
+            return getattr(transformer, name)
+    raise AttributeError(f"module 'mmo_serving.model' has no attribute {name!r}")
