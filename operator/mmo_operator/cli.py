@@ -64,7 +64,7 @@ def _non_negative(text: str) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mmo_operator.api.validation import validate_file
+    from mmo_operator.validation import validate_file
 
     results: list[dict[str, Any]] = []
     failed = 0
@@ -98,16 +98,14 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from mmo_operator.api.validation import (
+    from mmo_operator.api.parse import parse_model, read_file, resolve_architecture
+    from mmo_operator.planning import plan_for_model
+    from mmo_operator.planning.current import replan
+    from mmo_operator.validation import (
         builtin_rule_problems,
         capacity_of,
         cross_field_problems,
-        parse_model,
-        read_file,
-        resolve_architecture,
     )
-    from mmo_operator.planning import plan_for_model
-    from mmo_operator.planning.current import replan
 
     if args.max_moves is not None and args.current is None:
         print("mmo plan: --max-moves needs --current PLAN.json", file=sys.stderr)

@@ -28,7 +28,6 @@ import kopf
 from mmo_operator import metrics
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
-from mmo_operator.api.validation import validate
 from mmo_operator.builders.common import MANAGER, MODEL_LABEL
 from mmo_operator.catch_up import catch_up
 from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
@@ -37,6 +36,7 @@ from mmo_operator.policy.addresses import ClusterNetworks
 from mmo_operator.policy.network import NetworkPeers
 from mmo_operator.rebalance import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
 from mmo_operator.reconcile import Outcome, Reconciler
+from mmo_operator.validation import validate
 
 log = logging.getLogger("mmo_operator")
 

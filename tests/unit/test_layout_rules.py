@@ -125,13 +125,8 @@ OPERATOR_LAYERS: dict[str, int] = {
 ALLOWED_ARROWS = {
     # moves with the NetworkPolicy builder
     ("mmo_operator.policy.network", "mmo_operator.builders.common"),
-    # names kept for cli.py and handlers.py, rewritten elsewhere now; the module goes when
-    # they import mmo_operator.validation and mmo_operator.api.parse
-    ("mmo_operator.api.validation", "mmo_operator.validation"),
 }
 ALLOWED_DYNAMIC_IMPORTS = {
-    # moves with the NetworkPolicy builder (the try-import of policy.network)
-    "mmo_operator.builders.rayservice",
     # the CLI becomes one package in the change that rewrites cli.py
     "mmo_operator.cli",
 }

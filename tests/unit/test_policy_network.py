@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mmo_operator.api import MultimodalModel
-from mmo_operator.api.validation import parse_model
+from mmo_operator.api.parse import parse_model
 from mmo_operator.policy.flows import Endpoint, external, is_allowed, leaving_namespace, pod
 from mmo_operator.policy.network import (
     OFFLINE_ENV,
