@@ -7,7 +7,8 @@ module takes those AppArgs, applies the local overrides, then:
 2. a private Ray (``include_dashboard=False``, logical GPUs = the spec's GPUs, the
    Prometheus metrics port fixed and printed),
 3. Serve on ``--host:--port``, the app deployed with ``serve.run`` while progress is
-   printed,
+   printed (engine vllm: on the CPU where torch sees no GPU, see
+   :func:`engine_accelerator`),
 4. the endpoint, the metrics URL and a ready-to-paste request,
 5. on Ctrl-C or SIGTERM: ``serve.shutdown()`` then ``ray.shutdown()``: nothing is left
    running.
