@@ -2,7 +2,8 @@
 configuration classes. Run with the python of the venv that has Ray 2.60 and vLLM.
 
 stdin: a JSON object {name: LLMConfig dict}. For each dict: Ray's ``LLMConfig`` accepts
-it; vLLM's ``AsyncEngineArgs`` accepts every engine argument (an unknown name is a
+it and turns it into the engine's arguments as a replica does (``VLLMEngineConfig``);
+vLLM's ``AsyncEngineArgs`` accepts every engine argument (an unknown name is a
 TypeError), its ``EPLBConfig`` the EPLB settings, its ``ParallelConfig`` the parallel
 settings (without EPLB, which vLLM refuses on a machine without CUDA). Also: the kept list
 of engine-argument names equals the installed vLLM's. Prints one line per config; exit
@@ -21,11 +22,13 @@ EPLB_ARGS = ("enable_eplb", "eplb_config")
 
 
 def check(config: dict) -> None:
+    from ray.llm._internal.serve.engines.vllm.vllm_models import VLLMEngineConfig
     from ray.serve.llm import LLMConfig
     from vllm.config import EPLBConfig, ParallelConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
 
-    LLMConfig(**config)
+    # Ray Serve LLM's own engine arguments (it refuses some names mmo could set)
+    VLLMEngineConfig.from_llm_config(LLMConfig(**config)).get_initialization_kwargs()
     kwargs = dict(config["engine_kwargs"])
     source = config["model_loading_config"]["model_source"]
     AsyncEngineArgs(model=source if isinstance(source, str) else "model", **kwargs)
@@ -36,8 +39,9 @@ def check(config: dict) -> None:
 
 
 def kept_names_match() -> str | None:
-    import vllm
     from vllm.engine.arg_utils import AsyncEngineArgs
+
+    import vllm
 
     kept = {
         line.strip()

@@ -65,6 +65,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             audit_file=args.audit_file,
             timeout_s=args.timeout,
             verbose=args.verbose,
+            accelerator=args.accelerator,
         ),
     )
 
@@ -100,5 +101,12 @@ def register(subparsers: Any) -> None:
         help="audit lines (JSON, one per decision) go here (default: a file in the temp dir)",
     )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--accelerator",
+        choices=("auto", "gpu", "cpu"),
+        default="auto",
+        help="engine vllm: run vLLM on the GPU or the CPU (default: %(default)s, the GPU "
+        "when torch sees one)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show Ray's and Serve's logs")
     p.set_defaults(func=cmd_up)

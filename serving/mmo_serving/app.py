@@ -43,6 +43,8 @@ from mmo_serving.openai import schema as oa
 from mmo_serving.openai.body import read_body
 from mmo_serving.openai.errors import error_response, install_error_handlers
 from mmo_serving.openai.sse import events, primed, words
+from mmo_serving.vllm_args import Accelerator, llm_config
+from mmo_serving.vllm_engine import build_vllm_deployment
 
 log = logging.getLogger("mmo_serving.app")
 
@@ -51,6 +53,8 @@ EMBED_ROUTE = "/v1/embeddings"
 ROUTES = (CHAT_ROUTE, EMBED_ROUTE)
 
 GatewayFactory = Callable[[AppArgs], Gateway]
+# an LLMConfig dict -> the bound engine deployment
+LlmDeploymentBuilder = Callable[[dict[str, Any]], Application]
 
 api = FastAPI(title="mmo", docs_url=None, redoc_url=None, openapi_url=None)
 install_error_handlers(api)
@@ -354,14 +358,26 @@ def build_vllm_app(
     engine_factory: EngineFactory | None = None,
     gateway_factory: GatewayFactory | None = None,
     options: dict[str, Any] | None = None,
+    accelerator: Accelerator = "gpu",
+    llm_deployment: LlmDeploymentBuilder | None = None,
 ) -> Application:
-    """The front plus a Ray Serve LLM deployment, its handle bound as ``engine_handle``."""
-    raise NotImplementedError(
-        "engine vllm: the Ray Serve LLM application is not built yet; use engine mmo"
+    """The front plus a Ray Serve LLM deployment, its handle bound as ``engine_handle``.
+
+    The LLM deployment runs vLLM with :func:`~mmo_serving.vllm_args.llm_config`'s
+    arguments for ``accelerator`` ("cpu": ``mmo up`` on a machine without GPUs); its
+    Serve options (the engine's placement group, autoscaling in data-parallel groups) are
+    Ray Serve LLM's own. ``llm_deployment`` replaces Ray Serve LLM's builder (tests).
+    """
+    build = llm_deployment or build_vllm_deployment
+    engine = build(llm_config(args, accelerator=accelerator))
+    deployment: Any = MmoIngress
+    opts = deployment_options(args, overrides=options)
+    return deployment.options(**opts).bind(
+        args.to_json_dict(),
+        engine_handle=engine,
+        engine_factory=engine_factory,
+        gateway_factory=gateway_factory,
     )
-
-
-APP_BUILDERS = {"mmo": build_mmo_app, "vllm": build_vllm_app}
 
 
 def build_app(
@@ -370,11 +386,23 @@ def build_app(
     engine_factory: EngineFactory | None = None,
     gateway_factory: GatewayFactory | None = None,
     options: dict[str, Any] | None = None,
+    accelerator: Accelerator = "gpu",
 ) -> Application:
     """The application of ``args.engine``. ``engine_factory``/``gateway_factory`` replace
-    the defaults (tests, benchmarks); ``options`` override deployment options."""
+    the defaults (tests, benchmarks); ``options`` override deployment options.
+
+    ``accelerator`` is what the vLLM engine runs on: "gpu" in a cluster (Serve calls this
+    builder with ``args`` only), "cpu" where ``mmo up`` finds no GPU. The built-in engine
+    ignores it (its ranks run wherever torch finds a device)."""
     app_args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-    builder = APP_BUILDERS[app_args.engine]
-    return builder(
+    if app_args.engine == "vllm":
+        return build_vllm_app(
+            app_args,
+            engine_factory=engine_factory,
+            gateway_factory=gateway_factory,
+            options=options,
+            accelerator=accelerator,
+        )
+    return build_mmo_app(
         app_args, engine_factory=engine_factory, gateway_factory=gateway_factory, options=options
     )

@@ -7,7 +7,8 @@ module takes those AppArgs, applies the local overrides, then:
 2. a private Ray (``include_dashboard=False``, logical GPUs = the spec's GPUs, the
    Prometheus metrics port fixed and printed),
 3. Serve on ``--host:--port``, the app deployed with ``serve.run`` while progress is
-   printed,
+   printed (engine vllm: on the CPU where torch sees no GPU, see
+   :func:`engine_accelerator`),
 4. the endpoint, the metrics URL and a ready-to-paste request,
 5. on Ctrl-C or SIGTERM: ``serve.shutdown()`` then ``ray.shutdown()``: nothing is left
    running.
@@ -28,16 +29,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from mmo_serving.config import AUDIT_KEY_ENV, AppArgs
 from mmo_serving.metrics import METRICS_REPORT_INTERVAL_MS
+from mmo_serving.vllm_args import Accelerator
 
 APP_NAME = "mmo"
 DEFAULT_METRICS_PORT = 8080
 SAMPLE_QUESTION = "what colour is the circle?"
+SAMPLE_TEXT = "Name three colours."
 
 
 @dataclass
@@ -51,6 +54,8 @@ class UpOptions:
     audit_file: str | None = None
     timeout_s: float = 900.0
     verbose: bool = False
+    # engine vllm: what it runs on; auto = gpu where torch sees a CUDA device, else cpu
+    accelerator: Literal["auto", "gpu", "cpu"] = "auto"
 
 
 class UpError(Exception):
@@ -75,6 +80,21 @@ def local_app_args(args: AppArgs, opts: UpOptions) -> AppArgs:
         )
         args.isolation.audit_path = os.path.abspath(path)
     return AppArgs.model_validate(args.model_dump())
+
+
+def engine_accelerator(
+    choice: str, cuda_available: Callable[[], bool] | None = None
+) -> Accelerator:
+    """What the vLLM engine runs on under ``mmo up``: ``--accelerator``, or for ``auto``
+    a GPU when torch sees a CUDA device, the CPU otherwise. (Ray's logical GPUs, which
+    ``mmo up`` always declares, say nothing about the hardware.)"""
+    if choice in ("gpu", "cpu"):
+        return "gpu" if choice == "gpu" else "cpu"
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available
+    return "gpu" if cuda_available() else "cpu"
 
 
 def check_port_free(host: str, port: int, what: str, flag: str) -> None:
@@ -128,6 +148,8 @@ def sample_image_data_url() -> str:
 
 
 def sample_request(args: AppArgs) -> dict[str, Any]:
+    if "image" not in args.modalities:
+        return {"model": args.name, "messages": [{"role": "user", "content": SAMPLE_TEXT}]}
     return {
         "model": args.name,
         "messages": [
@@ -156,6 +178,10 @@ def mmo_command(argv0: str | None = None, cwd: str | None = None) -> str:
 
 def banner(args: AppArgs, url: str, metrics_url: str) -> str:
     body = json.dumps(sample_request(args), separators=(",", ":"))
+    if "image" in args.modalities:
+        ask_args = f"--image PICTURE.png {shlex.quote(SAMPLE_QUESTION)}"
+    else:
+        ask_args = shlex.quote(SAMPLE_TEXT)
     curl = (
         f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
         f"-d {shlex.quote(body)}"
@@ -171,8 +197,7 @@ def banner(args: AppArgs, url: str, metrics_url: str) -> str:
             f"  audit:     {args.isolation.audit_path or 'off'}",
             "  try:",
             f"    {curl}",
-            f"    {shlex.quote(mmo_command())} ask --url {url} --image PICTURE.png "
-            f"{shlex.quote(SAMPLE_QUESTION)}",
+            f"    {shlex.quote(mmo_command())} ask --url {url} {ask_args}",
             "  Ctrl-C stops everything.",
             "",
         ]
@@ -227,6 +252,7 @@ def run_up(app_args: AppArgs, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         print(f"mmo up: {exc}", file=sys.stderr)
         return 1
     num_cpus = opts.num_cpus or max(4, os.cpu_count() or 1)
+    accelerator = engine_accelerator(opts.accelerator) if args.engine == "vllm" else "gpu"
     url = f"http://{opts.host}:{args.port}"
     metrics_url = f"http://127.0.0.1:{opts.metrics_port}/metrics"
     out.write(
@@ -234,6 +260,8 @@ def run_up(app_args: AppArgs, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         f"{args.placement.balancedness if args.placement else 1.0:.3f}\n"
         f"mmo up: starting a private Ray ({num_cpus} CPUs, {args.num_gpus} logical GPUs)\n"
     )
+    if args.engine == "vllm":
+        out.write(f"mmo up: engine vllm on the {accelerator.upper()} ({args.model_source})\n")
     out.flush()
     old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     # Quiet Ray's start-up: the logical GPUs are what we want (see ray_cluster fixture).
@@ -265,7 +293,8 @@ def run_up(app_args: AppArgs, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, _raise_stop)
         serve.start(http_options={"host": opts.host, "port": args.port})
-        code = _deploy_and_wait(args, opts, out, url, metrics_url, build_app)
+        app = build_app(args, accelerator=accelerator)
+        code = _deploy_and_wait(app, args, opts, out, url, metrics_url)
     except (_Stop, KeyboardInterrupt):
         out.write("\nmmo up: stopping\n")
     except Exception as exc:
@@ -287,7 +316,7 @@ def run_up(app_args: AppArgs, opts: UpOptions, out: TextIO = sys.stdout) -> int:
 
 
 def _deploy_and_wait(
-    args: AppArgs, opts: UpOptions, out: TextIO, url: str, metrics_url: str, build_app: Any
+    app: Any, args: AppArgs, opts: UpOptions, out: TextIO, url: str, metrics_url: str
 ) -> int:
     """``serve.run`` in the main thread (Ctrl-C interrupts it); a helper thread prints
     progress and interrupts the main thread when the readiness timeout passes."""
@@ -311,7 +340,7 @@ def _deploy_and_wait(
     poller = threading.Thread(target=poll, name="mmo-up-progress", daemon=True)
     poller.start()
     try:
-        serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+        serve.run(app, name=APP_NAME, route_prefix="/")
     except KeyboardInterrupt:
         if timed_out.is_set():
             print(f"mmo up: not ready after {opts.timeout_s:.0f}s", file=sys.stderr)

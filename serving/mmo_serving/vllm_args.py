@@ -105,7 +105,6 @@ def engine_kwargs(args: AppArgs, vllm: VllmArgs, accelerator: Accelerator) -> di
     """vLLM's engine arguments; the user's ``engine_args`` come last."""
     dp = data_parallel_size(args, vllm) if accelerator == "gpu" else 1
     kw: dict[str, Any] = {
-        "served_model_name": args.name,
         "dtype": args.dtype,
         "tensor_parallel_size": vllm.tensor_parallel_size,
         "data_parallel_size": dp,

@@ -406,12 +406,69 @@ def test_app_unknown_route_and_method_in_openai_shape() -> None:
     assert "method GET is not allowed on /v1/embeddings; allowed: POST" in err["message"]
 
 
-def test_app_build_app_dispatches_per_engine() -> None:
-    from mmo_serving.app import APP_BUILDERS, build_app
+VLLM_ARGS = AppArgs(name="m", model_source="file:///ckpt/m", engine="vllm", num_gpus=2)
 
-    assert set(APP_BUILDERS) == {"mmo", "vllm"}
-    with pytest.raises(NotImplementedError, match="engine vllm"):
-        build_app(ARGS.model_copy(update={"engine": "vllm"}))
+
+def _vllm_app(accelerator: Any = None) -> tuple[Any, list[dict[str, Any]]]:
+    """build_app for engine vllm with Ray Serve LLM's builder replaced by a recorder that
+    returns a plain bound deployment (Ray Serve LLM needs vLLM, absent from this venv)."""
+    from ray import serve
+
+    from mmo_serving.app import build_app, build_vllm_app
+
+    @serve.deployment(name="fake-llm")
+    class FakeLlm:
+        pass
+
+    configs: list[dict[str, Any]] = []
+
+    def llm_deployment(config: dict[str, Any]) -> Any:
+        configs.append(config)
+        return FakeLlm.bind()
+
+    if accelerator is None:
+        app = build_vllm_app(VLLM_ARGS, llm_deployment=llm_deployment)
+        assert "engine_handle" not in build_app(ARGS)._bound_deployment.init_kwargs
+    else:
+        app = build_vllm_app(VLLM_ARGS, llm_deployment=llm_deployment, accelerator=accelerator)
+    return app._bound_deployment, configs
+
+
+def test_app_build_vllm_app_binds_the_llm_deployment_as_the_engine_handle() -> None:
+    from mmo_serving.deployment import INGRESS_DEPLOYMENT, deployment_options
+
+    ingress, configs = _vllm_app()
+    assert ingress.name == INGRESS_DEPLOYMENT
+    assert ingress.init_args == (VLLM_ARGS.to_json_dict(),)
+    assert ingress.init_kwargs["engine_handle"]._bound_deployment.name == "fake-llm"
+    expected = deployment_options(VLLM_ARGS)
+    assert ingress.ray_actor_options == {**expected["ray_actor_options"]}
+    assert "num_gpus" not in ingress.ray_actor_options
+    # in a cluster (Serve calls build_app with args only) the engine runs on GPUs
+    (config,) = configs
+    assert "accelerator_config" not in config
+    assert config["engine_kwargs"]["data_parallel_size"] == 2
+    assert config["engine_kwargs"]["enable_expert_parallel"] is True
+    assert config["model_loading_config"] == {"model_id": "m", "model_source": "/ckpt/m"}
+
+
+def test_app_build_vllm_app_on_cpu_asks_for_no_gpu() -> None:
+    _ingress, (config,) = _vllm_app("cpu")
+    assert config["accelerator_config"] == {"kind": "cpu"}
+    assert config["engine_kwargs"]["data_parallel_size"] == 1
+    assert "enable_expert_parallel" not in config["engine_kwargs"]
+
+
+def test_app_build_app_passes_the_accelerator_to_the_vllm_builder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mmo_serving import app
+
+    seen: list[Any] = []
+    monkeypatch.setattr(app, "build_vllm_app", lambda args, **kw: seen.append(kw["accelerator"]))
+    app.build_app(VLLM_ARGS, accelerator="cpu")
+    app.build_app(VLLM_ARGS.to_json_dict())
+    assert seen == ["cpu", "gpu"]
 
 
 def test_app_default_engine_factory_for_vllm_needs_its_module() -> None:

@@ -157,3 +157,45 @@ def test_up_makes_a_random_audit_key_per_run_unless_one_is_exported() -> None:
     assert first == {"MMO_AUDIT_KEY": key} and len(key) == 64
     assert ensure_audit_key(second) != key  # another run, another key
     assert ensure_audit_key({"MMO_AUDIT_KEY": "mine"}) == "mine"
+
+
+def test_up_accelerator_of_the_vllm_engine() -> None:
+    from mmo_serving.local import engine_accelerator
+
+    assert engine_accelerator("cpu", lambda: True) == "cpu"
+    assert engine_accelerator("gpu", lambda: False) == "gpu"
+    assert engine_accelerator("auto", lambda: True) == "gpu"
+    assert engine_accelerator("auto", lambda: False) == "cpu"
+
+
+def _local_checkpoint_spec(tmp_path: Path, source: str) -> Path:
+    text = (ROOT / "manifests/samples/deepseek-v3-int4.yaml").read_text()
+    spec = tmp_path / "local.yaml"
+    spec.write_text(text.replace("pvc://model-store/deepseek-v3-awq", source))
+    return spec
+
+
+def test_up_serves_a_local_checkpoint_that_a_cluster_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mmo_serving.vllm_args import llm_config
+
+    spec = _local_checkpoint_spec(tmp_path, f"file://{tmp_path}/ckpt")
+    args = up_app_args(str(spec))
+    assert args.engine == "vllm" and args.model_source == f"file://{tmp_path}/ckpt"
+    config = llm_config(args, accelerator="cpu")
+    assert config["model_loading_config"]["model_source"] == f"{tmp_path}/ckpt"
+    assert config["accelerator_config"] == {"kind": "cpu"}
+    # what the operator's admission (and `mmo validate`) says of the same file
+    assert main(["validate", str(spec)]) != 0
+    err = capsys.readouterr()
+    assert "spec.model.source" in err.out + err.err
+    assert "serves only with `mmo up`" in err.out + err.err
+
+
+def test_banner_of_a_text_model_asks_without_an_image(tmp_path: Path) -> None:
+    args = up_app_args(str(_local_checkpoint_spec(tmp_path, f"file://{tmp_path}/ckpt")))
+    text = banner(args, "http://127.0.0.1:8000", "http://127.0.0.1:8080/metrics")
+    ask = next(line.strip() for line in text.splitlines() if " ask " in line)
+    assert ask.endswith("ask --url http://127.0.0.1:8000 'Name three colours.'")
+    assert "image_url" not in text

@@ -421,3 +421,25 @@ def test_mmo_up_accepts_a_loopback_endpoint_with_a_warning(
     assert "warning: hybrid endpoint 127.0.0.1 is loopback" in capsys.readouterr().err
     assert main(["validate", str(path)]) == 1  # the operator's check refuses it
     assert "127.0.0.1, loopback: never a peer" in capsys.readouterr().err
+
+
+def test_local_checkpoint_source_only_for_mmo_up() -> None:
+    model = parse_model(patched("deepseek-v3-int4.yaml", "spec.model.source", "file:///ckpt/ds"))
+    ((path, message),) = [(p.path, p.message) for p in check_isolation(model)]
+    assert path == "spec.model.source"
+    assert "file:// names a directory on one machine" in message
+    assert "`mmo up`" in message and "pvc://CLAIM/PATH" in message
+    assert check_isolation(model, local=True) == []
+
+
+def test_local_checkpoint_source_must_be_absolute() -> None:
+    from mmo_operator.api.validation import validate
+
+    from mmo_operator.api.problems import InvalidResource
+
+    doc = patched("deepseek-v3-int4.yaml", "spec.model.source", "file://ckpt/ds")
+    with pytest.raises(InvalidResource) as err:
+        validate(doc, local=True)
+    (problem,) = err.value.problems
+    assert problem.path == "spec.model.source"
+    assert "file:///ABSOLUTE/DIR (mmo up only)" in problem.message

@@ -302,3 +302,32 @@ def vl_inputs(checkpoint: Path, messages: list[dict[str, Any]], images: list[Any
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
+
+
+def greedy_answers(checkpoint: Path, prompts: Any, max_tokens: int) -> list[dict[str, Any]]:
+    """transformers' greedy answers to one-message chats: the generated token ids, their
+    text, the prompt's length and the special ids (which have no text)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    out = []
+    for prompt in prompts:
+        enc = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        gen = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False)
+        ids = gen[0, enc["input_ids"].shape[1] :].tolist()
+        out.append(
+            {
+                "ids": ids,
+                "text": tok.decode(ids, skip_special_tokens=True),
+                "prompt_tokens": int(enc["input_ids"].shape[1]),
+                "specials": tok.all_special_ids,
+            }
+        )
+    return out

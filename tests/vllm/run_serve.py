@@ -116,31 +116,6 @@ def _messages(prompt: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": prompt}]
 
 
-def reference(checkpoint: Path) -> list[dict[str, Any]]:
-    """transformers' greedy answers: token ids and text."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    out = []
-    for prompt in PROMPTS:
-        enc = tok.apply_chat_template(
-            _messages(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        gen = model.generate(**enc, max_new_tokens=MAX_TOKENS, do_sample=False)
-        ids = gen[0, enc["input_ids"].shape[1] :].tolist()
-        out.append(
-            {
-                "ids": ids,
-                "text": tok.decode(ids, skip_special_tokens=True),
-                "prompt_tokens": int(enc["input_ids"].shape[1]),
-                "specials": tok.all_special_ids,
-            }
-        )
-    return out
-
-
 def llm_config(checkpoint: Path) -> dict[str, Any]:
     return {
         "model_loading_config": {"model_id": MODEL, "model_source": str(checkpoint)},
@@ -187,7 +162,7 @@ def main(work: Path) -> None:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     checkpoint = ck.make_qwen3_moe(work / "qwen3-moe")
-    expected = reference(checkpoint)
+    expected = ck.greedy_answers(checkpoint, PROMPTS, MAX_TOKENS)
     timings["checkpoint_and_reference_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

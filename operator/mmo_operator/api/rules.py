@@ -162,7 +162,7 @@ RULES: list[CrossFieldRule] = [
         cel="!has(self.serving.engine) || "
         "(self.serving.engine == 'mmo') == self.model.source.startsWith('builtin://')",
         message="engine mmo serves only builtin:// sources and engine vllm only checkpoints "
-        "(pvc://, s3://, hf://, https://); set engine to match model.source or omit it "
+        "(pvc://, s3://, hf://, https://, file://); set engine to match model.source or omit it "
         "(mmo for builtin://, vllm otherwise)",
         holds=lambda s: (
             s.serving.engine is None or ((s.serving.engine == "mmo") == is_builtin(s.model.source))

@@ -60,8 +60,10 @@ All2AllBackend = Literal[
     "flashinfer_nvlink_one_sided",
 ]
 
-SOURCE_SCHEMES = ("builtin://", "pvc://", "s3://", "hf://", "https://")
-_SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|pvc://[a-z0-9][a-z0-9.-]*/.+|s3://[a-z0-9][a-z0-9.-]*/.+|hf://[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|https://.+)$"
+SOURCE_SCHEMES = ("builtin://", "pvc://", "s3://", "hf://", "https://", "file://")
+# A directory on this machine: for `mmo up` only (admission refuses it in a cluster)
+LOCAL_SOURCE = "file://"
+_SOURCE_PATTERN = r"^(builtin://[a-z0-9][a-z0-9-]*|pvc://[a-z0-9][a-z0-9.-]*/.+|s3://[a-z0-9][a-z0-9.-]*/.+|hf://[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|https://.+|file:///.+)$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$|^[0-9a-fA-F:]+/[0-9]{1,3}$"
 _HTTP_URL = r"^https?://.+"
@@ -75,7 +77,7 @@ _LABEL_KEY = re.compile(
 # What each pattern means, for error messages (a regex is no help to a person).
 PATTERN_HINTS = {
     _SOURCE_PATTERN: "expected builtin://NAME, pvc://CLAIM/PATH, s3://BUCKET/PATH, "
-    "hf://ORG/NAME or https://URL",
+    "hf://ORG/NAME, https://URL or file:///ABSOLUTE/DIR (mmo up only)",
     _DNS_LABEL: "expected a DNS label: lowercase letters, digits and '-', starting and "
     "ending with a letter or digit",
     _CIDR: "expected a CIDR with its prefix length, e.g. 10.0.0.0/16 or 2001:db8::/32",
@@ -181,7 +183,8 @@ class ModelSpec(ApiModel):
         pattern=_SOURCE_PATTERN,
         description=(
             "Model weights: builtin://NAME (shipped in the package), pvc://CLAIM/PATH, "
-            "s3://BUCKET/PATH (with s3), hf://ORG/NAME or https://URL."
+            "s3://BUCKET/PATH (with s3), hf://ORG/NAME, https://URL, or file:///ABSOLUTE/DIR "
+            "(a checkpoint directory on this machine: mmo up only, refused in a cluster)."
         ),
     )
     s3: S3Source | None = Field(default=None, description="Required for s3:// sources.")
@@ -501,7 +504,7 @@ class Serving(ApiModel):
     engine: Engine | None = Field(
         default=None,
         description="mmo: the built-in engine (builtin:// sources only); vllm: vLLM on Ray "
-        "Serve LLM (checkpoints: pvc://, s3://, hf://, https://). Omitted: mmo for "
+        "Serve LLM (checkpoints: pvc://, s3://, hf://, https://, file://). Omitted: mmo for "
         "builtin:// sources, vllm for every other source.",
     )
     vllm: Vllm | None = Field(default=None, description="vLLM settings (engine vllm only).")

@@ -6,6 +6,8 @@ in the wrong mode, a non-https hybrid endpoint, ``sensitive`` in offloadDataClas
 here (``mmo validate`` prints both lists). What this module adds, and why:
 
 Every mode
+    - ``file://`` sources (a checkpoint directory on this machine) serve only with
+      ``mmo up`` (``local=True``); in a cluster no pod has that directory.
     - ``hf://`` and ``https://`` sources are refused in hybrid mode too: pods of every
       mode run with the hub and downloads off (``HF_HUB_OFFLINE=1``...) and hybrid egress
       reaches only the endpoint's CIDRs, so such a source could never load. Stage the
@@ -78,6 +80,7 @@ import re
 from urllib.parse import urlsplit
 
 from mmo_operator.api import MultimodalModel, Problem
+from mmo_operator.api.v1alpha1 import LOCAL_SOURCE
 from mmo_operator.policy.addresses import (
     INSIDE,
     LOOPBACK,
@@ -187,11 +190,20 @@ def is_in_cluster_host(host: str, cluster: ClusterNetworks | None = None) -> boo
 
 
 def _source_problems(
-    model: MultimodalModel, cluster: ClusterNetworks | None = None
+    model: MultimodalModel, cluster: ClusterNetworks | None = None, local: bool = False
 ) -> list[Problem]:
     spec = model.spec
     source = spec.model.source
     out = []
+    if source.startswith(LOCAL_SOURCE) and not local:
+        out.append(
+            Problem(
+                "spec.model.source",
+                f"{LOCAL_SOURCE} names a directory on one machine and serves only with "
+                "`mmo up` there; in a cluster use pvc://CLAIM/PATH (the checkpoint on a "
+                "PersistentVolumeClaim) or an in-cluster s3://",
+            )
+        )
     if spec.isolation.mode == "hybrid" and source.startswith(("hf://", "https://")):
         out.append(
             Problem(
@@ -504,7 +516,7 @@ def check_isolation(
     allowed (:func:`egress_notes` says so)."""
     cluster = cluster or ClusterNetworks()
     return (
-        _source_problems(model, cluster)
+        _source_problems(model, cluster, local)
         + _hybrid_problems(model)
         + _federated_problems(model)
         + _egress_problems(model, cluster, local)
