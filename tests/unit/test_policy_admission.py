@@ -433,9 +433,8 @@ def test_local_checkpoint_source_only_for_mmo_up() -> None:
 
 
 def test_local_checkpoint_source_must_be_absolute() -> None:
-    from mmo_operator.api.validation import validate
-
     from mmo_operator.api.problems import InvalidResource
+    from mmo_operator.validation import validate
 
     doc = patched("deepseek-v3-int4.yaml", "spec.model.source", "file://ckpt/ds")
     with pytest.raises(InvalidResource) as err:
