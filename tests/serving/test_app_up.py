@@ -16,6 +16,8 @@ import httpx
 import pytest
 import yaml
 
+from mmo_serving.local import mmo_command
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests/samples/private-vqa.yaml"
 MMO = Path(sys.executable).with_name("mmo")
@@ -156,7 +158,9 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         choice = json.loads(done.stdout)["choices"][0]
         assert (choice["message"]["content"], choice["finish_reason"]) == (REFUSAL, "stop")
         # the banner's mmo ask line is pasteable: the path this mmo was started by
-        assert f"{MMO} ask --url {url} --image PICTURE.png" in output
+        # (relative to the working directory when under it, as `make up` prints it)
+        shown = mmo_command(str(MMO), str(ROOT))
+        assert f"{shown} ask --url {url} --image PICTURE.png" in output
         done = subprocess.run(
             [*ask[:4], "--model", "nope", "hi"], capture_output=True, text=True, timeout=120
         )
