@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import mmo_engine_toy as toy  # loaded by conftest.py
+import numpy as np
 import pytest
 from ray import serve
 
@@ -32,6 +33,7 @@ from mmo_operator.planning.rebalance import should_rebalance
 from mmo_operator.validation import validate
 from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs, PlacementPlan
+from mmo_serving.images import encode_data_url
 
 RANKS = 4
 TINY = toy.TINY_SHAPES
@@ -49,7 +51,7 @@ SPEC = {
                 "numExperts": TINY["n_experts"],
                 "expertsPerToken": TINY["top_k"],
             },
-            "modalities": ["text"],
+            "modalities": ["text", "image"],
             "dtype": "float32",
         },
         "resources": {"gpuType": "A100-80GB", "gpusPerNode": RANKS},
@@ -120,9 +122,17 @@ class Live:
 
     def skewed_traffic(self) -> None:
         async def go() -> None:
+            # with a picture: the built-in model refuses (routes nothing for) a question
+            # about shapes that comes without one
+            picture = np.full((32, 32, 3), 255, dtype=np.uint8)
+            picture[8:24, 8:24] = (220, 20, 20)
+            content = [
+                {"type": "text", "text": PROMPT},
+                {"type": "image_url", "image_url": {"url": encode_data_url(picture)}},
+            ]
             body = {
                 "model": self.model.name,
-                "messages": [{"role": "user", "content": PROMPT}],
+                "messages": [{"role": "user", "content": content}],
                 "max_tokens": 4,
                 "temperature": 0,
             }
@@ -156,6 +166,9 @@ def live(ray_cluster: Any) -> Iterator[Live]:
     validated = validate(SPEC)
     model = validated.model
     plan, args = plan_and_app_args(validated)
+    # the toy expert-parallel engine stands in for the checkpoint on the PVC (which
+    # would be served by vLLM): the rebalancing under test is the built-in engine's
+    args.engine = "mmo"
     serve_config = build_serve_config(model, args)  # what the RayService carries
     [app] = serve_config["applications"]
     port = _free_port()
