@@ -17,6 +17,18 @@ DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # The audit trail's digest key (mmo_serving.gateway.audit), mounted from a Secret.
 AUDIT_KEY_ENV = "MMO_AUDIT_KEY"
 
+# int8/int4: the built-in engine's own; the others name a checkpoint format vLLM runs
+Quantization = Literal[
+    "none",
+    "int8",
+    "int4",
+    "awq-int4",
+    "gptq-int4",
+    "w4a16",
+    "w8a8-int8",
+    "fp8",
+    "experts-int8",
+]
 DataClass = Literal["public", "internal", "sensitive"]
 IsolationMode = Literal["private", "hybrid", "federated"]
 Modality = Literal["text", "image"]
@@ -201,17 +213,7 @@ class AppArgs(_Camel):
     )
     model_version: str = Field(default="1", description="Part of every cache key.")
     dtype: Literal["bfloat16", "float16", "float32"] = "float32"
-    quantization: Literal[
-        "none",
-        "int8",
-        "int4",
-        "awq-int4",
-        "gptq-int4",
-        "w4a16",
-        "w8a8-int8",
-        "fp8",
-        "experts-int8",
-    ] = "none"
+    quantization: Quantization = "none"
     modalities: list[Modality] = Field(default_factory=_text_and_image)
     num_gpus: int = Field(default=1, ge=1, description="Expert-parallel ranks per replica.")
     placement: PlacementPlan | None = None

@@ -20,7 +20,14 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from mmo_serving.config import DataClass, Engine, IsolationMode, Modality, Placement
+from mmo_serving.config import (
+    DataClass,
+    Engine,
+    IsolationMode,
+    Modality,
+    Placement,
+    Quantization,
+)
 
 GROUP = "serving.mmo.dev"
 VERSION = "v1alpha1"
@@ -32,18 +39,6 @@ SHORT_NAMES = ["mmm"]
 
 GpuType = Literal["A100-40GB", "A100-80GB", "H100-80GB", "H200-141GB", "L40S-48GB"]
 Dtype = Literal["bfloat16", "float16", "float32"]
-# int8/int4: the built-in engine's own; the others name a checkpoint format vLLM runs
-Quantization = Literal[
-    "none",
-    "int8",
-    "int4",
-    "awq-int4",
-    "gptq-int4",
-    "w4a16",
-    "w8a8-int8",
-    "fp8",
-    "experts-int8",
-]
 Attention = Literal["mla", "gqa"]
 # vLLM 0.29's --all2all-backend choices (vllm.config.parallel.All2AllBackend)
 All2AllBackend = Literal[
