@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmo_serving.federated import aggregate, data
-from mmo_serving.federated.local import DEFAULT_RUN_CONFIG, write_app
+from mmo_serving.federated.bundle import DEFAULT_RUN_CONFIG, write_app
 from mmo_serving.federated.site import PARAM_NAMES, SiteConfig, local_round
 
 

@@ -7,12 +7,17 @@ subprocesses, the SuperLink runs the ServerApp in one. Runtime dependency instal
 is off (the app's code is the installed ``mmo_serving.federated``), so nothing is
 downloaded. Every process is started in its own process group and that group is ended
 when the run finishes or fails.
+
+As in a cluster, the SuperNodes run only bundles signed by a trusted key
+(``--trusted-entities``): :func:`run_local` signs the project's bundle (with a key made
+for the work directory, or the one given), publishes it to an app registry served from
+this process (:mod:`.registry`, the SuperLink's ``FLWR_SUPERGRID_API_URL``) and runs it
+by name; ``flwr run DIR`` of an unsigned project is refused by every site.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -21,70 +26,19 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-APP_NAME = "mmo-federated"
+from mmo_serving.federated import registry, trust
+from mmo_serving.federated.bundle import (
+    DEFAULT_RUN_CONFIG,
+    check_run_config,
+    sign_and_publish,
+    toml_value,
+)
+
 FEDERATION = "mmo-local"
-
-DEFAULT_RUN_CONFIG: dict[str, Any] = {
-    "num-rounds": 3,
-    "min-clients": 3,
-    "model-source": "builtin://shapes-moe",
-    "head-init": "checkpoint",
-    "clip-norm": 1.0,
-    "noise-multiplier": 1.0,
-    "local-epochs": 2,
-    "lr": 0.01,
-    "scenes-per-site": 120,
-    "seed": 0,
-    "round-timeout": 600.0,
-    "out-dir": "",
-    "secure-aggregation": False,
-    "keep-received": False,
-}
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return json.dumps(str(v))
-
-
-def write_app(app_dir: Path, run_config: Mapping[str, Any] | None = None) -> Path:
-    """The Flower app project (a pyproject.toml whose components are ours)."""
-    cfg = {**DEFAULT_RUN_CONFIG, **(run_config or {})}
-    unknown = sorted(set(cfg) - set(DEFAULT_RUN_CONFIG))
-    if unknown:
-        raise ValueError(f"unknown run config keys {unknown}; valid: {sorted(DEFAULT_RUN_CONFIG)}")
-    lines = [
-        "[build-system]",
-        'requires = ["hatchling"]',
-        'build-backend = "hatchling.build"',
-        "",
-        "[project]",
-        f'name = "{APP_NAME}"',
-        'version = "0.1.0"',
-        'description = "mmo: federated fine-tuning of the answer head"',
-        'license = "Apache-2.0"',
-        "dependencies = []",
-        "",
-        "[tool.flwr.app]",
-        'publisher = "mmo"',
-        "",
-        "[tool.flwr.app.components]",
-        'serverapp = "mmo_serving.federated.server:app"',
-        'clientapp = "mmo_serving.federated.client:app"',
-        "",
-        "[tool.flwr.app.config]",
-        *(f'"{k}" = {_toml_value(v)}' for k, v in cfg.items()),
-        "",
-    ]
-    app_dir.mkdir(parents=True, exist_ok=True)
-    (app_dir / "pyproject.toml").write_text("\n".join(lines))
-    return app_dir
 
 
 def free_port() -> int:
@@ -103,20 +57,26 @@ def _bin(name: str) -> str:
     return str(path)
 
 
-def _node_config(values: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
+def _key_values(values: Mapping[str, Any]) -> str:
+    """``k=v ...`` as ``--node-config`` and ``flwr run -c`` read it."""
+    return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
 
 @dataclass
 class LocalFederation:
-    """Processes of one local federation (use as a context manager)."""
+    """Processes of one local federation (use as a context manager): the SuperNodes
+    trust the keys in ``trusted_entities``; the SuperLink fetches named apps from the
+    registry directory ``registry_root``."""
 
     work: Path
+    trusted_entities: Path
+    registry_root: Path
     sites: int = 3
     node_extra: Mapping[str, Any] = field(default_factory=dict)
     site_extra: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # by site
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     port: int = 0
+    registry_server: ThreadingHTTPServer | None = None
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -125,6 +85,8 @@ class LocalFederation:
         # the SuperLink and SuperNodes start flower-superexec / flwr-*app by name
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.setdefault("OMP_NUM_THREADS", "1")
+        if self.registry_server is not None:
+            env["FLWR_SUPERGRID_API_URL"] = registry.api_url(self.registry_server)
         return env
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -152,6 +114,7 @@ class LocalFederation:
             "insecure = true\n"
         )
         try:
+            self.registry_server = registry.serve_in_thread(self.registry_root)
             link = self._start(
                 "superlink",
                 [
@@ -184,7 +147,9 @@ class LocalFederation:
                         "--port",
                         str(free_port()),
                         "--node-config",
-                        _node_config(node),
+                        _key_values(node),
+                        "--trusted-entities",
+                        str(self.trusted_entities),
                     ],
                 )
         except BaseException:
@@ -192,13 +157,19 @@ class LocalFederation:
             raise
         return self
 
-    def run(self, app_dir: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-        """``flwr run APP mmo-local --stream``: returns when the run has ended."""
+    def run(
+        self, app: str, run_config: Mapping[str, Any], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run APP mmo-local --stream -c RUN_CONFIG``: returns when the run has
+        ended. ``APP``: an app spec in the registry (``@mmo/mmo-federated==0.1.0``) or
+        the directory of an app project (a bundle without signature)."""
+        check_run_config(run_config)
         for proc in self.procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"{_name(proc)} exited early ({proc.returncode}); see logs")
+        overrides = ["--run-config", _key_values(run_config)] if run_config else []
         return subprocess.run(
-            [_bin("flwr"), "run", str(app_dir), FEDERATION, "--stream"],
+            [_bin("flwr"), "run", app, FEDERATION, "--stream", *overrides],
             env=self._env(),
             capture_output=True,
             text=True,
@@ -207,6 +178,9 @@ class LocalFederation:
         )
 
     def close(self) -> None:
+        if self.registry_server is not None:
+            self.registry_server.shutdown()
+            self.registry_server.server_close()
         for proc in self.procs:
             _end_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -252,6 +226,20 @@ def secure_node_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return {"secure-shares": int(cfg["min-clients"])} if cfg["secure-aggregation"] else {}
 
 
+def local_trust(trust_dir: Path, signing_key: Path | None) -> tuple[Path, Path]:
+    """(signing key, trusted-entities file) of a local federation: the given key and a
+    trust file naming it, or a key made for (and kept in) ``trust_dir``."""
+    if signing_key is None:
+        if (trust_dir / trust.SIGNING_KEY).is_file():
+            return trust_dir / trust.SIGNING_KEY, trust_dir / trust.TRUSTED_ENTITIES
+        return trust.generate_key(trust_dir)
+    public = trust.load_key(signing_key).public_key()
+    trust_dir.mkdir(parents=True, exist_ok=True)
+    path = trust_dir / trust.TRUSTED_ENTITIES
+    path.write_text(trust.trusted_entities_text([public]))
+    return signing_key, path
+
+
 def run_local(
     work: Path,
     run_config: Mapping[str, Any],
@@ -260,13 +248,24 @@ def run_local(
     timeout: float = 600,
     node_extra: Mapping[str, Any] | None = None,
     site_extra: Mapping[int, Mapping[str, Any]] | None = None,
+    signing_key: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one federation end to end; returns paths and the ``flwr run`` output."""
+    """Run the project's signed bundle in one federation end to end; returns paths and
+    the ``flwr run`` output. ``signing_key``: the key that signs the bundle (the sites
+    trust its public half); by default one made once for ``work`` (``work/trust``)."""
     out = work / "out"
-    app = write_app(work / "app", {**run_config, "out-dir": str(out)})
+    key, trusted = local_trust(work / "trust", signing_key)
+    spec = sign_and_publish(work / "registry", key)
     extra = {**secure_node_config(run_config), **(node_extra or {})}
-    with LocalFederation(work, sites=sites, node_extra=extra, site_extra=site_extra or {}) as fed:
-        proc = fed.run(app, timeout)
+    with LocalFederation(
+        work,
+        trusted_entities=trusted,
+        registry_root=work / "registry",
+        sites=sites,
+        node_extra=extra,
+        site_extra=site_extra or {},
+    ) as fed:
+        proc = fed.run(spec, {**run_config, "out-dir": str(out)}, timeout)
     return {
         "returncode": proc.returncode,
         "stdout": proc.stdout[-20000:],
