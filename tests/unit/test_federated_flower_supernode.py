@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from mmo_operator.api.parse import parse_model
-from mmo_operator.builders.supernode import PARTITION_ANNOTATION, build_supernode
+from mmo_operator.builders.supernode import (
+    DEFAULT_TRUST_SECRET,
+    PARTITION_ANNOTATION,
+    TRUST_DIR,
+    TRUST_SECRET_ANNOTATION,
+    TRUSTED_ENTITIES_KEY,
+    build_supernode,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
 
@@ -85,3 +92,42 @@ def test_secure_aggregation_makes_the_site_vouch_for_its_sums() -> None:
     doc = _doc("federated-vqa.yaml")
     doc["spec"]["isolation"]["federated"].update(secureAggregation=True, minClients=5)
     assert "secure-shares=5" in _node_config(doc)
+
+
+def _pod(doc: dict[str, Any]) -> dict[str, Any]:
+    dep = build_supernode(parse_model(doc))
+    assert dep is not None
+    return dict(dep["spec"]["template"]["spec"])
+
+
+def test_supernode_runs_only_bundles_signed_by_a_trusted_key() -> None:
+    pod = _pod(_doc("federated-vqa.yaml"))
+    c = pod["containers"][0]
+    trust_file = c["args"][c["args"].index("--trusted-entities") + 1]
+    assert trust_file == f"{TRUST_DIR}/{TRUSTED_ENTITIES_KEY}"
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == TRUST_DIR)
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    # the public trust file of the Secret, nothing else of it; a missing Secret stops the pod
+    assert volume["secret"] == {
+        "secretName": DEFAULT_TRUST_SECRET,
+        "items": [{"key": TRUSTED_ENTITIES_KEY, "path": TRUSTED_ENTITIES_KEY}],
+        "defaultMode": 0o444,
+    }
+    secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+    assert secrets == [DEFAULT_TRUST_SECRET]
+    assert not any("valueFrom" in e for e in c["env"])
+
+
+def test_trust_secret_annotation() -> None:
+    doc = _doc("federated-vqa.yaml")
+    doc["metadata"]["annotations"] = {TRUST_SECRET_ANNOTATION: "site-a.trust"}
+    volumes = _pod(doc)["volumes"]
+    assert [v["secret"]["secretName"] for v in volumes if "secret" in v] == ["site-a.trust"]
+    doc["metadata"]["annotations"] = {TRUST_SECRET_ANNOTATION: "Site_A"}
+    with pytest.raises(
+        ValueError,
+        match=r"federated-trust-secret'\] is 'Site_A'; expected the name of a Secret in the "
+        r"model's namespace \(a DNS subdomain",
+    ):
+        build_supernode(parse_model(doc))

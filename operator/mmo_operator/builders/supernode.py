@@ -14,6 +14,14 @@ NetworkPolicies apply to it: default deny, DNS, and egress only to the aggregato
 CIDRs on its port. It runs under the restricted Pod Security Standard with a read-only
 root filesystem (writable ``emptyDir`` for ``/tmp`` and ``FLWR_HOME``).
 
+The SuperNode runs only Flower App bundles signed by a key it trusts
+(``--trusted-entities``): the public trust file (``trusted-entities.yaml``, made by
+``python -m mmo_serving.federated keygen``) is mounted read-only from the Secret
+``mmo-federated-trust`` in the model's namespace (``TRUST_SECRET_ANNOTATION`` names
+another), and only that key of the Secret. Without the Secret the pod does not start:
+a site never runs whatever bundle the aggregator was handed. The signing key itself
+never enters the pod.
+
 The image must hold ``flwr`` and mmo in one environment *without* Ray Serve (Flower
 pins FastAPI/Starlette versions Ray Serve cannot use): ``FEDERATED_IMAGE_ANNOTATION``
 on the MultimodalModel names it; the default is the serving image's ``-federated``
@@ -23,6 +31,8 @@ share of the data this site holds (demos); default ``0/1``.
 
 from __future__ import annotations
 
+import re
+
 from mmo_operator.api.v1alpha1 import MultimodalModel
 
 from .common import Obj, labels, metadata
@@ -31,6 +41,11 @@ from .rayservice import restricted_container_context, restricted_pod_context
 
 FEDERATED_IMAGE_ANNOTATION = "serving.mmo.dev/federated-image"
 PARTITION_ANNOTATION = "serving.mmo.dev/federated-partition"
+TRUST_SECRET_ANNOTATION = "serving.mmo.dev/federated-trust-secret"
+DEFAULT_TRUST_SECRET = "mmo-federated-trust"
+TRUSTED_ENTITIES_KEY = "trusted-entities.yaml"
+TRUST_DIR = "/etc/mmo/federated-trust"
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 CLIENTAPP_PORT = 9094
 WORK_DIR = "/tmp/mmo-federated"
 FLWR_HOME = "/tmp/flwr-home"
@@ -63,6 +78,19 @@ def _partition(model: MultimodalModel) -> tuple[int, int]:
             "0 <= I < N (this site's share of the built-in task), e.g. '0/3'"
         )
     return int(i), int(n)
+
+
+def trust_secret(model: MultimodalModel) -> str:
+    """The Secret holding the site's ``trusted-entities.yaml``."""
+    ann = model.metadata.annotations or {}
+    name = str(ann.get(TRUST_SECRET_ANNOTATION, DEFAULT_TRUST_SECRET))
+    if len(name) > 253 or not _SECRET_NAME.match(name):
+        raise ValueError(
+            f"metadata.annotations[{TRUST_SECRET_ANNOTATION!r}] is {name!r}; expected the "
+            "name of a Secret in the model's namespace (a DNS subdomain: lowercase letters, "
+            "digits, '-' and '.'), e.g. 'mmo-federated-trust'"
+        )
+    return name
 
 
 def _node_config(model: MultimodalModel) -> str:
@@ -104,6 +132,8 @@ def build_supernode(model: MultimodalModel, uid: str | None = None) -> Obj | Non
             "127.0.0.1",
             "--port",
             str(CLIENTAPP_PORT),
+            "--trusted-entities",
+            f"{TRUST_DIR}/{TRUSTED_ENTITIES_KEY}",
         ],
         "env": [
             *base_env(model),
@@ -115,7 +145,10 @@ def build_supernode(model: MultimodalModel, uid: str | None = None) -> Obj | Non
             "limits": {"cpu": "2", "memory": "4Gi"},
         },
         "securityContext": {**restricted_container_context(), "readOnlyRootFilesystem": True},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "trusted-entities", "mountPath": TRUST_DIR, "readOnly": True},
+        ],
     }
     # de-duplicate env names (FLWR_TELEMETRY_ENABLED may already come from the policy)
     env: dict[str, Obj] = {}
@@ -136,7 +169,20 @@ def build_supernode(model: MultimodalModel, uid: str | None = None) -> Obj | Non
                     "automountServiceAccountToken": False,
                     "securityContext": restricted_pod_context(),
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                        {
+                            "name": "trusted-entities",
+                            # only the public trust file; not optional: no trust, no start
+                            "secret": {
+                                "secretName": trust_secret(model),
+                                "items": [
+                                    {"key": TRUSTED_ENTITIES_KEY, "path": TRUSTED_ENTITIES_KEY}
+                                ],
+                                "defaultMode": 0o444,
+                            },
+                        },
+                    ],
                 },
             },
         },
