@@ -14,8 +14,10 @@ SuperNode's log written during that run.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
@@ -73,7 +75,10 @@ def main(work: Path) -> None:
         "foreign-key": f"{APP_ID}==0.2.0",
         "copied-signature": f"{APP_ID}==0.3.0",
     }
-    summary = {}
+    # the attacker's code travels in the bundle: refusing it is what keeps it from running
+    summary: dict[str, object] = {
+        "attacker_bundle": zipfile.ZipFile(io.BytesIO(foreign)).namelist()
+    }
     with LocalFederation(work, trusted_entities=project_trust, registry_root=reg, sites=1) as fed:
         node_log = work / "supernode-0.log"
         for name, app in runs.items():

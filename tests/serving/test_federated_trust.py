@@ -268,6 +268,7 @@ def test_the_project_bundle_runs(runs: dict[str, Any]) -> None:
 @pytest.mark.parametrize("run", REFUSED)
 def test_other_bundles_are_refused_before_any_code_runs(runs: dict[str, Any], run: str) -> None:
     work, got = runs["work"], runs[run]
+    assert "evil.py" in runs["attacker_bundle"]
     node_log = got["supernode_log"]
     if run == "unsigned":
         # flwr run DIR: the bundle reaches the SuperNode without any record

@@ -181,6 +181,7 @@ class LocalFederation:
         if self.registry_server is not None:
             self.registry_server.shutdown()
             self.registry_server.server_close()
+            self.registry_server = None
         for proc in self.procs:
             _end_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 10
