@@ -33,7 +33,7 @@ from mmo_operator.catch_up import catch_up
 from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
 from mmo_operator.model_state import model_document
 from mmo_operator.policy.addresses import ClusterNetworks
-from mmo_operator.policy.network import NetworkPeers
+from mmo_operator.builders.networkpolicy import NetworkPeers
 from mmo_operator.rebalance import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
 from mmo_operator.reconcile import Outcome, Reconciler
 from mmo_operator.validation import validate

@@ -17,6 +17,12 @@ from typing import Any
 import yaml
 
 from mmo_operator.api.problems import InvalidResource
+from mmo_operator.builders.networkpolicy import (
+    DEFAULT_KUBERAY_NAMESPACE,
+    DEFAULT_MONITORING_NAMESPACE,
+    DEFAULT_OPERATOR_NAMESPACE,
+    NetworkPeers,
+)
 from mmo_operator.planning.live import DEFAULT_LOAD_URL
 from mmo_operator.policy.addresses import (
     DEFAULT_AGGREGATOR_NAMESPACES,
@@ -24,12 +30,6 @@ from mmo_operator.policy.addresses import (
     DEFAULT_SERVICE_CIDRS,
     ClusterNetworks,
     parse_cidrs,
-)
-from mmo_operator.policy.network import (
-    DEFAULT_KUBERAY_NAMESPACE,
-    DEFAULT_MONITORING_NAMESPACE,
-    DEFAULT_OPERATOR_NAMESPACE,
-    NetworkPeers,
 )
 
 

@@ -86,8 +86,8 @@ STARTUP_PROBE_BUDGET_S = 600
 IN_PLACE_ARGS = {"placement", "batching", "autoscaling"}
 
 # The Ray autoscaler runs as a sidecar of the head pod and calls the Kubernetes API server
-# (policy.network: the NAME-apiserver NetworkPolicy; status: PolicyEnforced says when the
-# operator was not told the API server's addresses).
+# (networkpolicy.py: the NAME-apiserver NetworkPolicy; status: PolicyEnforced says when
+# the operator was not told the API server's addresses).
 IN_TREE_AUTOSCALING = True
 
 UpgradeStrategy = Literal["NewCluster", "Recreate"]
