@@ -14,7 +14,7 @@ from mmo_operator.api.parse import parse_model
 from mmo_operator.builders.networkpolicy import NetworkPeers, build_network_policies, client_peers
 from mmo_operator.builders.pod_env import OFFLINE_ENV, base_env
 from mmo_operator.policy.admission import service_namespace
-from mmo_operator.policy.flows import Endpoint, external, is_allowed, leaving_namespace, pod
+from networkpolicy_flows import Endpoint, external, is_allowed, leaving_namespace, pod
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "ml"
