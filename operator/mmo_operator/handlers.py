@@ -29,11 +29,11 @@ from mmo_operator import metrics
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from mmo_operator.builders.common import MANAGER, MODEL_LABEL
+from mmo_operator.builders.networkpolicy import NetworkPeers
 from mmo_operator.catch_up import catch_up
 from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
 from mmo_operator.model_state import model_document
 from mmo_operator.policy.addresses import ClusterNetworks
-from mmo_operator.builders.networkpolicy import NetworkPeers
 from mmo_operator.rebalance import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
 from mmo_operator.reconcile import Outcome, Reconciler
 from mmo_operator.validation import validate

@@ -182,15 +182,15 @@ def test_network_peers_and_cluster_ranges_become_operator_args(render: Any) -> N
 def test_the_rendered_args_parse_as_the_operator_reads_them(render: Any) -> None:
     import argparse
 
-    from mmo_operator import operator_commands
     from mmo_operator.builders.networkpolicy import NetworkPeers
+    from mmo_operator.cli import cluster
     from mmo_operator.policy.addresses import ClusterNetworks
 
     parser = argparse.ArgumentParser()
-    operator_commands.register(parser.add_subparsers())
+    cluster.register(parser.add_subparsers())
     args = parser.parse_args(operator_container(render())["args"])
-    assert operator_commands.cluster_networks(args) == ClusterNetworks()
-    peers = operator_commands.network_peers(args)
+    assert cluster.cluster_networks(args) == ClusterNetworks()
+    peers = cluster.network_peers(args)
     assert peers.kuberay_namespace == NetworkPeers().kuberay_namespace
 
 

@@ -124,7 +124,7 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         seen |= _descendants(proc.pid)
         assert len(seen) >= 3  # Ray's processes were started below mmo up
 
-        from mmo_operator.up_command import up_app_args
+        from mmo_operator.cli.up import up_app_args
 
         args = up_app_args(str(small_spec))
         r = httpx.post(

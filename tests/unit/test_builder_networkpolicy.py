@@ -478,7 +478,7 @@ def test_operator_flags_build_the_peers_and_the_cluster_networks(
 ) -> None:
     import argparse
 
-    from mmo_operator import operator_commands as oc
+    from mmo_operator.cli import cluster as oc
     from mmo_operator.policy.addresses import DEFAULT_POD_CIDRS, ClusterNetworks
 
     def parse(*argv: str) -> argparse.Namespace:

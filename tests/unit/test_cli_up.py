@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mmo_operator.cli import main
-from mmo_operator.up_command import up_app_args
+from mmo_operator.cli.up import up_app_args
 from mmo_serving.local import (
     UpOptions,
     banner,

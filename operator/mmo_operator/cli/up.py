@@ -1,6 +1,6 @@
-"""``mmo up FILE`` (registered by ``mmo_operator.cli``): validate FILE and build the
-Serve application's AppArgs exactly as the operator does, then hand them to
-:func:`mmo_serving.local.run_up`, which runs them on a private local Ray.
+"""``mmo up FILE``: validate FILE and build the Serve application's AppArgs exactly as
+the operator does, then hand them to :func:`mmo_serving.local.run_up`, which runs them
+on a private local Ray.
 
 Importing this module is light: ray and the app load inside ``run_up``.
 """

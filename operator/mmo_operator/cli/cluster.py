@@ -1,4 +1,4 @@
-"""``mmo render`` and ``mmo operator`` (registered by ``mmo_operator.cli``).
+"""``mmo render`` and ``mmo operator``.
 
 ``render`` needs only the core (pydantic, PyYAML); ``operator`` imports kopf and the
 kubernetes client when it runs.
