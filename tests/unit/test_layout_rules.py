@@ -112,7 +112,7 @@ OPERATOR_LAYERS: dict[str, int] = {
     "children": 6,
     "worker_bounds": 6,
     "catch_up": 6,
-    "rebalance": 6,
+    "rebalance_timer": 6,
     # 7: kopf handlers
     "handlers": 7,
     # 8: the command line

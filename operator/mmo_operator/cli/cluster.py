@@ -171,7 +171,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     from mmo_operator.handlers import Options, build_registry
     from mmo_operator.planning.live import check_url_template
-    from mmo_operator.rebalance import RebalanceOptions
+    from mmo_operator.rebalance_timer import RebalanceOptions
 
     try:
         check_url_template(args.expert_load_url)

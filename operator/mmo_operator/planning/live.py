@@ -1,6 +1,6 @@
 """Pure parts of live rebalancing: where the load is read, what it says, when to look.
 
-The operator's rebalance timer (``mmo_operator.rebalance``) reads the expert load a
+The operator's rebalance timer (``mmo_operator.rebalance_timer``) reads the expert load a
 model's Serve application reports on ``GET /v1/expert-load`` (the JSON of
 ``mmo_serving.engine.types.ExpertLoad.to_json_dict()`` plus the plan the replica runs),
 turns it into the planner's ``[layers][experts]`` load matrix and decides with

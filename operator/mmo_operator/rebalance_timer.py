@@ -61,7 +61,7 @@ from mmo_operator.reconcile import Reconciler, now_iso
 from mmo_operator.status import is_ready
 from mmo_operator.validation import validate
 
-log = logging.getLogger("mmo_operator.rebalance")
+log = logging.getLogger("mmo_operator.rebalance_timer")
 
 UNAVAILABLE = "ExpertLoadUnavailable"
 REBALANCED = "Rebalanced"
