@@ -22,7 +22,7 @@ interval after the operator first sees the model, or after ``lastRebalanceTime``
 A failed read (endpoint down, timeout, wrong JSON) is logged and shown as a Warning
 event ``ExpertLoadUnavailable`` at most once per interval; the next tick tries again.
 Nothing here raises into kopf. The pure parts are in ``mmo_operator.planning.live`` and
-``mmo_operator.planning.rebalance``.
+``mmo_operator.planning.rebalance_decision``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from mmo_operator.planning.live import (
     parse_time,
     rebalanced_message,
 )
-from mmo_operator.planning.rebalance import should_rebalance
+from mmo_operator.planning.rebalance_decision import should_rebalance
 from mmo_operator.reconcile import Reconciler, now_iso
 from mmo_operator.status import is_ready
 from mmo_operator.validation import validate

@@ -18,7 +18,7 @@ from mmo_operator.planning.live import (
     rebalanced_message,
 )
 from mmo_operator.planning.placement import plan_placement
-from mmo_operator.planning.rebalance import should_rebalance
+from mmo_operator.planning.rebalance_decision import should_rebalance
 from mmo_operator.status import rebalance_figures
 from mmo_serving.config import PlacementPlan
 

@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from mmo_operator.planning.rebalance import RebalanceDecision
+from mmo_operator.planning.rebalance_decision import RebalanceDecision
 from mmo_serving.config import PlacementPlan
 
 # KubeRay names the Service in front of a RayService's Serve proxies <rayservice>-serve-svc.
