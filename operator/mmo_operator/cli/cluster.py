@@ -23,7 +23,7 @@ from mmo_operator.builders.networkpolicy import (
     DEFAULT_OPERATOR_NAMESPACE,
     NetworkPeers,
 )
-from mmo_operator.planning.live import DEFAULT_LOAD_URL
+from mmo_operator.planning.rebalance_load import DEFAULT_LOAD_URL
 from mmo_operator.policy.addresses import (
     DEFAULT_AGGREGATOR_NAMESPACES,
     DEFAULT_POD_CIDRS,
@@ -170,7 +170,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from mmo_operator.handlers import Options, build_registry
-    from mmo_operator.planning.live import check_url_template
+    from mmo_operator.planning.rebalance_load import check_url_template
     from mmo_operator.rebalance_timer import RebalanceOptions
 
     try:

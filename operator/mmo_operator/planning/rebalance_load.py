@@ -1,4 +1,4 @@
-"""Pure parts of live rebalancing: where the load is read, what it says, when to look.
+"""The load the rebalance timer reads (pure): where it is read, what it says, when to look.
 
 The operator's rebalance timer (``mmo_operator.rebalance_timer``) reads the expert load a
 model's Serve application reports on ``GET /v1/expert-load`` (the JSON of
