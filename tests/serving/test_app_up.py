@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from mmo_serving.local import mmo_command
+from mmo_serving.up_runner import mmo_command
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests/samples/private-vqa.yaml"
@@ -85,7 +85,7 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
 
     # mmo up validates with the operator's own code: it must see the installed checkpoint
     assert "shapes-moe" in available_builtins(), f"operator looks in {assets_dir()}"
-    from mmo_serving.local import sample_request
+    from mmo_serving.up_runner import sample_request
 
     port, metrics_port = _free_port(), _free_port()
     cmd = [
