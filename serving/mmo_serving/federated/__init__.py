@@ -9,6 +9,6 @@
 - :mod:`.client` / :mod:`.server` / :mod:`.secure_server` the Flower ClientApp and
   ServerApp, plain and SecAgg+ (need ``flwr``, which cannot share a venv with Ray Serve:
   ``make federated-venv``);
-- :mod:`.local` / ``python -m mmo_serving.federated local DIR``: SuperLink and SuperNodes
+- :mod:`.loopback` / ``python -m mmo_serving.federated local DIR``: SuperLink and SuperNodes
   as processes on loopback, one ``flwr run``.
 """

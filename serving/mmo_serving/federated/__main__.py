@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmo_serving.federated.local import DEFAULT_RUN_CONFIG, run_local, write_app
+from mmo_serving.federated.loopback import DEFAULT_RUN_CONFIG, run_local, write_app
 from mmo_serving.federated.secure import DROP_POINTS
 
 
