@@ -3,7 +3,7 @@
 - :mod:`.offline`: validate, crd, plan, architecture (the core: pydantic and PyYAML);
 - :mod:`.up`: up (a private local Ray; the serving extra);
 - :mod:`.cluster`: render, and operator (kopf and the kubernetes client);
-- ``mmo_serving.commands``: ask; ``mmo_serving.model.commands``: train, eval.
+- ``mmo_serving.ask``: ask; ``mmo_serving.model.commands``: train, eval.
 
 Importing any of them is light: torch, ray, kopf and httpx load inside the command that
 needs them, so the core commands work with only the core installed.
@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mmo_serving import commands as ask_commands
+from mmo_serving import ask
 from mmo_serving.model import commands as model_commands
 
 from . import cluster, offline, up
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deploy multimodal Mixture-of-Experts models on Ray Serve and Kubernetes.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (offline, model_commands, up, ask_commands, cluster):
+    for group in (offline, model_commands, up, ask, cluster):
         group.register(sub)
     return parser
 
