@@ -39,9 +39,8 @@ def check(config: dict) -> None:
 
 
 def kept_names_match() -> str | None:
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
     import vllm
+    from vllm.engine.arg_utils import AsyncEngineArgs
 
     kept = {
         line.strip()

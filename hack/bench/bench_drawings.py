@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The built-in model on drawings made here, not by its task generator.
 
-The acceptance of the model issue asks about "drawings made outside the project"; this
-benchmark draws its own with PIL, independently of ``mmo_serving.model.tasks``: plain
+How well does the model read drawings made outside the project? This benchmark draws
+its own with PIL, independently of ``mmo_serving.model.tasks``: plain
 RGB shades per colour, 15 named backgrounds, 17 canvas sizes from 32x32 to 512x512
 (square and not), 1-4 shapes placed anywhere including against edges and corners, some
 squares rotated, some triangles upside down. It asks the four kinds of question and

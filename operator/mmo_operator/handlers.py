@@ -9,7 +9,7 @@ to start with one and no webhook server).
 - RayService events (KubeRay reporting): refresh the owner's status from the event;
 - a catch-up loop (catch_up.py) for what kopf dropped or a failed write left behind;
 - CRD events (KubeRay or prometheus-operator installed later): reconcile every model;
-- a rebalance timer for models with ``spec.experts.rebalance.enabled`` (rebalance.py);
+- a rebalance timer for models with ``spec.experts.rebalance.enabled`` (rebalance_timer.py);
 - validating admission: exactly the checks of ``mmo validate``.
 """
 
@@ -29,12 +29,12 @@ from mmo_operator import metrics
 from mmo_operator.api.problems import InvalidResource
 from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from mmo_operator.builders.common import MANAGER, MODEL_LABEL
+from mmo_operator.builders.networkpolicy import NetworkPeers
 from mmo_operator.catch_up import catch_up
 from mmo_operator.kube import Kube, KubePermanentError, KubeTemporaryError
 from mmo_operator.model_state import model_document
 from mmo_operator.policy.addresses import ClusterNetworks
-from mmo_operator.policy.network import NetworkPeers
-from mmo_operator.rebalance import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
+from mmo_operator.rebalance_timer import RebalanceOptions, Rebalancer, rebalance_enabled, run_check
 from mmo_operator.reconcile import Outcome, Reconciler
 from mmo_operator.validation import validate
 
@@ -207,7 +207,7 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         registry=registry,
     )
     async def rebalance(body: Any, memo: Any, logger: Any, **_: Any) -> None:
-        # live expert rebalancing from the serving engine's load (rebalance.py)
+        # live expert rebalancing from the serving engine's load (rebalance_timer.py)
         await run_check(body, memo.rebalancer, logger)
 
     @kopf.on.delete(*resource, id="cleanup", registry=registry)

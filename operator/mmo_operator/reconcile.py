@@ -20,6 +20,7 @@ from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_operator.builders import build_children
 from mmo_operator.builders.app_args import build_app_args
 from mmo_operator.builders.common import placement_configmap_name
+from mmo_operator.builders.networkpolicy import NetworkPeers
 from mmo_operator.children import (
     MANAGED_KINDS,
     OPTIONAL_KINDS,
@@ -50,7 +51,6 @@ from mmo_operator.planning import plan_for_model
 from mmo_operator.planning.current import plan_in_force, same_shape
 from mmo_operator.policy.addresses import ClusterNetworks
 from mmo_operator.policy.admission import egress_notes
-from mmo_operator.policy.network import NetworkPeers
 from mmo_operator.status import Observation, compute_status, unparsed_status
 from mmo_operator.validation import Validated, capacity_of, validate
 from mmo_operator.worker_bounds import sync_worker_bounds

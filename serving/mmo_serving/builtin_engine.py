@@ -19,7 +19,14 @@ from typing import Any
 from ray import serve
 
 from mmo_serving.backend import ChatDelta, ChatInput, ChatOutput, EmbedInput, FinishReason
-from mmo_serving.config import AppArgs, PlacementPlan, RuntimeConfig
+from mmo_serving.config import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    AppArgs,
+    BatchingArgs,
+    PlacementPlan,
+    RuntimeConfig,
+)
 from mmo_serving.engine.types import (
     EmbeddingRequest,
     Engine,
@@ -47,7 +54,7 @@ class BuiltinChatEngine:
         if args.placement is not None:  # the engine started with this plan
             self.plans_applied = 1
             self.metrics.rebalance()
-        self.set_batching(args.batching.max_batch_size, args.batching.batch_wait_timeout_s)
+        self.set_batching(args.batching)
 
     # ------------------------------------------------------------------ ChatEngine
 
@@ -90,12 +97,8 @@ class BuiltinChatEngine:
     async def reconfigure(self, cfg: RuntimeConfig) -> None:
         """Apply a new ``RuntimeConfig`` (Serve ``user_config``) without a restart."""
         if cfg.batching is not None:
-            self.set_batching(cfg.batching.max_batch_size, cfg.batching.batch_wait_timeout_s)
-            log.info(
-                "batching set to max_batch_size=%d batch_wait_timeout_s=%s",
-                cfg.batching.max_batch_size,
-                cfg.batching.batch_wait_timeout_s,
-            )
+            self.set_batching(cfg.batching)
+            log.info("batching set to %s", cfg.batching)
         if cfg.placement is not None:
             await self._apply_plan(cfg.placement)
 
@@ -113,11 +116,11 @@ class BuiltinChatEngine:
         self.metrics.rebalance()
         log.info("placement plan applied (balancedness %.3f)", plan.balancedness)
 
-    def set_batching(self, max_batch_size: int, wait_s: float) -> None:
+    def set_batching(self, batching: BatchingArgs) -> None:
         batched: tuple[Any, ...] = (self._generate_batch, self._embed_batch)
         for fn in batched:  # @serve.batch adds these setters to the wrapped method
-            fn.set_max_batch_size(max_batch_size)
-            fn.set_batch_wait_timeout_s(wait_s)
+            fn.set_max_batch_size(batching.max_batch_size)
+            fn.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     async def describe(self) -> dict[str, Any]:
         """What ``/readyz`` shows of the engine."""
@@ -134,14 +137,15 @@ class BuiltinChatEngine:
 
     # ------------------------------------------------------------------ batching
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    # the defaults until __init__ sets AppArgs.batching
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _generate_batch(self, items: list[GenerationRequest]) -> list[GenerationResult]:
         self.metrics.batch(CHAT_ROUTE, len(items))
         results = await self.engine.generate(items)
         self.metrics.generated_tokens(sum(r.tokens for r in results))
         return results
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _embed_batch(self, items: list[EmbeddingRequest]) -> list[list[float]]:
         self.metrics.batch(EMBED_ROUTE, len(items))
         return await self.engine.embed(items)

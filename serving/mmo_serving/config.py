@@ -113,9 +113,20 @@ class PlacementPlan(_Camel):
         return [e for e in slots if e != EMPTY_SLOT]
 
 
+# spec.batching's defaults and limits, defined once: the API's Batching, BatchingArgs and
+# the built-in engine's @serve.batch decorators take them from here.
+DEFAULT_MAX_BATCH_SIZE = 8
+MAX_BATCH_SIZE = 1024
+DEFAULT_BATCH_WAIT_S = 0.01
+MAX_BATCH_WAIT_S = 10.0
+
+
 class BatchingArgs(_Camel):
-    max_batch_size: int = Field(default=8, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, le=10.0)
+    """``spec.batching`` as the replica takes it: each field has the API's name, with
+    ``_s`` (seconds) where the API's ends in ``_ms``; the operator copies them by name."""
+
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
+    batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_S, ge=0.0, le=MAX_BATCH_WAIT_S)
 
 
 class AutoscalingArgs(_Camel):

@@ -137,12 +137,15 @@ def test_apiserver_cidrs_become_operator_args(render: Any, values_all_on: Obj) -
 
 
 def test_network_peers_and_cluster_ranges_become_operator_args(render: Any) -> None:
+    from mmo_operator.builders.networkpolicy import (
+        DEFAULT_KUBERAY_NAMESPACE,
+        DEFAULT_MONITORING_NAMESPACE,
+    )
     from mmo_operator.policy.addresses import (
         DEFAULT_AGGREGATOR_NAMESPACES,
         DEFAULT_POD_CIDRS,
         DEFAULT_SERVICE_CIDRS,
     )
-    from mmo_operator.policy.network import DEFAULT_KUBERAY_NAMESPACE, DEFAULT_MONITORING_NAMESPACE
 
     def flags(values: Obj | None) -> dict[str, str]:
         args = operator_container(render(values))["args"]
@@ -179,15 +182,15 @@ def test_network_peers_and_cluster_ranges_become_operator_args(render: Any) -> N
 def test_the_rendered_args_parse_as_the_operator_reads_them(render: Any) -> None:
     import argparse
 
-    from mmo_operator import operator_commands
+    from mmo_operator.builders.networkpolicy import NetworkPeers
+    from mmo_operator.cli import cluster
     from mmo_operator.policy.addresses import ClusterNetworks
-    from mmo_operator.policy.network import NetworkPeers
 
     parser = argparse.ArgumentParser()
-    operator_commands.register(parser.add_subparsers())
+    cluster.register(parser.add_subparsers())
     args = parser.parse_args(operator_container(render())["args"])
-    assert operator_commands.cluster_networks(args) == ClusterNetworks()
-    peers = operator_commands.network_peers(args)
+    assert cluster.cluster_networks(args) == ClusterNetworks()
+    peers = cluster.network_peers(args)
     assert peers.kuberay_namespace == NetworkPeers().kuberay_namespace
 
 

@@ -1,9 +1,9 @@
 """Worker-group replica bounds reach the running RayCluster, which KubeRay leaves alone.
 
-KubeRay keeps minReplicas/maxReplicas out of its cluster hash (ray-project/kuberay#2331,
-#4568): a change of them in the RayService is never applied to a running RayCluster. The
-operator JSON-patches exactly those two fields on the active and pending clusters named
-in the RayService's status, and never the autoscaler's ``replicas``.
+KubeRay keeps minReplicas/maxReplicas out of its cluster hash: a change of them in the
+RayService is never applied to a running RayCluster. The operator JSON-patches exactly
+those two fields on the active and pending clusters named in the RayService's status, and
+never the autoscaler's ``replicas``.
 """
 
 from __future__ import annotations

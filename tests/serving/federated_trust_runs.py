@@ -24,7 +24,7 @@ from flwr.cli.build import build_fab_from_disk
 
 from mmo_serving.federated import registry, trust
 from mmo_serving.federated.bundle import APP_ID, APP_SPEC, sign_and_publish, write_app
-from mmo_serving.federated.local import LocalFederation
+from mmo_serving.federated.loopback import LocalFederation
 
 RUN_CONFIG = {
     "num-rounds": 1,

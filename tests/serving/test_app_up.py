@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from mmo_serving.local import mmo_command
+from mmo_serving.up_runner import mmo_command
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests/samples/private-vqa.yaml"
@@ -85,7 +85,7 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
 
     # mmo up validates with the operator's own code: it must see the installed checkpoint
     assert "shapes-moe" in available_builtins(), f"operator looks in {assets_dir()}"
-    from mmo_serving.local import sample_request
+    from mmo_serving.up_runner import sample_request
 
     port, metrics_port = _free_port(), _free_port()
     cmd = [
@@ -124,7 +124,7 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
         seen |= _descendants(proc.pid)
         assert len(seen) >= 3  # Ray's processes were started below mmo up
 
-        from mmo_operator.up_command import up_app_args
+        from mmo_operator.cli.up import up_app_args
 
         args = up_app_args(str(small_spec))
         r = httpx.post(

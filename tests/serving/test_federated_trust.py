@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mmo_serving.federated import registry, trust
 from mmo_serving.federated.__main__ import main as federated_main
 from mmo_serving.federated.bundle import APP_ID
-from mmo_serving.federated.local import local_trust
+from mmo_serving.federated.loopback import local_trust
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = Path(__file__).with_name("federated_trust_runs.py")

@@ -28,8 +28,8 @@ from ray import serve
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_operator.builders.app_args import build_app_args, plan_and_app_args
 from mmo_operator.builders.rayservice import build_serve_config, deployment_config
-from mmo_operator.planning.live import parse_expert_load
-from mmo_operator.planning.rebalance import should_rebalance
+from mmo_operator.planning.rebalance_decision import should_rebalance
+from mmo_operator.planning.rebalance_load import parse_expert_load
 from mmo_operator.validation import validate
 from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs, PlacementPlan

@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from mmo_operator.builders.app_args import build_app_args, model_version, plan_and_app_args
+from mmo_operator.api.v1alpha1 import Batching
+from mmo_operator.builders.app_args import (
+    batching_args,
+    build_app_args,
+    model_version,
+    plan_and_app_args,
+)
 from mmo_operator.validation import validate_file
-from mmo_serving.config import AppArgs
+from mmo_serving.config import MAX_BATCH_SIZE, MAX_BATCH_WAIT_S, AppArgs, BatchingArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +42,28 @@ def test_app_args_round_trip_as_json(deepseek) -> None:
     data = args.to_json_dict()
     assert "numGpus" in data and "placement" in data
     assert AppArgs.model_validate(data) == args
+
+
+def test_batching_reaches_the_replica_field_by_field() -> None:
+    """The API's defaults and limits are the replica's: one definition, copied by name."""
+    assert batching_args(Batching()) == BatchingArgs()
+    assert batching_args(Batching(max_batch_size=3, batch_wait_timeout_ms=250)) == BatchingArgs(
+        max_batch_size=3, batch_wait_timeout_s=0.25
+    )
+    most = Batching(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_ms=MAX_BATCH_WAIT_S * 1000)
+    assert batching_args(most) == BatchingArgs(
+        max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=MAX_BATCH_WAIT_S
+    )
+    with pytest.raises(ValidationError):
+        Batching(max_batch_size=MAX_BATCH_SIZE + 1)
+
+
+def test_a_batching_field_the_replica_lacks_is_refused() -> None:
+    class Wider(Batching):
+        max_queue: int = 4
+
+    with pytest.raises(ValidationError, match="max_queue"):
+        batching_args(Wider())
 
 
 def test_model_version_changes_with_weights_only(deepseek) -> None:

@@ -1,4 +1,5 @@
-"""The capacity planner on the two real cases of the issue, and its edge cases."""
+"""The capacity planner on two real cases (DeepSeek-V3 in int4 fits one 8-GPU node; a
+trillion-parameter model in float16 does not), and its edge cases."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mmo_operator.cli import main
-from mmo_operator.up_command import up_app_args
-from mmo_serving.local import (
+from mmo_operator.cli.up import up_app_args
+from mmo_serving.up_runner import (
     UpOptions,
     banner,
     ensure_audit_key,
@@ -160,7 +160,7 @@ def test_up_makes_a_random_audit_key_per_run_unless_one_is_exported() -> None:
 
 
 def test_up_accelerator_of_the_vllm_engine() -> None:
-    from mmo_serving.local import engine_accelerator
+    from mmo_serving.up_runner import engine_accelerator
 
     assert engine_accelerator("cpu", lambda: True) == "cpu"
     assert engine_accelerator("gpu", lambda: False) == "gpu"

@@ -182,7 +182,7 @@ def test_cli_parses_booleans_and_dropouts() -> None:
 
 
 def test_secure_local_federation_sites_vouch_for_min_clients() -> None:
-    from mmo_serving.federated.local import secure_node_config
+    from mmo_serving.federated.loopback import secure_node_config
 
     assert secure_node_config({}) == {}
     assert secure_node_config({"secure-aggregation": True, "min-clients": 5}) == {

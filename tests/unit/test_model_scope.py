@@ -102,7 +102,7 @@ def test_task_questions_are_never_refused(split: str) -> None:
 def test_local_engine_refuses_outside_the_task() -> None:
     from mmo_serving.config import AppArgs
     from mmo_serving.engine.builtin_runner import ModelSource
-    from mmo_serving.engine.local import LocalEngine
+    from mmo_serving.engine.in_process import LocalEngine
     from mmo_serving.engine.types import GenerationRequest
 
     tiny = {

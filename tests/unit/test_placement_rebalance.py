@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmo_operator.planning.placement import moved_experts, plan_placement, score_plan
-from mmo_operator.planning.rebalance import should_rebalance
+from mmo_operator.planning.rebalance_decision import should_rebalance
 
 
 def skewed(num_layers: int, num_experts: int, seed: int) -> np.ndarray:

@@ -409,7 +409,7 @@ def test_mmo_up_accepts_a_loopback_endpoint_with_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mmo_operator.cli import main
-    from mmo_operator.up_command import up_app_args
+    from mmo_operator.cli.up import up_app_args
 
     doc = _hybrid("https://127.0.0.1:8443/v1", ["127.0.0.1/32"])
     doc["spec"]["model"] = sample("deepseek-v3-int4.yaml")["spec"]["model"]  # pvc://

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from mmo_operator.cli import main
-from mmo_operator.planning.live import (
+from mmo_operator.planning.placement import plan_placement
+from mmo_operator.planning.rebalance_decision import should_rebalance
+from mmo_operator.planning.rebalance_load import (
     DEFAULT_LOAD_URL,
     effective_interval,
     expert_load_url,
@@ -17,8 +19,6 @@ from mmo_operator.planning.live import (
     parse_time,
     rebalanced_message,
 )
-from mmo_operator.planning.placement import plan_placement
-from mmo_operator.planning.rebalance import should_rebalance
 from mmo_operator.status import rebalance_figures
 from mmo_serving.config import PlacementPlan
 

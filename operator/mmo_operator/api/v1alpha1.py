@@ -21,6 +21,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from mmo_serving.config import (
+    DEFAULT_BATCH_WAIT_S,
+    DEFAULT_MAX_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    MAX_BATCH_WAIT_S,
     DataClass,
     Engine,
     IsolationMode,
@@ -287,11 +291,19 @@ class Experts(ApiModel):
 
 
 class Batching(ApiModel):
-    """Dynamic batching of requests (changes apply in place)."""
+    """Dynamic batching of requests (changes apply in place).
 
-    max_batch_size: int = Field(default=8, ge=1, le=1024, description="Requests per batch.")
+    Each field reaches the replica as the field of ``BatchingArgs`` with the same name
+    (``_ms`` becomes ``_s``): a new field is added here and there, and where it acts."""
+
+    max_batch_size: int = Field(
+        default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Requests per batch."
+    )
     batch_wait_timeout_ms: int = Field(
-        default=10, ge=0, le=10000, description="Longest wait to fill a batch."
+        default=round(DEFAULT_BATCH_WAIT_S * 1000),
+        ge=0,
+        le=round(MAX_BATCH_WAIT_S * 1000),
+        description="Longest wait to fill a batch.",
     )
 
 

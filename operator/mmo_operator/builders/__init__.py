@@ -8,20 +8,16 @@ the operator compares with what it observes, so that an unchanged object costs n
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mmo_operator.api.v1alpha1 import MultimodalModel
 from mmo_serving.config import AppArgs, PlacementPlan
 
 from .common import Obj, owner_reference, stamp
 from .configmap import build_placement_configmap
+from .networkpolicy import NetworkPeers, build_network_policies
 from .pdb import build_worker_pdb
 from .podmonitor import build_podmonitor
 from .rayservice import build_rayservice
 from .supernode import build_supernode
-
-if TYPE_CHECKING:
-    from mmo_operator.policy.network import NetworkPeers
 
 
 def _own(objs: list[Obj], model: MultimodalModel, uid: str | None) -> list[Obj]:
@@ -52,9 +48,6 @@ def build_children(
 
         args = build_app_args(model, plan)
     children: list[Obj] = [build_placement_configmap(model, plan, uid)]
-    # Imported here: policy.network imports builders.common (until it becomes a builder).
-    from mmo_operator.policy.network import build_network_policies
-
     children += _own(build_network_policies(model, peers), model, uid)
     children.append(build_worker_pdb(model, uid))
     children.append(build_rayservice(model, args, uid))

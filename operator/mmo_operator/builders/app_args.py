@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from mmo_operator.api.v1alpha1 import MultimodalModel, engine_of
+from mmo_operator.api.v1alpha1 import Batching, MultimodalModel, engine_of
 from mmo_operator.planning import plan_for_model
 from mmo_operator.validation import Validated
 from mmo_serving.config import (
@@ -58,6 +58,17 @@ def vllm_args(model: MultimodalModel) -> VllmArgs:
     )
 
 
+def batching_args(batching: Batching) -> BatchingArgs:
+    """``spec.batching`` field by field, by name; ``*_ms`` becomes ``*_s`` in seconds."""
+    fields: dict[str, float] = {}
+    for name, value in batching.model_dump().items():
+        if name.endswith("_ms"):
+            fields[name.removesuffix("_ms") + "_s"] = value / 1000
+        else:
+            fields[name] = value
+    return BatchingArgs(**fields)
+
+
 def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArgs:
     spec = model.spec
     engine = engine_of(spec)
@@ -82,10 +93,7 @@ def build_app_args(model: MultimodalModel, plan: PlacementPlan | None) -> AppArg
         modalities=list(spec.model.modalities),
         num_gpus=spec.total_gpus,
         placement=plan,
-        batching=BatchingArgs(
-            max_batch_size=spec.batching.max_batch_size,
-            batch_wait_timeout_s=spec.batching.batch_wait_timeout_ms / 1000,
-        ),
+        batching=batching_args(spec.batching),
         autoscaling=AutoscalingArgs(
             min_replicas=auto.min_replicas,
             max_replicas=auto.max_replicas,

@@ -24,9 +24,9 @@ What changes in place and what rolls the cluster:
   credentials) need a new Ray cluster. Worker ``replicas``/``minReplicas``/
   ``maxReplicas`` do not: KubeRay leaves them out of its cluster hash, so that the
   autoscaler's replica changes never roll the cluster; but for the same reason it never
-  applies a change of the bounds to the running RayCluster (ray-project/kuberay#2331,
-  #4568). The operator patches ``minReplicas``/``maxReplicas`` of the running clusters
-  itself (``reconcile``); ``replicas`` stays the autoscaler's.
+  applies a change of the bounds to the running RayCluster. The operator patches
+  ``minReplicas``/``maxReplicas`` of the running clusters itself (``worker_bounds``);
+  ``replicas`` stays the autoscaler's.
 
 The upgrade strategy is ``NewCluster`` (blue/green: KubeRay starts a second cluster,
 moves traffic when it is ready, then deletes the old one; zero downtime, but twice the
@@ -86,8 +86,8 @@ STARTUP_PROBE_BUDGET_S = 600
 IN_PLACE_ARGS = {"placement", "batching", "autoscaling"}
 
 # The Ray autoscaler runs as a sidecar of the head pod and calls the Kubernetes API server
-# (policy.network: the NAME-apiserver NetworkPolicy; status: PolicyEnforced says when the
-# operator was not told the API server's addresses).
+# (networkpolicy.py: the NAME-apiserver NetworkPolicy; status: PolicyEnforced says when
+# the operator was not told the API server's addresses).
 IN_TREE_AUTOSCALING = True
 
 UpgradeStrategy = Literal["NewCluster", "Recreate"]

@@ -16,7 +16,7 @@ from mmo_serving.engine.types import (
 )
 
 if TYPE_CHECKING:
-    from mmo_serving.engine.local import LocalEngine
+    from mmo_serving.engine.in_process import LocalEngine
     from mmo_serving.engine.parallel import ExpertParallelEngine, make_engine
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """The engines load torch and ray: they are imported on first use."""
     if name == "LocalEngine":
-        from mmo_serving.engine.local import LocalEngine
+        from mmo_serving.engine.in_process import LocalEngine
 
         return LocalEngine
     if name in ("ExpertParallelEngine", "make_engine"):

@@ -53,7 +53,7 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mmo_serving.config import AppArgs, PlacementPlan
-from mmo_serving.engine.local import LocalEngine, build_expert_load, default_runner_factory
+from mmo_serving.engine.in_process import LocalEngine, build_expert_load, default_runner_factory
 from mmo_serving.engine.rank import RankWorker
 from mmo_serving.engine.resources import DEFAULT_RANK_CPUS, PLACEMENT_STRATEGY, rank_bundles
 from mmo_serving.engine.routing import validate_plan

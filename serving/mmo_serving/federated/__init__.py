@@ -12,6 +12,6 @@
 - :mod:`.bundle` the app project and its bundle (FAB), :mod:`.trust` the signing key,
   signatures and the sites' trust file, :mod:`.registry` the app registry the SuperLink
   fetches signed bundles from (sites run only bundles signed by a key they trust);
-- :mod:`.local` / ``python -m mmo_serving.federated local DIR``: SuperLink and SuperNodes
+- :mod:`.loopback` / ``python -m mmo_serving.federated local DIR``: SuperLink and SuperNodes
   as processes on loopback, one ``flwr run`` of the signed bundle.
 """

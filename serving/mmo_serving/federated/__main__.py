@@ -27,7 +27,7 @@ from typing import Any
 
 from mmo_serving.federated import registry, trust
 from mmo_serving.federated.bundle import DEFAULT_RUN_CONFIG, sign_and_publish, write_app
-from mmo_serving.federated.local import run_local
+from mmo_serving.federated.loopback import run_local
 from mmo_serving.federated.secure import DROP_POINTS
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mmo_operator.policy.flows import (
+from networkpolicy_flows import (
     external,
     is_allowed,
     peer_matches,

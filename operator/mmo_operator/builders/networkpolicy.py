@@ -1,4 +1,4 @@
-"""NetworkPolicies and pod environment per isolation mode (pure: plain dicts).
+"""The NetworkPolicies of a model, per isolation mode (pure: plain dicts).
 
 Every pod of a model carries ``serving.mmo.dev/model: NAME`` (head and workers); the
 policies select them by that label. NetworkPolicies are allow-lists that add up, so
@@ -56,16 +56,17 @@ pod label alone is claimed by anyone who can create a pod. The namespaces come f
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from mmo_operator.api import MultimodalModel
+from mmo_operator.objects import Obj
 from mmo_operator.policy.addresses import parse_ip
-from mmo_operator.policy.admission import split_host_port
+from mmo_operator.policy.admission import service_namespace, split_host_port
 
-Obj = dict[str, Any]
+from .common import DASHBOARD_PORT, METRICS_PORT, MODEL_LABEL, ROLE_LABEL, metadata
+
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
 DEFAULT_MONITORING_NAMESPACE = "monitoring"
 DEFAULT_KUBERAY_NAMESPACE = "kuberay"  # where the install docs put KubeRay's chart
@@ -94,10 +95,6 @@ def in_namespace(namespace: str, pod_labels: dict[str, str] | None = None) -> Ob
 
 
 def model_selector(model: MultimodalModel) -> Obj:
-    # Imported here, not at the top: the builders import this module (the pods'
-    # environment), and a module-level import back into builders would be a cycle.
-    from mmo_operator.builders.common import MODEL_LABEL
-
     return {"matchLabels": {MODEL_LABEL: model.name}}
 
 
@@ -110,8 +107,6 @@ def _policy(
     egress: list[Obj] | None = None,
     selector: Obj | None = None,
 ) -> Obj:
-    from mmo_operator.builders.common import metadata  # see model_selector
-
     spec: Obj = {"podSelector": selector or model_selector(model), "policyTypes": types}
     if ingress is not None:
         spec["ingress"] = ingress
@@ -160,14 +155,6 @@ def _ip_peers(cidrs: list[str]) -> list[Obj]:
     return [{"ipBlock": {"cidr": c}} for c in cidrs]
 
 
-def service_namespace(host: str) -> str | None:
-    """``name.ns.svc`` / ``name.ns.svc.cluster.local`` -> ``ns``; otherwise None."""
-    labels = host.lower().rstrip(".").split(".")
-    if len(labels) >= 3 and labels[2] == "svc" and labels[3:] in ([], ["cluster", "local"]):
-        return labels[1] if re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", labels[1]) else None
-    return None
-
-
 def egress_rules(model: MultimodalModel) -> list[Obj]:
     """The mode's egress beyond DNS and the Ray cluster (empty in private mode)."""
     iso = model.spec.isolation
@@ -214,13 +201,6 @@ def s3_rules(model: MultimodalModel) -> list[Obj]:
 def build_network_policies(model: MultimodalModel, peers: NetworkPeers | None = None) -> list[Obj]:
     """The NetworkPolicies of ``model``: ``NAME-network``, then those its mode, source
     and ``peers.apiserver_cidrs`` ask for."""
-    from mmo_operator.builders.common import (  # see model_selector
-        DASHBOARD_PORT,
-        METRICS_PORT,
-        MODEL_LABEL,
-        ROLE_LABEL,
-    )
-
     peers = peers or NetworkPeers()
     own = {"podSelector": model_selector(model)}
     serve_port = [{"protocol": "TCP", "port": model.spec.serving.port}]
@@ -271,29 +251,3 @@ def build_network_policies(model: MultimodalModel, peers: NetworkPeers | None = 
         }
         policies.append(_policy(model, "apiserver", ["Egress"], egress=[rule], selector=head))
     return policies
-
-
-# Environment of every container of every mode: no hub, no downloads, no telemetry.
-OFFLINE_ENV: dict[str, str] = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "VLLM_NO_USAGE_STATS": "1",
-    "WANDB_MODE": "disabled",
-    "GRADIO_ANALYTICS_ENABLED": "False",
-    # no package index: a runtime_env pip/uv install cannot pull code at run time
-    "PIP_NO_INDEX": "1",
-    "UV_OFFLINE": "1",
-}
-
-
-def isolation_env(model: MultimodalModel) -> list[Obj]:
-    """Environment entries for every container of the model's pods (no secrets here)."""
-    env = [{"name": k, "value": v} for k, v in OFFLINE_ENV.items()]
-    env.append({"name": "MMO_ISOLATION_MODE", "value": model.spec.isolation.mode})
-    return env

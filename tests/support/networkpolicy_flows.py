@@ -1,4 +1,4 @@
-"""A small NetworkPolicy evaluator (pure), following Kubernetes semantics.
+"""A small NetworkPolicy evaluator for the tests (pure), following Kubernetes semantics.
 
 - A pod selected by no policy of a direction (``policyTypes``) is open in that
   direction; once selected by one, only what some rule of some selecting policy allows

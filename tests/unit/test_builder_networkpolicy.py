@@ -11,15 +11,10 @@ import yaml
 
 from mmo_operator.api import MultimodalModel
 from mmo_operator.api.parse import parse_model
-from mmo_operator.policy.flows import Endpoint, external, is_allowed, leaving_namespace, pod
-from mmo_operator.policy.network import (
-    OFFLINE_ENV,
-    NetworkPeers,
-    build_network_policies,
-    client_peers,
-    isolation_env,
-    service_namespace,
-)
+from mmo_operator.builders.networkpolicy import NetworkPeers, build_network_policies, client_peers
+from mmo_operator.builders.pod_env import OFFLINE_ENV, base_env
+from mmo_operator.policy.admission import service_namespace
+from networkpolicy_flows import Endpoint, external, is_allowed, leaving_namespace, pod
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "ml"
@@ -272,8 +267,8 @@ def test_service_namespace() -> None:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_isolation_env_turns_hub_and_telemetry_off(mode: str) -> None:
-    env = {e["name"]: e["value"] for e in isolation_env(model(MODES[mode]))}
+def test_pod_env_turns_hub_and_telemetry_off(mode: str) -> None:
+    env = {e["name"]: e["value"] for e in base_env(model(MODES[mode]))}
     for key in (
         "HF_HUB_OFFLINE",
         "TRANSFORMERS_OFFLINE",
@@ -282,9 +277,9 @@ def test_isolation_env_turns_hub_and_telemetry_off(mode: str) -> None:
     ):
         assert env[key] == "1"
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
-    assert env["MMO_ISOLATION_MODE"] == mode
     assert set(OFFLINE_ENV) <= set(env)
-    assert all("valueFrom" not in e for e in isolation_env(model(MODES[mode])))
+    assert all("valueFrom" not in e for e in base_env(model(MODES[mode])))
+    assert "MMO_ISOLATION_MODE" not in env  # nothing read it
 
 
 def test_render_yaml_is_plain_data() -> None:
@@ -483,7 +478,7 @@ def test_operator_flags_build_the_peers_and_the_cluster_networks(
 ) -> None:
     import argparse
 
-    from mmo_operator import operator_commands as oc
+    from mmo_operator.cli import cluster as oc
     from mmo_operator.policy.addresses import DEFAULT_POD_CIDRS, ClusterNetworks
 
     def parse(*argv: str) -> argparse.Namespace:

@@ -21,8 +21,8 @@ interval after the operator first sees the model, or after ``lastRebalanceTime``
 
 A failed read (endpoint down, timeout, wrong JSON) is logged and shown as a Warning
 event ``ExpertLoadUnavailable`` at most once per interval; the next tick tries again.
-Nothing here raises into kopf. The pure parts are in ``mmo_operator.planning.live`` and
-``mmo_operator.planning.rebalance``.
+Nothing here raises into kopf. The pure parts are in ``planning/rebalance_load.py`` (the
+load read, and when) and ``planning/rebalance_decision.py`` (whether to move experts).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ from mmo_operator.kube import ApiFailure, KubePermanentError, KubeTemporaryError
 from mmo_operator.model_state import Rebalance, model_document
 from mmo_operator.planning import plan_for_model
 from mmo_operator.planning.current import plan_in_force
-from mmo_operator.planning.live import (
+from mmo_operator.planning.rebalance_decision import should_rebalance
+from mmo_operator.planning.rebalance_load import (
     DEFAULT_LOAD_URL,
     effective_interval,
     expert_load_url,
@@ -56,12 +57,11 @@ from mmo_operator.planning.live import (
     parse_time,
     rebalanced_message,
 )
-from mmo_operator.planning.rebalance import should_rebalance
 from mmo_operator.reconcile import Reconciler, now_iso
 from mmo_operator.status import is_ready
 from mmo_operator.validation import validate
 
-log = logging.getLogger("mmo_operator.rebalance")
+log = logging.getLogger("mmo_operator.rebalance_timer")
 
 UNAVAILABLE = "ExpertLoadUnavailable"
 REBALANCED = "Rebalanced"

@@ -1,6 +1,6 @@
-"""Pure parts of live rebalancing: where the load is read, what it says, when to look.
+"""The load the rebalance timer reads (pure): where it is read, what it says, when to look.
 
-The operator's rebalance timer (``mmo_operator.rebalance``) reads the expert load a
+The operator's rebalance timer (``mmo_operator.rebalance_timer``) reads the expert load a
 model's Serve application reports on ``GET /v1/expert-load`` (the JSON of
 ``mmo_serving.engine.types.ExpertLoad.to_json_dict()`` plus the plan the replica runs),
 turns it into the planner's ``[layers][experts]`` load matrix and decides with
@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from mmo_operator.planning.rebalance import RebalanceDecision
+from mmo_operator.planning.rebalance_decision import RebalanceDecision
 from mmo_serving.config import PlacementPlan
 
 # KubeRay names the Service in front of a RayService's Serve proxies <rayservice>-serve-svc.

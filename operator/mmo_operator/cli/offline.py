@@ -1,56 +1,18 @@
-"""The ``mmo`` command line.
-
-The core commands (validate, crd, plan) need only pydantic and PyYAML. Commands that
-need torch, ray or kopf live in their own modules, each with ``register(subparsers)``,
-and import those libraries only when they run.
-"""
+"""``mmo validate``, ``mmo crd``, ``mmo plan`` and ``mmo architecture``: the offline
+commands, which need only the core (pydantic, PyYAML)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
 from mmo_operator.api.problems import InvalidResource, Problem
 
-# Modules that add commands; each has `register(subparsers)`.
-COMMAND_MODULES = (
-    "mmo_serving.model.commands",  # train, eval
-    "mmo_operator.up_command",  # up
-    "mmo_serving.commands",  # ask
-    "mmo_operator.operator_commands",  # render, operator
-)
-
-EXIT_INVALID = 1
-EXIT_BROKEN_PIPE = 141  # as a shell reports a command killed by SIGPIPE
-
-
-def _print_problems(problems: list[Problem], source: str) -> None:
-    for p in problems:
-        where = f"{source}: " if source and not p.message.startswith(source) else ""
-        print(f"{where}{p}", file=sys.stderr)
-
-
-def _invalid(path: str, problems: list[Problem]) -> dict[str, Any]:
-    """The machine-readable result of a file that failed (`-o json`)."""
-    return {
-        "file": path,
-        "valid": False,
-        "problems": [{"path": p.path, "message": p.message} for p in problems],
-    }
-
-
-def _dump(data: Any, output: str) -> None:
-    if output == "json":
-        print(json.dumps(data, indent=2))
-    else:
-        print(yaml.safe_dump(data, sort_keys=False), end="")
+from .output import EXIT_INVALID, dump, invalid_result, print_problems
 
 
 def _non_negative(text: str) -> int:
@@ -73,9 +35,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             v = validate_file(path)
         except InvalidResource as e:
             failed += 1
-            results.append(_invalid(path, e.problems))
+            results.append(invalid_result(path, e.problems))
             if args.output == "text":
-                _print_problems(e.problems, path)
+                print_problems(e.problems, path)
             continue
         results.append({"file": path, "valid": True, "name": v.model.name, "warnings": v.warnings})
         if args.output == "text":
@@ -83,7 +45,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             for w in v.warnings:
                 print(f"{path}: warning: {w}")
     if args.output == "json":
-        _dump(results, "json")
+        dump(results, "json")
     return EXIT_INVALID if failed else 0
 
 
@@ -158,7 +120,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.output == "text":
         _print_plan_text(out, capacity)
     else:
-        _dump(out, args.output)
+        dump(out, args.output)
     return code
 
 
@@ -198,7 +160,7 @@ def cmd_architecture(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     block = architecture_yaml(info.architecture)
     if args.output == "json":
-        _dump(block, "json")
+        dump(block, "json")
         return 0
     facts = [f"model_type {info.model_type}"]
     if info.quant_method:
@@ -218,9 +180,9 @@ def cmd_architecture(args: argparse.Namespace) -> int:
 
 def _plan_failed(args: argparse.Namespace, problems: list[Problem]) -> int:
     """Problems on stderr, one a line; with -o json/yaml also the result on stdout."""
-    _print_problems(problems, args.file)
+    print_problems(problems, args.file)
     if args.output != "text":
-        _dump(_invalid(args.file, problems), args.output)
+        dump(invalid_result(args.file, problems), args.output)
     return EXIT_INVALID
 
 
@@ -254,13 +216,7 @@ def _print_plan_text(out: dict[str, Any], capacity: Any) -> None:
         print(line)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmo",
-        description="Deploy multimodal Mixture-of-Experts models on Ray Serve and Kubernetes.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(sub: Any) -> None:
     p = sub.add_parser("validate", help="check MultimodalModel files as the admission webhook does")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -308,39 +264,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", metavar="DIR")
     p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_architecture)
-
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and name.startswith(e.name):
-                continue  # that part is not installed
-            raise
-        module.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a closed pipe shows here, not at exit
-        return code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
-        _discard_stdout()
-        return EXIT_BROKEN_PIPE
-
-
-def _discard_stdout() -> None:
-    """Point stdout at /dev/null so that the flush at exit does not fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout has no file descriptor (captured)
-        pass
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``mmo render`` and ``mmo operator`` (registered by ``mmo_operator.cli``).
+"""``mmo render`` and ``mmo operator``.
 
 ``render`` needs only the core (pydantic, PyYAML); ``operator`` imports kopf and the
 kubernetes client when it runs.
@@ -17,19 +17,19 @@ from typing import Any
 import yaml
 
 from mmo_operator.api.problems import InvalidResource
-from mmo_operator.planning.live import DEFAULT_LOAD_URL
+from mmo_operator.builders.networkpolicy import (
+    DEFAULT_KUBERAY_NAMESPACE,
+    DEFAULT_MONITORING_NAMESPACE,
+    DEFAULT_OPERATOR_NAMESPACE,
+    NetworkPeers,
+)
+from mmo_operator.planning.rebalance_load import DEFAULT_LOAD_URL
 from mmo_operator.policy.addresses import (
     DEFAULT_AGGREGATOR_NAMESPACES,
     DEFAULT_POD_CIDRS,
     DEFAULT_SERVICE_CIDRS,
     ClusterNetworks,
     parse_cidrs,
-)
-from mmo_operator.policy.network import (
-    DEFAULT_KUBERAY_NAMESPACE,
-    DEFAULT_MONITORING_NAMESPACE,
-    DEFAULT_OPERATOR_NAMESPACE,
-    NetworkPeers,
 )
 
 
@@ -170,8 +170,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from mmo_operator.handlers import Options, build_registry
-    from mmo_operator.planning.live import check_url_template
-    from mmo_operator.rebalance import RebalanceOptions
+    from mmo_operator.planning.rebalance_load import check_url_template
+    from mmo_operator.rebalance_timer import RebalanceOptions
 
     try:
         check_url_template(args.expert_load_url)

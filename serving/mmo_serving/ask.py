@@ -1,6 +1,6 @@
 """``mmo ask`` (registered by ``mmo_operator.cli``; ``mmo up`` is
-``mmo_operator.up_command``, which validates the spec and hands AppArgs to
-:mod:`mmo_serving.local`).
+``mmo_operator.cli.up``, which validates the spec and hands AppArgs to
+:mod:`mmo_serving.up_runner`).
 
 Importing this module is light: httpx and Pillow load inside the command.
 """

@@ -1,6 +1,6 @@
-"""``mmo up FILE`` (registered by ``mmo_operator.cli``): validate FILE and build the
-Serve application's AppArgs exactly as the operator does, then hand them to
-:func:`mmo_serving.local.run_up`, which runs them on a private local Ray.
+"""``mmo up FILE``: validate FILE and build the Serve application's AppArgs exactly as
+the operator does, then hand them to :func:`mmo_serving.up_runner.run_up`, which runs them
+on a private local Ray.
 
 Importing this module is light: ray and the app load inside ``run_up``.
 """
@@ -46,7 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if missing:
         print(missing, file=sys.stderr)
         return 1
-    from mmo_serving.local import UpOptions, run_up
+    from mmo_serving.up_runner import UpOptions, run_up
 
     try:
         app_args = up_app_args(args.file)
