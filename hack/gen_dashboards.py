@@ -691,6 +691,15 @@ def operator() -> Json:
             [target(f"sum by (ready) (mmo_operator_objects{{{sel}}})", "ready={{ready}}")],
         ),
         p(
+            "timeseries",
+            "MultimodalModels not reconciled",
+            "mmo_operator_objects_unreconciled: models whose last reconcile failed to write "
+            "(Reconciled=False, the API error in its message; retried with backoff). Their "
+            "Ready state still follows the serving side. MmoModelsUnreconciled fires after "
+            "15 minutes.",
+            [target(f"sum(mmo_operator_objects_unreconciled{{{sel}}})", "not reconciled")],
+        ),
+        p(
             "stat",
             "Rebalances triggered by the operator",
             "mmo_operator_rebalances_total: new placement plans the operator wrote.",
@@ -719,7 +728,8 @@ def operator() -> Json:
     return dashboard(
         "mmo-operator",
         "mmo / Operator",
-        "The mmo operator: reconciles, their duration and errors, models by Ready state.",
+        "The mmo operator: reconciles, their duration and errors, models by Ready state and "
+        "models not reconciled.",
         [datasource_var(), job],
         panels,
     )

@@ -8,7 +8,8 @@ to start with one and no webhook server).
 - delete: remove the children, then kopf releases the finalizer;
 - RayService events (KubeRay reporting): refresh the owner's status from the event;
 - a catch-up loop (catch_up.py) for what kopf dropped or a failed write left behind;
-- CRD events (KubeRay or prometheus-operator installed later): reconcile every model;
+- CRD events: which optional kinds are served (no discovery requests); KubeRay or
+  prometheus-operator installed later: reconcile every model;
 - a rebalance timer for models with ``spec.experts.rebalance.enabled`` (rebalance_timer.py);
 - validating admission: exactly the checks of ``mmo validate``.
 """
@@ -42,6 +43,8 @@ log = logging.getLogger("mmo_operator")
 
 FINALIZER = "serving.mmo.dev/finalizer"
 WATCHED_CRDS = {"rayservices.ray.io", "podmonitors.monitoring.coreos.com"}
+# CRDs whose events also tell which optional kinds are served (no discovery requests)
+KNOWN_CRDS = WATCHED_CRDS | {"rayclusters.ray.io"}
 WEBHOOK_ID = "validate"  # the webhook URL path is /validate
 
 
@@ -254,14 +257,17 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
         "apiextensions.k8s.io",
         "v1",
         "customresourcedefinitions",
-        when=lambda name, **_: name in WATCHED_CRDS,
+        when=lambda name, **_: name in KNOWN_CRDS,
         id="crd-changed",
         registry=registry,
     )
-    async def crd_changed(name: str, type: Any, memo: Any, models: Any = None, **_: Any) -> None:
+    async def crd_changed(
+        name: str, type: Any, body: Any, memo: Any, models: Any = None, **_: Any
+    ) -> None:
         rec = _reconciler(memo)
         rec.kube.forget_discovery()
-        if type is None or models is None:
+        rec.kube.learn_crd(_plain(body), deleted=type == "DELETED")
+        if type is None or models is None or name not in WATCHED_CRDS:
             return  # the initial listing: resume/create handlers reconcile anyway
         for key in list(models.keys()):
             for body in list(models.get(key, [])):

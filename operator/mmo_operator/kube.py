@@ -29,6 +29,7 @@ from mmo_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
 from mmo_operator.objects import Obj
 
 FIELD_MANAGER = "mmo-operator"
+USER_AGENT = "mmo-operator"  # tells its requests from kopf's in API server audit logs
 
 # apiVersion, kind -> plural, for every kind the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {
@@ -110,7 +111,9 @@ def load_config(pool_size: int | None = None) -> client.ApiClient:
     configuration = client.Configuration.get_default_copy()
     if pool_size:
         configuration.connection_pool_maxsize = pool_size
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    api.user_agent = USER_AGENT
+    return api
 
 
 class Kube:
@@ -126,6 +129,8 @@ class Kube:
         self.api = api or load_config(pool_size)
         self.discovery_ttl = discovery_ttl
         self._discovery: dict[str, tuple[float, set[str]]] = {}
+        # (apiVersion, kind) -> served, as the CRD watch last reported it
+        self._from_crds: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
         self._fetching: dict[str, threading.Lock] = {}
         self.calls = 0
@@ -203,7 +208,36 @@ class Kube:
         with self._lock:
             self._discovery.clear()
 
+    def learn_crd(self, crd: Obj, *, deleted: bool = False) -> None:
+        """Take what a CustomResourceDefinition event says about the kinds it defines, so
+        that ``has_kind`` needs no discovery request for them: each version is served if
+        the CRD is Established and serves it, and none is once the CRD is deleted. A CRD
+        not Established yet says nothing: discovery answers for its kinds meanwhile."""
+        spec = crd.get("spec") or {}
+        kind, group = (spec.get("names") or {}).get("kind"), spec.get("group")
+        if not kind or not group:
+            return
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        established = any(
+            c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+        )
+        with self._lock:
+            for version in spec.get("versions") or []:
+                key = (f"{group}/{version.get('name')}", kind)
+                if deleted:
+                    self._from_crds[key] = False
+                elif established:
+                    self._from_crds[key] = bool(version.get("served", True))
+                else:
+                    self._from_crds.pop(key, None)
+
     def has_kind(self, api_version: str, kind: str) -> bool:
+        """Whether the API server serves the kind: from the CRD watch when it reported the
+        kind's CRD, else from (cached) discovery."""
+        with self._lock:
+            known = self._from_crds.get((api_version, kind))
+        if known is not None:
+            return known
         return plural_of(api_version, kind) in self.served_resources(api_version)
 
     # ------------------------------------------------------------------ objects

@@ -22,7 +22,8 @@ what a real API server does for the calls the operator and kopf make:
   answers an ERROR event with code 410 (``compact()`` and ``expire_watches()``);
 - finalizers and deletionTimestamp; garbage collection of dependents through
   ``ownerReferences`` once every owner is gone (unless ``propagationPolicy=Orphan``);
-- CustomResourceDefinitions register and unregister their resources in discovery;
+- CustomResourceDefinitions register and unregister their resources in discovery, and
+  are ``Established`` as soon as they are created;
 - fault injection (``inject()``): the next N matching requests answer a given status
   before touching any state.
 
@@ -899,10 +900,21 @@ class StrictEmulator(kmock.KubernetesEmulator):
             if orphaned and res in self.resources:
                 self._delete(res, ns, name, {})
 
-    # CRDs register resources in discovery.
+    # CRDs register resources in discovery, and are Established at once (a real API
+    # server's establishing controller reports it moments later).
     def _crd_installed(self, crd: Obj) -> None:
         spec = crd.get("spec", {})
         names = spec.get("names", {})
+        crd["status"] = {
+            "acceptedNames": copy.deepcopy(names),
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "lastTransitionTime": _now()}
+                for t, r in (
+                    ("NamesAccepted", "NoConflicts"),
+                    ("Established", "InitialNamesAccepted"),
+                )
+            ],
+        }
         for version in spec.get("versions", []):
             if not version.get("served", True):
                 continue

@@ -20,6 +20,8 @@ from operator_harness import (
     wait_for,
 )
 
+from mmo_operator.kube import USER_AGENT
+
 StartOperator = Callable[..., OperatorProcess]
 
 
@@ -63,6 +65,33 @@ def test_missing_kuberay_crds_then_installed(
     cluster.play_kuberay("tiny")
     wait_for("Ready", lambda: _status(cluster, "Ready") == "True", timeout=30)
     wait_for("not Degraded", lambda: _status(cluster, "Degraded") == "False", timeout=30)
+
+
+def test_a_crd_installed_later_needs_no_discovery_request(
+    bare_cluster: Cluster, start_operator: StartOperator
+) -> None:
+    """The CRD event says the kind is served: the reconcile it triggers builds the
+    PodMonitor without asking discovery again."""
+    cluster = bare_cluster
+    cluster.install(kuberay_crd())
+    start_operator()
+    cluster.create(MMM, model_doc())
+    wait_for(
+        "Degraded PodMonitorSkipped",
+        lambda: (cluster.condition("tiny", "Degraded") or {}).get("reason") == "PodMonitorSkipped",
+    )
+    mark = cluster.request_mark()
+    cluster.install(podmonitor_crd())
+    wait_for("the PodMonitor", lambda: cluster.get(PODMONITORS, "tiny"), timeout=30)
+    ours = cluster.call(
+        lambda: [
+            f"{r.method.value} {r.url.path}"
+            for r in cluster.emu.request_log[mark:]
+            if r.headers.get("User-Agent") == USER_AGENT
+        ]
+    )
+    assert "PATCH /apis/monitoring.coreos.com/v1/namespaces/ns1/podmonitors/tiny" in ours
+    assert "GET /apis/monitoring.coreos.com/v1" not in ours  # kopf's own rescan may ask
 
 
 def test_injected_409_429_500_are_retried(cluster: Cluster, start_operator: StartOperator) -> None:

@@ -74,6 +74,7 @@ def main() -> int:
         with operator_metrics.timed():
             time.sleep(0.01)
         operator_metrics.set_ready(f"ml/model-{step % 3}", step % 3 != 0)
+        operator_metrics.set_reconciled(f"ml/model-{step % 3}", step % 3 != 1)
         operator_metrics.set_latency_target(f"ml/model-{step % 3}", 0.5)
         operator_metrics.count_error("Conflict")
         operator_metrics.count_rebalance()

@@ -38,6 +38,7 @@ CONTRACT = {
     "mmo_operator_reconcile_duration_seconds": "histogram",
     "mmo_operator_reconcile_errors_total": "counter",
     "mmo_operator_objects": "gauge",
+    "mmo_operator_objects_unreconciled": "gauge",
     "mmo_operator_rebalances_total": "counter",
     "mmo_operator_model_latency_target_seconds": "gauge",
 }
