@@ -29,6 +29,10 @@ EPLB_STEPS_PER_SECOND = 10
 EPLB_WINDOW_FRACTION = 3
 IMAGES_PER_PROMPT = 4
 CPU_KV_CACHE_BYTES = 2**30
+# vLLM 0.29's CPU rotary kernel takes a query of shape (tokens, heads, dim) for
+# tokens x heads one-head tokens and rotates each by the position of the wrong token; MLA
+# models (DeepSeek-V2/V3) pass their rope part in that shape. PyTorch's rotary is exact.
+CPU_CUSTOM_OPS = ("-rotary_embedding",)
 # A replica whose engine spans 8 GPUs can stall in one long step (EPLB moving experts, a
 # long prefill): Serve's default 30 s health timeout would restart it and reload the model
 HEALTH_CHECK_PERIOD_S = 10
@@ -129,6 +133,7 @@ def engine_kwargs(args: AppArgs, vllm: VllmArgs, accelerator: Accelerator) -> di
         kw["gpu_memory_utilization"] = vllm.gpu_memory_utilization
     else:
         kw["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        kw["compilation_config"] = {"custom_ops": list(CPU_CUSTOM_OPS)}
     kw.update(vllm.engine_args)
     return kw
 
@@ -149,8 +154,9 @@ def llm_config(
     """Ray Serve LLM's ``LLMConfig`` for ``args`` as a dict (``LLMConfig(**d)``).
 
     ``accelerator="cpu"`` is the variant for a machine without GPUs (``mmo up``): one
-    rank, no expert parallelism, ``accelerator_config`` of kind cpu and a KV cache of
-    ``CPU_KV_CACHE_BYTES`` unless ``engine_args`` sizes it.
+    rank, no expert parallelism, ``accelerator_config`` of kind cpu, a KV cache of
+    ``CPU_KV_CACHE_BYTES`` unless ``engine_args`` sizes it, and PyTorch's rotary
+    embedding instead of vLLM's CPU kernel (``CPU_CUSTOM_OPS``).
     """
     if args.engine != "vllm":
         raise VllmArgsError(f"engine is {args.engine!r}; an LLMConfig is built for vllm only")

@@ -153,6 +153,13 @@ def test_cpu_variant_runs_one_rank_without_expert_parallelism() -> None:
     )
 
 
+def test_cpu_variant_rotates_with_pytorch_not_vllms_cpu_kernel() -> None:
+    # vLLM's CPU rotary kernel mis-rotates MLA's (tokens, heads, dim) query views
+    kw = llm_config(_args(_doc()), accelerator="cpu")["engine_kwargs"]
+    assert kw["compilation_config"] == {"custom_ops": ["-rotary_embedding"]}
+    assert "compilation_config" not in llm_config(_args(_doc()))["engine_kwargs"]
+
+
 def test_builtin_models_keep_the_mmo_engine() -> None:
     args = build_app_args(validate_file(ROOT / "manifests/samples/private-vqa.yaml").model, None)
     assert args.engine == "mmo" and args.vllm is None
