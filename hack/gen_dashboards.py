@@ -7,7 +7,8 @@ from what this script writes, so edit here and run `python hack/gen_dashboards.p
 Every query uses only metrics listed in the cross-team contract (mmo_* serving metrics,
 renamed from Ray's ray_mmo_* by the scrape config, and mmo_operator_* operator metrics),
 or vLLM's engine metrics as Ray Serve LLM exports them (ray_vllm_*: names, labels and
-buckets of vLLM 0.29; tests/observability/fake_vllm_exporter.py lists them).
+buckets of vLLM 0.29 as a real `mmo up` exports them, tests/vllm/test_vllm_up.py;
+tests/observability/fake_vllm_exporter.py lists them).
 Every panel and variable reads the `datasource` variable: nothing names a datasource.
 """
 
@@ -363,6 +364,7 @@ def engine() -> Json:
     lay = Layout()
     p = lay.panel
     by_rank = "ReplicaId"
+    running = f"{VLLM}num_requests_running"
     panels = [
         p(
             "timeseries",
@@ -443,10 +445,12 @@ def engine() -> Json:
             "timeseries",
             "Preemptions per second by rank",
             "Requests the scheduler evicted to free KV-cache blocks (recomputed later): "
-            "a KV cache too small for the load.",
+            "a KV cache too small for the load. Ray exports the counter only after a "
+            "rank's first preemption: until then the rank shows 0.",
             [
                 target(
-                    f"sum by ({by_rank}) (rate({VLLM}num_preemptions_total{{{SEL}}}[{RI}]))",
+                    f"sum by ({by_rank}) (rate({VLLM}num_preemptions_total{{{SEL}}}[{RI}]))"
+                    f" or sum by ({by_rank}) ({running}{{{SEL}}}) * 0",
                     "{{ReplicaId}}",
                 )
             ],
@@ -466,7 +470,6 @@ def engine() -> Json:
             w=24,
         ),
     ]
-    running = f"{VLLM}num_requests_running"
     return dashboard(
         "mmo-engine",
         "mmo / Engine",

@@ -2,8 +2,10 @@
 
     python fake_vllm_exporter.py PORT
 
-A real vLLM cannot run in the test environment, so this serves the metric families with
-the names, types, labels and buckets vLLM 0.29 registers, read from its source:
+The dashboard harness needs engine metrics in states a short CPU run cannot reach (a
+saturated KV cache, requests waiting, preemptions, slow first tokens), so this serves the
+metric families with the names, types, labels and buckets vLLM 0.29 registers, read from
+its source:
 
 - ``vllm/v1/metrics/loggers.py`` (``PrometheusStatLogger``): each family's name
   (``vllm:...``), type, labels ``model_name`` (the served model name, mmo's model name)
@@ -11,10 +13,17 @@ the names, types, labels and buckets vLLM 0.29 registers, read from its source:
   ``vllm:request_success`` and the histograms' buckets;
 - ``vllm/v1/metrics/ray_wrappers.py`` (``RayPrometheusStatLogger``, which Ray Serve LLM
   installs when ``LLMConfig.log_engine_metrics`` is on): the name sanitised to
-  ``[a-zA-Z0-9_]`` (``vllm:x`` -> ``vllm_x``) and a ``ReplicaId`` label (the Serve replica);
+  ``[a-zA-Z0-9_]`` (``vllm:x`` -> ``vllm_x``), a ``ReplicaId`` label (the Serve replica),
+  and counters that are not exported before their first non-zero increment (the wrapper
+  drops ``inc(0)``): a rank that never preempted has no preemption series;
 - Ray's metrics endpoint then prefixes ``ray_`` and gives counters ``_total``, as Ray's own
   LLM dashboards query them (``ray_vllm_generation_tokens_total``), and adds its own
-  ``WorkerId`` label (one of several Ray tags the dashboards do not use).
+  ``WorkerId`` label (one of several Ray tags the dashboards do not use: Component,
+  NodeAddress, SessionName, Version, otel_scope_*).
+
+tests/vllm/test_vllm_up.py checks this table against what a real ``mmo up`` with engine
+vllm exports (names, types, labels) and runs the same dashboard queries and engine rules
+against it with a real Prometheus.
 
 The values move a few times a second and are chosen so that the engine alerts can fire:
 the KV cache of one replica nearly full with requests waiting, first tokens slower than
@@ -112,7 +121,9 @@ def tick(metrics: dict[str, Any], model: str, rng: random.Random) -> None:
         metrics["vllm:num_requests_waiting"].labels(**ids).set(rng.randint(1, 6) if full else 0)
         usage = 0.95 + 0.04 * rng.random() if full else 0.3 + 0.3 * rng.random()
         metrics["vllm:kv_cache_usage_perc"].labels(**ids).set(usage)
-        metrics["vllm:num_preemptions"].labels(**ids).inc(rng.randint(0, 2) if full else 0)
+        preempted = rng.randint(1, 2) if full else 0
+        if preempted:  # as Ray's counter wrapper: no series before the first increment
+            metrics["vllm:num_preemptions"].labels(**ids).inc(preempted)
         metrics["vllm:prompt_tokens"].labels(**ids).inc(rng.randint(200, 800))
         metrics["vllm:generation_tokens"].labels(**ids).inc(rng.randint(50, 200))
         for reason in FINISHED_REASONS[:3]:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -153,3 +154,22 @@ def test_engine_alerts_evaluate_on_the_scraped_names(
         for alert in ENGINE_ALERTS
     ]
     assert promharness.empty_queries(fake_prometheus, queries, {}, timeout=90) == []
+
+
+def test_a_rank_that_never_preempted_shows_zero_preemptions(
+    promharness: ModuleType, fake_prometheus: Any
+) -> None:
+    """Ray exports a counter only after its first increment: the fake's second rank has no
+    preemption series, and the Engine dashboard still shows that rank, at 0."""
+    (panel,) = [q for q in promharness.panel_queries() if q.panel.startswith("Preemptions")]
+    expr = promharness.substitute(panel.expr, {"namespace": ".*", "model": ".*"})
+    assert fake_prometheus.query("ray_vllm_num_preemptions_total{ReplicaId='replica-b'}") == []
+    deadline = time.monotonic() + 60
+    by_rank: dict[str, float] = {}
+    while time.monotonic() < deadline and sorted(by_rank) != ["replica-a", "replica-b"]:
+        time.sleep(1)
+        by_rank = {
+            s["metric"]["ReplicaId"]: float(s["value"][1]) for s in fake_prometheus.query(expr)
+        }
+    assert by_rank["replica-b"] == 0
+    assert by_rank["replica-a"] > 0

@@ -2,9 +2,9 @@
 FedAvg), and SuperLink + 4 SuperNodes with secure aggregation (SecAgg+) and dropouts.
 
 Flower cannot share the serving venv (its FastAPI/Starlette pins break Ray Serve), so
-the federation runs with ``.venv-federated`` (created here when missing, as by
-``make federated-venv``) as subprocesses; this process (the main venv) only reads what
-they wrote and measures the result itself.
+the federation runs with ``.venv-federated`` (the ``federated_venv`` fixture creates it
+when missing, as ``make federated-venv`` does) as subprocesses; this process (the main
+venv) only reads what they wrote and measures the result itself.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,55 +22,12 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / ".venv-federated"
-PY = VENV / "bin" / "python"
 SITES = 3
 ROUNDS = 3
 CLIP = 0.5
 # The utility test needs a noise level the signal of 3 sites x 3 rounds survives (the
 # admission minimum 0.5 is meant for federations of many sites and rounds): std 0.01.
 NOISE = 0.02
-NETWORK_ERRORS = (
-    "Could not find a version",
-    "Temporary failure",
-    "Network is unreachable",
-    "Connection refused",
-    "No matching distribution",
-    "Max retries",
-)
-
-
-def _usable() -> bool:
-    if not (VENV / "bin" / "flwr").exists():
-        return False
-    probe = subprocess.run(
-        [str(PY), "-c", "import flwr, mmo_serving; print(mmo_serving.__file__)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return probe.returncode == 0 and probe.stdout.strip().startswith(str(ROOT))
-
-
-def ensure_venv() -> None:
-    """``make federated-venv``, plus a reinstall when the venv points at another checkout."""
-    if _usable():
-        return
-    steps = []
-    if not PY.exists():
-        steps.append([sys.executable, "-m", "venv", str(VENV)])
-    steps += [
-        [str(PY), "-m", "pip", "install", "--quiet", "torch==2.13.0"],
-        [str(PY), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[federated]"],
-    ]
-    for cmd in steps:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        if res.returncode != 0:
-            out = (res.stdout + res.stderr)[-3000:]
-            hint = " (no package index reachable?)" if any(e in out for e in NETWORK_ERRORS) else ""
-            pytest.fail(f"cannot create .venv-federated{hint}: {' '.join(cmd)} failed:\n{out}")
-    assert _usable(), ".venv-federated was created but cannot import flwr and this mmo"
 
 
 def _model_source() -> str:
@@ -89,12 +45,11 @@ def _kill_recorded(work: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    ensure_venv()
+def federation(federated_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("federation")
     source = _model_source()
     cmd = [
-        str(PY),
+        str(federated_venv / "bin/python"),
         "-m",
         "mmo_serving.federated",
         "local",
@@ -239,8 +194,9 @@ SECURE_NOISE = 1.0
 
 
 @pytest.fixture(scope="module")
-def secure_federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    ensure_venv()
+def secure_federation(
+    federated_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("secure-federation")
     config = {
         "secure-aggregation": "true",
@@ -254,7 +210,7 @@ def secure_federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         "scenes-per-site": 12,
         "local-epochs": 1,
     }
-    cmd = [str(PY), "-m", "mmo_serving.federated", "local", str(work)]
+    cmd = [str(federated_venv / "bin/python"), "-m", "mmo_serving.federated", "local", str(work)]
     cmd += ["--sites", str(SECURE_SITES), "--timeout", "500", "--keep-updates"]
     for drop in ("3:1:before-unmask", "2:2:before-masking"):
         cmd += ["--drop", drop]

@@ -3,7 +3,7 @@
 The handle is a fake with Serve's calling shape (``handle.options(stream=True).chat
 .remote(request, raw_request_info)`` is an async iterator); the request stays a dict
 (in a replica it becomes vLLM's ``ChatCompletionRequest``). The real engine behind a
-real handle is tested in tests/vllm/test_vllm_serve.py.
+real handle, behind mmo up, is tested in tests/vllm/test_vllm_up.py.
 """
 
 from __future__ import annotations

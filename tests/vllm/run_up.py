@@ -2,8 +2,15 @@
 source is a tiny Qwen3-MoE checkpoint directory (``file:///...``), driven as a user
 would: the real command in a subprocess, its banner awaited, then HTTP requests to the
 endpoint and the metrics port. Writes into WORK/result.json what transformers answers
-greedily, what the endpoint answered (whole, streamed, refused, cached), the audit
-lines, the metric names and the timings.
+greedily, what the endpoint answered (whole, streamed, refused, cached, health), the
+audit lines, the metric names, the engine-metrics check and the timings.
+
+The engine-metrics check: a real Prometheus (tests/observability/promharness.py) scrapes
+Ray's metrics endpoint of this ``mmo up`` from the first request on, as the PodMonitor
+scrapes a Ray pod, with the chart's rules loaded; while a steady load keeps the engine
+busy, every vLLM query of the Engine and Overview dashboards and every engine rule must
+return data for the served model. The vLLM families on the endpoint (names, types,
+labels) are recorded as Ray Serve LLM really exports them.
 
 Usage: run_up.py WORK
 """
@@ -12,16 +19,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import checkpoints as ck
 import httpx
+import yaml
 
 MODEL = "tiny-qwen3-moe"
 MAX_TOKENS = 8  # the front's default token budget (AppArgs.max_new_tokens)
@@ -34,6 +44,18 @@ PROMPTS = (
 READY = "is serving"
 START_TIMEOUT_S = 600
 STOP_TIMEOUT_S = 120
+
+REPO = Path(__file__).resolve().parents[2]
+OBSERVABILITY = REPO / "tests" / "observability"
+ENGINE_BOARDS = [REPO / "charts/mmo/dashboards" / b for b in ("engine.json", "overview.json")]
+RULES = REPO / "charts" / "mmo" / "rules"
+RULE_FILES = [RULES / f for f in ("mmo-thresholds.yaml", "mmo-serving.yaml", "mmo-engine.yaml")]
+VLLM_SERIES = "ray_vllm_"
+# Grafana's $__rate_interval on a dashboard showing the last few minutes: the whole run
+# falls inside every rate() window
+RATE_INTERVAL = "2m"
+ENGINE_CHECK_TIMEOUT_S = 180
+COMPARISON = re.compile(r"(?<![=!<>~])(>=|<=|==|!=|>|<)(?!=)\s*")
 
 SPEC = """\
 apiVersion: serving.mmo.dev/v1alpha1
@@ -106,6 +128,18 @@ def wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"mmo up not serving after {START_TIMEOUT_S}s")
 
 
+def with_token_texts(checkpoint: Path, expected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each answer's tokens decoded one by one (special tokens have no text): what a
+    stream that sends each token as it is decoded must deliver, chunk by chunk."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    for answer in expected:
+        ids = [i for i in answer["ids"] if i not in answer["specials"]]
+        answer["pieces"] = [tok.decode([i]) for i in ids]
+    return expected
+
+
 def chat_body(prompt: str, *, stream: bool) -> dict[str, Any]:
     return {
         "model": MODEL,
@@ -137,6 +171,123 @@ def ask_stream(client: httpx.Client, prompt: str, headers: dict[str, str]) -> An
             "content_type": r.headers.get("content-type"),
             "chunks": chunks,
         }
+
+
+def get(client: httpx.Client, path: str) -> dict[str, Any]:
+    r = client.get(path)
+    return {"status": r.status_code, "body": r.json()}
+
+
+def embed(client: httpx.Client, text: str) -> dict[str, Any]:
+    r = client.post("/v1/embeddings", json={"model": MODEL, "input": text})
+    return {"status": r.status_code, "body": r.json()}
+
+
+class Load(threading.Thread):
+    """New questions one after another (whole and streamed, tenant "load"), until
+    stopped: the engine stays busy while Prometheus scrapes its gauges."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="load", daemon=True)
+        self.url = url
+        self.done = threading.Event()
+        self.codes: list[int] = []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=300) as client:
+            while not self.done.is_set():
+                n = len(self.codes)
+                body = chat_body(f"Question {n}: what comes next?", stream=n % 2 == 1)
+                r = client.post("/v1/chat/completions", json=body, headers={"X-Tenant": "load"})
+                self.codes.append(r.status_code)
+
+
+def as_bool_comparisons(expr: str) -> str:
+    """An alert expression with each comparison made ``bool``: a series wherever the
+    alert is evaluated (0 or 1), not only where it fires."""
+    return COMPARISON.sub(lambda m: f"{m.group(1)} bool ", expr)
+
+
+def engine_queries(ph: Any) -> list[Any]:
+    """Every query of the Engine dashboard and the Overview's engine row, each engine
+    recording rule by its name and each engine alert with ``bool`` comparisons."""
+    queries = [q for q in ph.panel_queries(ENGINE_BOARDS) if VLLM_SERIES in q.expr]
+    for group in yaml.safe_load((RULES / "mmo-engine.yaml").read_text())["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                queries.append(ph.PanelQuery("rules", rule["record"], "record", rule["record"]))
+            else:
+                expr = as_bool_comparisons(str(rule["expr"]))
+                queries.append(ph.PanelQuery("rules", rule["alert"], "alert", expr))
+    return queries
+
+
+def engine_families(exposition: str) -> dict[str, dict[str, Any]]:
+    """The vLLM series on Ray's endpoint: series name -> family type, label names and
+    the model_name values."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, Any]] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if not sample.name.startswith(VLLM_SERIES):
+                continue
+            entry = out.setdefault(
+                sample.name, {"type": family.type, "labels": set(), "model_names": set()}
+            )
+            entry["labels"] |= set(sample.labels) - {"le"}
+            entry["model_names"].add(sample.labels.get("model_name"))
+    return {
+        name: {
+            **e,
+            "labels": sorted(e["labels"]),
+            "model_names": sorted(map(str, e["model_names"])),
+        }
+        for name, e in out.items()
+    }
+
+
+def check_engine_metrics(prom: Any, ph: Any, url: str, metrics_url: str) -> dict[str, Any]:
+    """Under a steady load: which engine queries stay empty, and the vLLM families."""
+    queries = engine_queries(ph)
+    variables = {
+        **ph.dashboard_variables(ENGINE_BOARDS),
+        "namespace": "local",
+        "model": MODEL,
+        "__rate_interval": RATE_INTERVAL,
+    }
+    load = Load(url)
+    load.start()
+    try:
+        empty = ph.empty_queries(prom, queries, variables, timeout=ENGINE_CHECK_TIMEOUT_S)
+        exposition = httpx.get(metrics_url, timeout=30).text
+    finally:
+        load.done.set()
+        load.join(timeout=300)
+    return {
+        "queries": [str(q) for q in queries],
+        "empty": empty,
+        "families": engine_families(exposition),
+        "load_codes": sorted(set(load.codes)),
+        "load_requests": len(load.codes),
+    }
+
+
+def start_prometheus(work: Path, metrics_port: int) -> tuple[Any, Any]:
+    """promharness' Prometheus scraping Ray's endpoint, labelled as the PodMonitor labels
+    a model's pods (namespace, model), with the chart's serving and engine rules."""
+    sys.path.insert(0, str(OBSERVABILITY))
+    import promharness as ph
+
+    prom = ph.PrometheusServer(
+        work / "prometheus",
+        [f"127.0.0.1:{metrics_port}"],
+        labels={"namespace": "local", "model": MODEL},
+        rule_files=RULE_FILES,
+    )
+    (work / "prometheus").mkdir()
+    prom.start()
+    return prom, ph
 
 
 def metric_names(metrics_url: str, wanted: str, timeout_s: float = 60) -> list[str]:
@@ -175,7 +326,7 @@ def main(work: Path) -> None:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     checkpoint = ck.make_qwen3_moe(work / "qwen3-moe")
-    expected = ck.greedy_answers(checkpoint, PROMPTS, MAX_TOKENS)
+    expected = with_token_texts(checkpoint, ck.greedy_answers(checkpoint, PROMPTS, MAX_TOKENS))
     spec = write_spec(work, checkpoint)
     timings["checkpoint_and_reference_s"] = time.perf_counter() - t
 
@@ -188,10 +339,16 @@ def main(work: Path) -> None:
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=work)
     result: dict[str, Any] = {"prompts": PROMPTS, "expected": expected, "timings": timings}
+    url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    prom = None
     try:
         wait_ready(proc, log)
         timings["mmo_up_ready_s"] = time.perf_counter() - t
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+        try:
+            prom, ph = start_prometheus(work, metrics_port)
+        except Exception as exc:  # reported by the engine-metrics test, not the others
+            result["engine_metrics"] = {"error": f"Prometheus did not start: {exc!r}"}
+        with httpx.Client(base_url=url, timeout=300) as client:
             t = time.perf_counter()
             result["whole"] = [ask(client, p) for p in PROMPTS]
             timings["whole_answers_s"] = time.perf_counter() - t
@@ -199,19 +356,25 @@ def main(work: Path) -> None:
             result["streamed"] = [ask_stream(client, p, {"X-Tenant": "stream"}) for p in PROMPTS]
             result["repeated"] = ask(client, PROMPTS[0])
             result["bad_header"] = ask(client, PROMPTS[0], {"X-Data-Class": "secret"})
-            models = client.get("/v1/models")
-            result["models"] = {"status": models.status_code, "body": models.json()}
-        result["metrics"] = metric_names(
-            f"http://127.0.0.1:{metrics_port}/metrics", "mmo_cache_hits"
-        )
+            result["embeddings"] = embed(client, PROMPTS[0])
+            result["models"] = get(client, "/v1/models")
+            result["readyz"] = get(client, "/readyz")
+            result["expert_load"] = get(client, "/v1/expert-load")
+        result["metrics"] = metric_names(metrics_url, "mmo_cache_hits")
         result["audit"] = [
             json.loads(line) for line in audit.read_text().splitlines() if line.strip()
         ]
+        if prom is not None:
+            t = time.perf_counter()
+            result["engine_metrics"] = check_engine_metrics(prom, ph, url, metrics_url)
+            timings["engine_metrics_s"] = time.perf_counter() - t
     except BaseException:
         stop(proc)
         print(log.read_text(errors="replace")[-6000:])  # what mmo up said, for the test
         raise
     finally:
+        if prom is not None:
+            prom.stop()
         result["exit_code"] = stop(proc)
         result["log"] = log.read_text(errors="replace")[-20000:]
         (work / "result.json").write_text(json.dumps(result))

@@ -1,7 +1,7 @@
 """The LLMConfig dicts of mmo_serving.vllm_args pass Ray Serve LLM's and vLLM's own checks.
 
 Ray 2.60 and vLLM live in ``.venv-vllm`` (their pins clash with the main venv): the test
-runs hack/check_llm_config.py with that venv's python (the ``vllm_run`` fixture builds the
+runs hack/check_llm_config.py with that venv's python (the ``vllm_venv`` fixture builds the
 venv when missing).
 """
 
@@ -20,7 +20,6 @@ from mmo_operator.validation import validate
 from mmo_serving.vllm_args import llm_config
 
 ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm/bin/python"
 SCRIPT = ROOT / "hack/check_llm_config.py"
 
 
@@ -50,9 +49,9 @@ def test_there_are_vllm_samples_to_check() -> None:
     assert len(_configs()) >= 6
 
 
-def test_llm_configs_pass_ray_and_vllm_checks(vllm_run: Any) -> None:
+def test_llm_configs_pass_ray_and_vllm_checks(vllm_venv: Path) -> None:
     result = subprocess.run(
-        [str(VLLM_PYTHON), str(SCRIPT)],
+        [str(vllm_venv / "bin/python"), str(SCRIPT)],
         input=json.dumps(_configs()),
         capture_output=True,
         text=True,
@@ -63,14 +62,14 @@ def test_llm_configs_pass_ray_and_vllm_checks(vllm_run: Any) -> None:
     assert "FAILED" not in result.stdout
 
 
-def test_the_contract_check_catches_what_vllm_refuses(vllm_run: Any) -> None:
+def test_the_contract_check_catches_what_vllm_refuses(vllm_venv: Path) -> None:
     config = next(iter(_configs().values()))
     broken = copy.deepcopy(config)
     broken["engine_kwargs"]["max_num_seq"] = 8  # not an engine argument
     bad_eplb = copy.deepcopy(config)
     bad_eplb["engine_kwargs"]["eplb_config"]["window_size"] = 0
     result = subprocess.run(
-        [str(VLLM_PYTHON), str(SCRIPT)],
+        [str(vllm_venv / "bin/python"), str(SCRIPT)],
         input=json.dumps({"good": config, "broken": broken, "bad-eplb": bad_eplb}),
         capture_output=True,
         text=True,
