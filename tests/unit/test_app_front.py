@@ -158,6 +158,9 @@ def test_a_text_only_vllm_model_refuses_an_image_naming_the_field(count: int) ->
         "messages[0].content[1].image_url.url: model 'm' does not accept images (modalities: text)"
     )
     assert served.engine.inputs == []
+    (line,) = served.lines()  # refused after the gateway's verdict: that line, saying so
+    assert (line["decision"], line["status"]) == ("local", 400)
+    assert (line["error"], line["answeredBy"]) == ("unsupported_modality", "none")
 
 
 # -------------------------------------------------------------------------------- cache
