@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -37,6 +38,8 @@ CLIENT_GONE = "client_disconnected"
 UNKNOWN_ROUTE = "unknown"
 
 Chunk = str | bytes | memoryview
+# (verdict, route, status, error) -> the audit line written
+Served = Callable[[Local | Offloaded, str, int, str], None]
 
 
 @dataclass
@@ -96,7 +99,10 @@ class RequestLedger:
             seconds=time.perf_counter() - out.start,
         )
         if isinstance(resp, StreamingResponse) and out.verdict is not None and out.code == 200:
-            resp.body_iterator = self._audited_stream(out.verdict, resp.body_iterator)
+            once = _Once(self._served, out.verdict, out.route)
+            resp.body_iterator = stream = _audited_stream(resp.body_iterator, once)
+            # a stream never started (the client left before it) still gets its line
+            weakref.finalize(stream, once, CLIENT_GONE)
         elif out.verdict is not None:
             self._served(out.verdict, out.route, out.code, out.error_code)
         elif not out.decided:
@@ -132,19 +138,33 @@ class RequestLedger:
         except Exception:
             log.exception("%s: writing the audit line failed", route)
 
-    async def _audited_stream(
-        self, verdict: Local | Offloaded, chunks: AsyncIterable[Chunk]
-    ) -> AsyncIterator[Chunk]:
-        error = CLIENT_GONE  # what it was if the stream is closed before its end
-        try:
-            async for chunk in chunks:
-                yield chunk
-            error = ""
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("a streamed answer broke off")
-            error = STREAM_FAILED
-            raise
-        finally:
-            self._served(verdict, "stream", 200, error)
+
+class _Once:
+    """Writes a stream's audit line once: at its end, or when it is dropped unstarted."""
+
+    def __init__(self, served: Served, verdict: Local | Offloaded, route: str) -> None:
+        self.served = served
+        self.verdict = verdict
+        self.route = route
+        self.done = False
+
+    def __call__(self, error: str) -> None:
+        if not self.done:
+            self.done = True
+            self.served(self.verdict, self.route, 200, error)
+
+
+async def _audited_stream(chunks: AsyncIterable[Chunk], once: _Once) -> AsyncIterator[Chunk]:
+    error = CLIENT_GONE  # what it was if the stream is closed before its end
+    try:
+        async for chunk in chunks:
+            yield chunk
+        error = ""
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("a streamed answer broke off")
+        error = STREAM_FAILED
+        raise
+    finally:
+        once(error)

@@ -255,3 +255,34 @@ def test_the_vllm_front_says_why_it_reports_no_expert_load() -> None:
     )
     assert "the operator's live rebalancing skips this model" in err.message
     assert no_expert_load("mmo").message == "engine mmo does not report expert load"
+
+
+def test_a_stream_dropped_before_it_started_still_writes_its_line() -> None:
+    import asyncio
+    import gc
+
+    from starlette.responses import StreamingResponse
+
+    from mmo_serving.gateway import RequestInfo
+    from mmo_serving.request_ledger import Outcome, RequestLedger
+
+    audit = io.StringIO()
+    gateway = Gateway(BUILTIN.isolation, audit=AuditLog(stream=audit), key=KEY)
+    ledger = RequestLedger(gateway, Metrics(), "private", (CHAT_ROUTE,))  # type: ignore[arg-type]
+    request = Request({"type": "http", "method": "POST", "path": CHAT_ROUTE, "headers": []})
+    info = RequestInfo("r-5", CHAT_ROUTE, {}, {"model": "m", "messages": ask("hi")}, 0)
+    out = Outcome(CHAT_ROUTE, "r-5", verdict=asyncio.run(gateway.decide(info)))  # type: ignore[arg-type]
+
+    async def chunks() -> AsyncIterator[str]:
+        yield "data: [DONE]\n\n"
+
+    resp = ledger.close(out, request, StreamingResponse(chunks()))
+    assert audit.getvalue() == ""  # a stream's line waits for the stream
+    del resp
+    gc.collect()
+    (line,) = [json.loads(x) for x in audit.getvalue().splitlines()]
+    assert (line["status"], line["error"], line["answeredBy"]) == (
+        200,
+        "client_disconnected",
+        "none",
+    )
