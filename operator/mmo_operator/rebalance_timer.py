@@ -21,6 +21,10 @@ interval after the operator first sees the model, or after ``lastRebalanceTime``
 
 A failed read (endpoint down, timeout, wrong JSON) is logged and shown as a Warning
 event ``ExpertLoadUnavailable`` at most once per interval; the next tick tries again.
+
+A model served by vLLM (``spec.serving.engine`` vllm, the default for checkpoints) is
+skipped: vLLM re-places its experts inside the engine (EPLB) and its front reports no
+expert load. A ``Normal RebalanceNotApplicable`` event says so once.
 Nothing here raises into kopf. The pure parts are in ``planning/rebalance_load.py`` (the
 load read, and when) and ``planning/rebalance_decision.py`` (whether to move experts).
 """
@@ -41,6 +45,7 @@ import kopf
 
 from mmo_operator import metrics
 from mmo_operator.api.problems import InvalidResource
+from mmo_operator.api.v1alpha1 import engine_of
 from mmo_operator.builders.common import placement_configmap_name
 from mmo_operator.events import Event
 from mmo_operator.kube import ApiFailure, KubePermanentError, KubeTemporaryError
@@ -66,6 +71,12 @@ log = logging.getLogger("mmo_operator.rebalance_timer")
 UNAVAILABLE = "ExpertLoadUnavailable"
 REBALANCED = "Rebalanced"
 FAILED = "RebalanceFailed"
+NOT_APPLICABLE = "RebalanceNotApplicable"
+ENGINE_REBALANCES = (
+    "engine vllm re-places the experts itself (EPLB, on with spec.experts.placement "
+    "balanced, window and step from spec.experts.rebalance.intervalSeconds): the "
+    "operator does not read expert load or apply plans for this model"
+)
 
 
 @dataclass
@@ -117,6 +128,7 @@ class Rebalancer:
         self._guard = threading.Lock()
         self.last_check: dict[str, float] = {}
         self.last_warning: dict[str, float] = {}
+        self.not_applicable: set[str] = set()  # told once that the engine rebalances itself
 
     def _since(self, key: str, body: dict[str, Any]) -> float | None:
         with self._guard:
@@ -133,6 +145,7 @@ class Rebalancer:
         with self._guard:
             self.last_check.pop(key, None)
             self.last_warning.pop(key, None)
+            self.not_applicable.discard(key)
 
     def check(self, body: dict[str, Any], now: float | None = None) -> CheckResult:
         now = time.time() if now is None else now
@@ -150,6 +163,8 @@ class Rebalancer:
         if not settings.enabled:
             self.forget(key)
             return CheckResult("skipped", "rebalancing disabled")
+        if engine_of(model.spec) == "vllm":
+            return self._not_applicable(key)
         interval = effective_interval(settings.interval_seconds, self.options.interval_override)
         last = self._since(key, body)
         if last is None:  # first sight: start the clock, let load accumulate
@@ -211,6 +226,15 @@ class Rebalancer:
             if fresh is None:
                 raise
             return rec.reconcile(fresh, rebalance=record)
+
+    def _not_applicable(self, key: str) -> CheckResult:
+        """Skip a model whose engine rebalances itself; say why once."""
+        with self._guard:
+            first = key not in self.not_applicable
+            self.not_applicable.add(key)
+            self.last_check.pop(key, None)
+        events = [Event("Normal", NOT_APPLICABLE, ENGINE_REBALANCES)] if first else []
+        return CheckResult("skipped", ENGINE_REBALANCES, events)
 
     def _unavailable(self, key: str, now: float, interval: float, reason: str) -> CheckResult:
         message = f"expert load not read, placement kept: {reason}"[:1000]

@@ -1,8 +1,9 @@
 """The response cache as the front uses it: scoped keys, hits and misses counted, and
 streamed answers stored once complete.
 
-A key is ``None`` when the cache is off; every method then computes and reports
-``off``.
+A key is ``None`` when the cache is off (every method then computes and reports
+``off``) or when the request's parts are ``None``: an answer that must not be reused
+(a sampled one), computed and reported as ``bypass``.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ class AnswerCache:
         if args.cache.enabled:
             self.cache = ResponseCache(args.cache.max_entries, args.cache.ttl_seconds)
 
-    def key(self, route: str, parts: Any, data_class: str, tenant: str) -> str | None:
-        if self.cache is None:
+    def key(self, route: str, parts: Any | None, data_class: str, tenant: str) -> str | None:
+        if self.cache is None or parts is None:
             return None
         return cache_key(route, parts, CacheScope(self.model_version, data_class, tenant))
 
     def _lookup(self, key: str | None) -> tuple[Any, str]:
-        if key is None or self.cache is None:
+        if self.cache is None:
             return None, "off"
+        if key is None:
+            return None, "bypass"
         hit = self.cache.get(key)
         if hit is not None:
             self.metrics.cache_hit()

@@ -4,6 +4,9 @@ One ingress deployment (FastAPI via ``serve.ingress``) is the front for every en
 
     HTTP -> OpenAI schema -> gateway.decide -> cache -> ChatEngine (built-in or vLLM)
 
+The two API routes' work is :class:`~mmo_serving.front.Front` (no Serve in it); this
+module holds the deployment's lifecycle, the other routes and the app builders.
+
 Routes: ``POST /v1/chat/completions`` (text + inline image, ``stream``), ``POST
 /v1/embeddings`` (text or image), ``GET /v1/models``, ``GET /healthz``, ``GET /readyz``,
 ``GET /v1/expert-load``. Every error, unknown routes and methods included, is
@@ -16,78 +19,50 @@ engine deployment where there is one (vLLM). The deployment's ``user_config`` is
 without a restart. Deployment options come from :mod:`mmo_serving.deployment`.
 """
 
-import asyncio
 import contextlib
 import inspect
-import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 
-from mmo_serving.answer_cache import AnswerCache
-from mmo_serving.backend import ChatEngine, EmbedInput, EngineUnsupported
+from mmo_serving.backend import ChatEngine
 from mmo_serving.config import AppArgs, RuntimeConfig
 from mmo_serving.deployment import INGRESS_DEPLOYMENT, deployment_options
 from mmo_serving.engines import EngineFactory, Tunable, default_engine_factory
-from mmo_serving.expert_load import ExpertLoadRecorder
-from mmo_serving.gateway import Gateway, Local, Offloaded, RequestInfo, build_gateway
-from mmo_serving.metrics import ServingMetrics, serving_metrics
-from mmo_serving.openai import chat, embeddings
+from mmo_serving.expert_load import ExpertLoadRecorder, expert_load_document, no_expert_load
+from mmo_serving.front import CHAT_ROUTE, EMBED_ROUTE, Front
+from mmo_serving.gateway import Gateway, build_gateway
+from mmo_serving.metrics import serving_metrics
 from mmo_serving.openai import schema as oa
-from mmo_serving.openai.body import read_body
 from mmo_serving.openai.errors import error_response, install_error_handlers
-from mmo_serving.openai.sse import events, primed, words
 from mmo_serving.vllm_args import Accelerator, llm_config
 from mmo_serving.vllm_engine import build_vllm_deployment
-
-log = logging.getLogger("mmo_serving.app")
-
-CHAT_ROUTE = "/v1/chat/completions"
-EMBED_ROUTE = "/v1/embeddings"
-ROUTES = (CHAT_ROUTE, EMBED_ROUTE)
 
 GatewayFactory = Callable[[AppArgs], Gateway]
 # an LLMConfig dict -> the bound engine deployment
 LlmDeploymentBuilder = Callable[[dict[str, Any]], Application]
 
+
+def _audit_unrouted(request: Request, err: oa.ApiError) -> None:
+    """An unknown route or a wrong method (404, 405) is a request too: its audit line."""
+    try:
+        ingress = serve.get_replica_context().servable_object
+    except Exception:  # outside a Serve replica: no gateway to write it
+        return
+    front = getattr(ingress, "front", None)
+    if isinstance(front, Front):
+        front.ledger.unrouted(request, err.status, err.code)
+
+
+# ``serve.ingress`` pickles the routes and the handlers when the class is decorated:
+# every global they use must exist before it.
 api = FastAPI(title="mmo", docs_url=None, redoc_url=None, openapi_url=None)
-install_error_handlers(api)
-
-
-# ``serve.ingress`` pickles the routes when the class is decorated: every global they
-# use must exist before it.
-
-
-class _Outcome:
-    """What one request did, for the metrics recorded when it ends."""
-
-    def __init__(self, route: str) -> None:
-        self.route = route
-        self.code = 200
-        self.modality = "text"
-        self.cache = "off"
-        self.start = time.perf_counter()
-        self.request_id = ""
-        self.error_code = ""
-        self.audited = False  # the gateway wrote this request's audit line
-
-
-def _scope(verdict: Local) -> tuple[str, str]:
-    return verdict.data_class, verdict.tenant
-
-
-def _embed_one(engine: ChatEngine, item: EmbedInput) -> Callable[[], Awaitable[list[float]]]:
-    async def one() -> list[float]:
-        (vector,) = await engine.embed([item])
-        return vector
-
-    return one
+install_error_handlers(api, on_error=_audit_unrouted)
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT)
@@ -103,13 +78,12 @@ class MmoIngress:
         self.args = AppArgs.model_validate(args)
         self.started_at = time.time()
         self.created = int(self.started_at)
-        self.metrics: ServingMetrics = serving_metrics()
-        self.inflight = dict.fromkeys(ROUTES, 0)
+        metrics = serving_metrics()
         self.gateway: Gateway = (gateway_factory or build_gateway)(self.args)
-        self.cache = AnswerCache(self.args, self.metrics)
         made = (engine_factory or default_engine_factory)(self.args, engine_handle)
         self.engine: ChatEngine = await made if inspect.isawaitable(made) else made
-        self.expert_load = ExpertLoadRecorder(self.engine, self.metrics, lambda: self.inflight)
+        self.front = Front(self.args, self.gateway, self.engine, metrics)
+        self.expert_load = ExpertLoadRecorder(self.engine, metrics, lambda: self.front.inflight)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new ``RuntimeConfig`` (Serve ``user_config``) without a restart."""
@@ -164,174 +138,16 @@ class MmoIngress:
     async def expert_load_route(self) -> Response:
         load = await self.expert_load.record()
         if load is None:
-            err = oa.ApiError(
-                404,
-                f"engine {self.args.engine} does not report expert load",
-                code="expert_load_unavailable",
-            )
-            return error_response(err)
-        doc = load.to_json_dict()
-        doc["model"] = self.args.name
-        placement = self.args.placement
-        doc["placement"] = placement.model_dump(mode="json", by_alias=True) if placement else None
-        return JSONResponse(doc)
+            return error_response(no_expert_load(self.args.engine))
+        return JSONResponse(expert_load_document(self.args, load))
 
     @api.post(CHAT_ROUTE)
     async def chat_completions(self, request: Request) -> Response:
-        return await self._answer(CHAT_ROUTE, request, self._chat)
+        return await self.front.answer(CHAT_ROUTE, request, self.front.chat)
 
     @api.post(EMBED_ROUTE)
     async def embeddings(self, request: Request) -> Response:
-        return await self._answer(EMBED_ROUTE, request, self._embeddings)
-
-    # ------------------------------------------------------------------ request plumbing
-
-    async def _answer(
-        self,
-        route: str,
-        request: Request,
-        handler: Callable[[Request, _Outcome], Awaitable[Response]],
-    ) -> Response:
-        """Run one API request: errors as OpenAI JSON, metrics, and exactly one audit
-        line (the gateway's, or one here when the request ended before its verdict).
-        The request id is the client's ``X-Request-Id`` or a new one."""
-        self.inflight[route] += 1
-        self.metrics.queue_depth(route, self.inflight[route])
-        out = _Outcome(route)
-        out.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        try:
-            resp = await handler(request, out)
-        except EngineUnsupported as exc:
-            out.code, out.error_code = 400, "unsupported_by_engine"
-            resp = error_response(oa.ApiError(400, str(exc), code="unsupported_by_engine"))
-        except oa.ApiError as exc:
-            out.code, out.error_code = exc.status, exc.code
-            resp = error_response(exc)
-        except Exception:
-            log.exception("%s failed", route)
-            out.code, out.error_code = 500, "internal_error"
-            err = oa.ApiError(500, "internal error", code="internal_error", type="server_error")
-            resp = error_response(err)
-        finally:
-            if not out.audited:
-                self._audit_rejected(request, out)
-            self.inflight[route] -= 1
-            self.metrics.queue_depth(route, self.inflight[route])
-            self.metrics.request(
-                route=route,
-                code=out.code,
-                mode=self.args.isolation.mode,
-                modality=out.modality,
-                cache=out.cache,
-                seconds=time.perf_counter() - out.start,
-            )
-        return resp
-
-    def _audit_rejected(self, request: Request, out: _Outcome) -> None:
-        try:
-            self.gateway.record_rejected(
-                out.request_id, request.headers.items(), out.route, out.code, out.error_code
-            )
-        except Exception:
-            log.exception("%s: writing the audit line failed", out.route)
-
-    async def _body(self, request: Request) -> bytes:
-        return await read_body(request, self.args.max_request_bytes)
-
-    def _check_model(self, model: str) -> None:
-        if model != self.args.name:
-            raise oa.ApiError(
-                404,
-                f"model {model!r} does not exist; this endpoint serves {self.args.name!r}",
-                code="model_not_found",
-                param="model",
-            )
-
-    async def _gate(
-        self, request: Request, out: _Outcome, req: oa.ChatCompletionRequest | oa.EmbeddingRequest
-    ) -> Local | Offloaded:
-        info = RequestInfo(
-            request_id=out.request_id,
-            route=out.route,
-            headers=request.headers.items(),  # every copy: a repeated header is refused
-            # the validated request, not the raw JSON: fields the schema ignores never
-            # reach the gateway (nor, through an offload, the cloud endpoint)
-            body=req.model_dump(mode="json", exclude_none=True),
-            queue_depth=self.inflight[out.route],
-        )
-        verdict = await self.gateway.decide(info)
-        out.audited = True
-        if isinstance(verdict, Local | Offloaded):
-            if isinstance(verdict, Offloaded):
-                out.cache = "offload"
-            return verdict
-        raise oa.ApiError(
-            verdict.status, verdict.message, code=verdict.code, param=verdict.param,
-            type=verdict.error_type,
-        )  # fmt: skip
-
-    # ------------------------------------------------------------------ chat
-
-    async def _chat(self, request: Request, out: _Outcome) -> Response:
-        req: oa.ChatCompletionRequest = oa.parse_model(
-            oa.ChatCompletionRequest, await self._body(request)
-        )
-        self._check_model(req.model)
-        verdict = await self._gate(request, out, req)
-        if isinstance(verdict, Offloaded):
-            return self._reply_offloaded(verdict.response, req.stream)
-        inp = chat.chat_input(req, req.model_dump(mode="json", exclude_none=True), self.args,
-                              out.request_id)  # fmt: skip
-        out.modality = "image" if inp.images else "text"
-        key = self.cache.key(CHAT_ROUTE, chat.cache_key_parts(inp), *_scope(verdict))
-        if req.stream:
-            deltas, out.cache = self.cache.stream(key, lambda: self.engine.chat_stream(inp))
-            stream = events(
-                chat.new_completion_id(), int(time.time()), req.model, await primed(deltas)
-            )
-            headers = {"x-mmo-cache": out.cache, "x-mmo-data-class": verdict.data_class}
-            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        result, out.cache = await self.cache.answer(key, lambda: self.engine.chat(inp))
-        headers = {"x-mmo-cache": out.cache, "x-mmo-data-class": verdict.data_class}
-        return JSONResponse(chat.completion_body(req.model, result), headers=headers)
-
-    def _reply_offloaded(self, response: dict[str, Any], stream: bool) -> Response:
-        headers = {"x-mmo-cache": "offload"}
-        if not stream:
-            return JSONResponse(response, headers=headers)
-        sse = events(
-            str(response.get("id") or chat.new_completion_id()),
-            int(response.get("created") or time.time()),
-            str(response.get("model") or self.args.name),
-            words(chat.offloaded_output(response)),
-        )
-        return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
-
-    # ------------------------------------------------------------------ embeddings
-
-    async def _embeddings(self, request: Request, out: _Outcome) -> Response:
-        req: oa.EmbeddingRequest = oa.parse_model(oa.EmbeddingRequest, await self._body(request))
-        self._check_model(req.model)
-        embeddings.check_items(req)
-        verdict = await self._gate(request, out, req)
-        if isinstance(verdict, Offloaded):
-            return JSONResponse(verdict.response, headers={"x-mmo-cache": "offload"})
-        items = embeddings.embed_items(req, self.args)
-        if any(item.inp.image is not None for item in items):
-            out.modality = "image"
-        answers = await asyncio.gather(
-            *(
-                self.cache.answer(
-                    self.cache.key(EMBED_ROUTE, item.cache_key_parts, *_scope(verdict)),
-                    _embed_one(self.engine, item.inp),
-                )
-                for item in items
-            )
-        )
-        statuses = {status for _, status in answers}
-        out.cache = statuses.pop() if len(statuses) == 1 else "miss"
-        body = embeddings.embeddings_body(req, [vector for vector, _ in answers])
-        return JSONResponse(body, headers={"x-mmo-cache": out.cache})
+        return await self.front.answer(EMBED_ROUTE, request, self.front.embeddings)
 
 
 # ---------------------------------------------------------------------------- builders

@@ -1,4 +1,5 @@
-"""The expert-load recorder: polls the engine's expert load into the ``mmo_*`` gauges.
+"""The expert-load recorder: polls the engine's expert load into the ``mmo_*`` gauges;
+and the ``GET /v1/expert-load`` answer.
 
 Every ``EXPERT_METRICS_INTERVAL_S`` it reads the engine's per-layer, per-expert,
 per-rank token counts, exports the increase since the last read and each layer's
@@ -12,15 +13,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from mmo_serving.backend import ChatEngine
+from mmo_serving.config import AppArgs
 from mmo_serving.engine.types import ExpertLoad
 from mmo_serving.metrics import ServingMetrics
+from mmo_serving.openai.schema import ApiError
 
 log = logging.getLogger("mmo_serving.expert_load")
 
 EXPERT_METRICS_INTERVAL_S = 5.0
 GAUGE_REFRESH_S = 0.5
+# why an engine reports no expert load, for the 404 of GET /v1/expert-load
+ENGINE_BALANCES_ITSELF = {
+    "vllm": "vLLM re-places the experts itself (EPLB, on with spec.experts.placement "
+    "balanced) and reports no per-expert load here; the operator's live rebalancing "
+    "skips this model",
+}
+
+
+def expert_load_document(args: AppArgs, load: ExpertLoad) -> dict[str, Any]:
+    """The ``GET /v1/expert-load`` body: the load, the model and the plan it runs."""
+    doc = load.to_json_dict()
+    doc["model"] = args.name
+    placement = args.placement
+    doc["placement"] = placement.model_dump(mode="json", by_alias=True) if placement else None
+    return doc
+
+
+def no_expert_load(engine: str) -> ApiError:
+    why = ENGINE_BALANCES_ITSELF.get(engine)
+    message = f"engine {engine} does not report expert load" + (f": {why}" if why else "")
+    return ApiError(404, message, code="expert_load_unavailable")
 
 
 def _at(tokens: list[list[list[int]]], layer: int, expert: int, rank: int) -> int:

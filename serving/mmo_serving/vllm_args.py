@@ -96,6 +96,11 @@ def data_parallel_size(args: AppArgs, vllm: VllmArgs) -> int:
     return args.num_gpus // vllm.tensor_parallel_size
 
 
+def images_per_prompt(args: AppArgs) -> int:
+    """vLLM's ``limit_mm_per_prompt`` for images: what the front lets one request carry."""
+    return IMAGES_PER_PROMPT if "image" in args.modalities else 0
+
+
 def eplb_config(vllm: VllmArgs) -> dict[str, int]:
     step_interval = max(1, round(vllm.rebalance_interval_s * EPLB_STEPS_PER_SECOND))
     return {
@@ -113,7 +118,7 @@ def engine_kwargs(args: AppArgs, vllm: VllmArgs, accelerator: Accelerator) -> di
         "tensor_parallel_size": vllm.tensor_parallel_size,
         "data_parallel_size": dp,
         "max_num_seqs": args.batching.max_batch_size,
-        "limit_mm_per_prompt": {"image": IMAGES_PER_PROMPT if "image" in args.modalities else 0},
+        "limit_mm_per_prompt": {"image": images_per_prompt(args)},
     }
     # expert parallelism and EPLB do not run on vLLM's CPU backend
     if accelerator == "gpu" and args.num_gpus > 1:

@@ -359,7 +359,7 @@ def test_app_error_responses(server: Server) -> None:
     r = server.http.post("/v1/chat/completions", content=b"{not json")
     _error(r, 400, "invalid_json", "not valid JSON")
     two = [*_ask("red"), {"type": "image_url", "image_url": {"url": _image("blue")}}]
-    _error(server.chat(two), 400, "too_many_images", "at most one image")
+    _error(server.chat(two), 400, "too_many_images", "at most 1 image(s) per request")
     _error(
         server.chat("hi", headers={"X-Data-Class": "secret"}),
         400,

@@ -321,6 +321,14 @@ PATHS: list[tuple[str, bytes, list[tuple[str, str]], int, str]] = [
 ]  # fmt: skip
 
 
+# (request id, method, path under the app, status, error code): no route, wrong method
+UNROUTED = [
+    ("path-404", "GET", "/v1/chat/completion", 404, "unknown_route"),
+    ("path-404-pii", "POST", "/v1/noor.haddad@example.net", 404, "unknown_route"),
+    ("path-405", "GET", "/v1/embeddings", 405, "method_not_allowed"),
+]
+
+
 def test_every_path_writes_exactly_one_audit_line(env: Env) -> None:
     for rid, raw, extra, status, code in PATHS:
         headers = [("Content-Type", "application/json"), ("X-Request-Id", rid), *extra]
@@ -330,9 +338,19 @@ def test_every_path_writes_exactly_one_audit_line(env: Env) -> None:
             assert resp.json()["error"]["code"] == code, rid
         if code == "request_too_large":
             assert f"limit of {MAX_BODY} bytes" in resp.json()["error"]["message"]
+    for rid, method, path, status, code in UNROUTED:
+        resp = env.http.request(method, f"/private{path}", headers={"X-Request-Id": rid})
+        assert resp.status_code == status and resp.json()["error"]["code"] == code, rid
     lines = env.audit_lines("private")
-    for rid, _, _, status, _ in PATHS:
+    for rid, _, _, status, code in [*PATHS, *[(r, b"", [], s, c) for r, _, _, s, c in UNROUTED]]:
         mine = [x for x in lines if x["requestId"] == rid]
         assert len(mine) == 1, (rid, mine)
-        # the engine failed after the gateway had decided: its line is the decision's
-        assert mine[0]["status"] == (200 if rid == "path-engine-500" else status), rid
+        # an engine failure after the gateway's verdict is that verdict's line, failed
+        assert mine[0]["status"] == status, rid
+        assert mine[0]["error"] == (code or None) or status == 400, (rid, mine[0])
+    (failed,) = [x for x in lines if x["requestId"] == "path-engine-500"]
+    assert (failed["decision"], failed["answeredBy"]) == ("local", "none")
+    unrouted = {x["requestId"]: x for x in lines if x["requestId"].startswith("path-40")}
+    assert unrouted["path-405"]["route"] == "embeddings"
+    assert unrouted["path-404-pii"]["route"] == "unknown"
+    assert "noor.haddad" not in env.audit["private"].read_text()

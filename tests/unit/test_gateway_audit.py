@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gateway_front import Served, serve
 
 from mmo_serving.config import IsolationArgs
 from mmo_serving.gateway import (
@@ -16,9 +16,7 @@ from mmo_serving.gateway import (
     CounterSink,
     Gateway,
     Local,
-    Offloaded,
     RequestInfo,
-    Verdict,
     pii,
 )
 from mmo_serving.gateway.audit import AuditKey, audit_key, safe_token
@@ -37,33 +35,6 @@ async def local(b: dict[str, Any], verdict: Local) -> dict[str, Any]:
     return {"ok": f"{verdict.tenant}|{verdict.data_class}"}
 
 
-@dataclass
-class Served:
-    """What the front makes of a verdict (the local model stands for the engine)."""
-
-    status: int
-    body: dict[str, Any]
-    decision: str
-    verdict: Verdict
-
-
-async def serve(
-    gw: Gateway,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    *,
-    local_model: Callable[[dict[str, Any], Local], Awaitable[dict[str, Any]]],
-    queue_depth: int = 0,
-) -> Served:
-    info = RequestInfo("", "/v1/chat/completions", headers, body, queue_depth)
-    verdict = await gw.decide(info)
-    if isinstance(verdict, Local):
-        return Served(200, await local_model(body, verdict), verdict.outcome, verdict)
-    if isinstance(verdict, Offloaded):
-        return Served(200, verdict.response, "offload", verdict)
-    return Served(verdict.status, verdict.body(), "refuse", verdict)
-
-
 def handle(gw: Gateway, headers: dict[str, str], b: dict[str, Any] | None = None) -> Served:
     return asyncio.run(serve(gw, b or body(), headers, local_model=local))
 
@@ -76,9 +47,10 @@ def test_audit_line_fields_and_no_raw_content() -> None:
     line = json.loads(stream.getvalue())
     assert set(line) == {
         "time", "requestId", "tenant", "mode", "route", "class", "declaredClass", "decision",
-        "sent", "destination", "sentClass", "answeredBy", "status", "reason", "payloadHmac",
-        "digestKey", "images", "pii", "redactions",
+        "sent", "destination", "sentClass", "answeredBy", "status", "error", "reason",
+        "payloadHmac", "digestKey", "images", "pii", "redactions",
     }  # fmt: skip
+    assert line["status"] == 200 and line["error"] is None
     assert line["requestId"] == "req-42" and line["tenant"] == "acme"
     assert (line["class"], line["declaredClass"], line["decision"]) == (
         "sensitive",
@@ -152,8 +124,33 @@ def test_request_rejected_before_the_gateway_still_writes_one_line() -> None:
     assert (line["requestId"], line["route"], line["decision"]) == ("r-1", "embeddings", "rejected")
     assert (line["status"], line["sent"], line["destination"]) == (413, False, "none")
     assert line["answeredBy"] == "none" and line["payloadHmac"] is None
-    assert "request_too_large" in line["reason"] and "Jane" not in stream.getvalue()
+    assert line["error"] == "request_too_large" and "request_too_large" in line["reason"]
+    assert "Jane" not in stream.getvalue()
     assert pii.count(stream.getvalue()) == {}
+
+
+def test_engine_failure_after_the_verdict_is_one_line_that_says_it_failed() -> None:
+    async def broken(b: dict[str, Any], verdict: Local) -> dict[str, Any]:
+        raise RuntimeError("the engine failed")
+
+    stream = io.StringIO()
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=KEY)
+    res = asyncio.run(serve(gw, body(), {"X-Request-Id": "r-9"}, local_model=broken))
+    assert res.status == 500
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert (line["requestId"], line["decision"], line["status"]) == ("r-9", "local", 500)
+    assert (line["error"], line["answeredBy"]) == ("internal_error", "none")
+    assert line["reason"].endswith("; then failed: HTTP 500 (internal_error)")
+
+
+def test_a_verdict_that_lets_the_request_go_on_writes_its_line_only_when_served() -> None:
+    stream = io.StringIO()
+    gw = Gateway(IsolationArgs(), audit=AuditLog(stream=stream), key=KEY)
+    verdict = asyncio.run(gw.decide(RequestInfo("r-1", "/v1/chat/completions", {}, body(), 0)))
+    assert isinstance(verdict, Local) and stream.getvalue() == ""
+    gw.served(verdict, 200)
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert (line["status"], line["error"], line["answeredBy"]) == (200, None, "local")
 
 
 def test_invalid_header_is_refused_with_400_and_audited() -> None:
@@ -175,7 +172,12 @@ def test_invalid_header_is_refused_with_400_and_audited() -> None:
     )
     assert res.body["error"]["code"] == "invalid_data_class"
     assert "X-Data-Class" in res.body["error"]["message"]
-    assert json.loads(stream.getvalue())["decision"] == "refuse"
+    line = json.loads(stream.getvalue())
+    assert (line["decision"], line["status"], line["error"]) == (
+        "refuse",
+        400,
+        "invalid_data_class",
+    )
     assert sink_calls == [("federated", "refuse", "sensitive")]
 
 

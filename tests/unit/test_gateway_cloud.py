@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from gateway_front import serve as serve_request
 
 from mmo_serving.config import HybridArgs, IsolationArgs
-from mmo_serving.gateway import AuditLog, Gateway, Local, Offloaded, RequestInfo, Verdict
+from mmo_serving.gateway import AuditLog, Gateway, Local
 from mmo_serving.gateway.cloud import CloudClient, CloudError, check_endpoint
 
 KEY_ENV = "MMO_TEST_CLOUD_KEY"
@@ -91,33 +92,6 @@ async def serve(fake: FakeCloud, ssl_context: ssl.SSLContext | None = None) -> A
         yield f"{scheme}://127.0.0.1:{port}/v1"
     finally:
         await runner.cleanup()
-
-
-@dataclass
-class Served:
-    """What the front makes of a verdict (the local model stands for the engine)."""
-
-    status: int
-    body: dict[str, Any]
-    decision: str
-    verdict: Verdict
-
-
-async def handle(
-    gw: Gateway,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    *,
-    local_model: Callable[[dict[str, Any], Local], Awaitable[dict[str, Any]]],
-    queue_depth: int = 0,
-) -> Served:
-    info = RequestInfo("", "/v1/chat/completions", headers, body, queue_depth)
-    verdict = await gw.decide(info)
-    if isinstance(verdict, Local):
-        return Served(200, await local_model(body, verdict), verdict.outcome, verdict)
-    if isinstance(verdict, Offloaded):
-        return Served(200, verdict.response, "offload", verdict)
-    return Served(verdict.status, verdict.body(), "refuse", verdict)
 
 
 class LocalModel:
@@ -206,7 +180,7 @@ def test_mixed_traffic_never_sends_sensitive_or_raw_pii() -> None:
             results = []
             for headers, body, queue, _ in traffic:
                 results.append(
-                    await handle(gw, body, headers, local_model=local, queue_depth=queue)
+                    await serve_request(gw, body, headers, local_model=local, queue_depth=queue)
                 )
             await gw.close()
         sent = "\n".join(r.decode() for r in fake.raw)
@@ -263,7 +237,7 @@ def test_unknown_fields_holding_pii_never_reach_the_cloud() -> None:
         fake = FakeCloud()
         async with serve(fake) as endpoint:
             gw, audit, sink = make_gateway(endpoint)
-            res = await handle(
+            res = await serve_request(
                 gw, body, {"X-Data-Class": "public", "X-Route": "cloud"}, local_model=LocalModel()
             )
             await gw.close()
@@ -296,13 +270,13 @@ def test_pii_in_a_forwarded_keyword_value_is_never_sent() -> None:
         fake = FakeCloud()
         async with serve(fake) as endpoint:
             gw, audit, _ = make_gateway(endpoint)
-            res = await handle(gw, body, headers, local_model=LocalModel())
+            res = await serve_request(gw, body, headers, local_model=LocalModel())
             await gw.close()
             assert res.decision == "fallback" and fake.raw == []
             assert json.loads(audit.getvalue())["pii"] == {"email": 1}
             # with a model name of its own, the endpoint never sees the client's
             gw, _, _ = make_gateway(endpoint, model="cloud-model")
-            res = await handle(gw, body, headers, local_model=LocalModel())
+            res = await serve_request(gw, body, headers, local_model=LocalModel())
             await gw.close()
         assert res.decision == "offload"
         assert fake.received == [
@@ -343,7 +317,7 @@ def test_new_formats_are_redacted_before_they_leave() -> None:
         async with serve(fake) as endpoint:
             gw, _, _ = make_gateway(endpoint)
             for value in NEW_FORMATS:
-                res = await handle(
+                res = await serve_request(
                     gw,
                     chat(f"please note {value} thanks"),
                     {"X-Data-Class": "public", "X-Route": "cloud"},
@@ -370,7 +344,7 @@ def test_private_mode_sends_nothing_even_when_asked() -> None:
             gw, audit, sink = make_gateway(endpoint, mode="private")
             local = LocalModel()
             for headers, body, _, _ in mixed_traffic():
-                await handle(gw, body, headers, local_model=local, queue_depth=1000)
+                await serve_request(gw, body, headers, local_model=local, queue_depth=1000)
             await gw.close()
         assert fake.raw == []
         assert {d[1] for d in sink.decisions} == {"local", "refuse"}  # refuse: X-Route: cloud
@@ -387,7 +361,7 @@ def test_endpoint_failure_falls_back_to_local(mode: str) -> None:
         async with serve(fake) as endpoint:
             gw, audit, sink = make_gateway(endpoint, timeout_s=0.2, retries=1)
             local = LocalModel()
-            res = await handle(
+            res = await serve_request(
                 gw, chat("hello"), {"X-Data-Class": "public", "X-Route": "cloud"}, local_model=local
             )
             await gw.close()
@@ -424,7 +398,7 @@ def test_audit_says_the_body_was_sent_when_the_call_then_failed(mode: str, why: 
         async with serve(fake) as endpoint:
             gw, audit, sink = make_gateway(endpoint, timeout_s=0.2, retries=0)
             local = LocalModel()
-            res = await handle(
+            res = await serve_request(
                 gw,
                 chat("write to olivia.martin@example.org please"),
                 {"X-Data-Class": "public", "X-Route": "cloud"},
@@ -448,7 +422,7 @@ def test_audit_says_nothing_was_sent_when_the_endpoint_was_unreachable() -> None
         async with serve(FakeCloud()) as endpoint:
             pass  # the server is gone: connections are refused
         gw, audit, _ = make_gateway(endpoint, retries=0)
-        res = await handle(
+        res = await serve_request(
             gw, chat("hi"), {"X-Data-Class": "public", "X-Route": "cloud"}, local_model=LocalModel()
         )
         await gw.close()
@@ -466,7 +440,7 @@ def test_retry_then_success() -> None:
         fake = FakeCloud(mode="flaky")
         async with serve(fake) as endpoint:
             gw, _, _ = make_gateway(endpoint)
-            res = await handle(
+            res = await serve_request(
                 gw,
                 chat("hi"),
                 {"X-Data-Class": "public", "X-Route": "cloud"},
@@ -489,7 +463,7 @@ def test_missing_credentials_serve_locally_without_calling() -> None:
                 audit=AuditLog(enabled=False),
                 cloud=CloudClient(hy, env={}),
             )
-            res = await handle(
+            res = await serve_request(
                 gw,
                 chat("hi"),
                 {"X-Data-Class": "public", "X-Route": "cloud"},
@@ -527,7 +501,7 @@ def test_remote_image_refused_on_fallback() -> None:
         async with serve(fake) as endpoint:
             gw, _, _ = make_gateway(endpoint, retries=0)
             gw.args.images_sensitive = False
-            res = await handle(
+            res = await serve_request(
                 gw,
                 chat("hi", "https://img.example.com/x.png"),
                 {"X-Data-Class": "public", "X-Route": "cloud"},

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mmo_operator.cli import main
 from mmo_operator.planning.placement import plan_placement
@@ -19,8 +21,12 @@ from mmo_operator.planning.rebalance_load import (
     parse_time,
     rebalanced_message,
 )
+from mmo_operator.policy.addresses import ClusterNetworks
+from mmo_operator.rebalance_timer import RebalanceOptions, Rebalancer
 from mmo_operator.status import rebalance_figures
 from mmo_serving.config import PlacementPlan
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _plan() -> PlacementPlan:
@@ -151,3 +157,43 @@ def test_rebalance_figures_restored_only_for_the_same_plan() -> None:
     assert rebalance_figures(other, plan) is None
     assert rebalance_figures({"placement": {"balancedness": 1.0}}, plan) is None
     assert rebalance_figures(None, plan) is None
+
+
+class _NoKube:
+    """A reconciler whose every cluster call fails the test: a skipped model touches
+    nothing."""
+
+    cluster = ClusterNetworks()
+
+    @property
+    def kube(self) -> Any:
+        raise AssertionError("a model the rebalancer skips must not be read or patched")
+
+
+def _ready_model(engine: str | None) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "manifests/samples/qwen3-vl-30b-a3b.yaml").read_text())
+    doc["metadata"]["namespace"] = "ml"
+    doc["spec"]["experts"]["rebalance"]["enabled"] = True
+    if engine is None:
+        del doc["spec"]["serving"]["engine"]  # a checkpoint: vllm by default
+    doc["status"] = {
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "placement": {"lastRebalanceTime": "2026-01-01T00:00:00Z"},
+    }
+    return doc
+
+
+@pytest.mark.parametrize("engine", ["vllm", None])
+def test_rebalance_skips_a_model_whose_engine_is_vllm(engine: str | None) -> None:
+    rebalancer = Rebalancer(_NoKube(), RebalanceOptions())  # type: ignore[arg-type]
+    doc = _ready_model(engine)
+    now = parse_time("2026-01-02T00:00:00Z")  # long past the interval
+    first = rebalancer.check(doc, now=now)
+    assert first.action == "skipped"
+    assert first.message.startswith("engine vllm re-places the experts itself (EPLB")
+    (event,) = first.events
+    assert (event.type, event.reason) == ("Normal", "RebalanceNotApplicable")
+    again = rebalancer.check(doc, now=now + 600)  # type: ignore[operator]
+    assert again.action == "skipped" and again.events == []  # said once
+    rebalancer.forget("ml/qwen3-vl-30b-a3b")
+    assert len(rebalancer.check(doc, now=now).events) == 1

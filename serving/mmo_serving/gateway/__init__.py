@@ -10,6 +10,7 @@ The front calls it once per API request, after schema validation::
         case Local(data_class, tenant):   ...          # serve it (cache scoped by both)
         case Offloaded(response=resp):    ...          # answer the cloud's JSON
         case Refused() as r:              ...          # answer r.status, r.body()
+    gateway.served(verdict, status, error)             # Local/Offloaded: once it has ended
 
 :mod:`.headers` parses ``X-Data-Class``, ``X-Route`` and ``X-Tenant``; :mod:`.policy`
 classifies and decides (pure); :mod:`.core` carries the decision out (offload with

@@ -5,9 +5,14 @@ A line holds: ``time`` (UTC, ISO 8601), ``requestId``, ``tenant``, ``mode``, ``r
 refuse, fallback), ``sent`` (whether the redacted body was sent to the endpoint, even
 when the call then failed), ``destination`` (where the body went: ``local``, the
 endpoint, or ``none``), ``sentClass`` (the class of what was sent), ``answeredBy``
-(``cloud``, ``local`` or ``none``: who produced the answer), ``status``, ``reason``,
+(``cloud``, ``local`` or ``none``: who produced the answer), ``status`` (the HTTP
+status answered), ``error`` (the error's fixed code, null when the request was answered;
+set with status 500 when the engine failed after the verdict), ``reason``,
 ``payloadHmac`` and ``digestKey`` (see below), ``images``, ``pii`` and ``redactions``
 (counts per kind; ``redactions`` are those of the body that was sent).
+
+One line per request: a refusal's at the verdict; a request the gateway let through gets
+its line when it has ended (``Gateway.served``), so the line says whether it failed.
 
 Never raw content: the reason strings are built from fixed text and policy values only;
 a request id or tenant is written as sent only when it is a plain token

@@ -1,14 +1,18 @@
 """The gateway as middleware: one verdict per request, its audit line and its counters.
 
 ``Gateway.decide(info)`` parses the caller's headers (:mod:`.headers`), classifies the
-body (:mod:`.policy`: declared class, images, PII), decides, writes one audit line and
-counts the decision, then answers :class:`~.verdict.Local`, :class:`~.verdict.Offloaded`
-or :class:`~.verdict.Refused`. An offload sends a copy rebuilt from the OpenAI schema
-(:mod:`.outbound`: the client's unknown fields never leave), redacted when the policy
-says so, to the hybrid endpoint (:mod:`.cloud`); when that fails, or the endpoint
-answers something that is not an OpenAI reply, the verdict is
-``Local(outcome="fallback")`` and the front serves the request itself. The audit line
-then still says whether the body was sent, where, with which class and redactions.
+body (:mod:`.policy`: declared class, images, PII), decides and counts the decision,
+then answers :class:`~.verdict.Local`, :class:`~.verdict.Offloaded` or
+:class:`~.verdict.Refused`. A refusal's audit line is written there; the other two carry
+a draft that the front writes with :meth:`Gateway.served` when the request has ended
+(with its final status, and the error when the engine failed after the verdict).
+
+An offload sends a copy rebuilt from the OpenAI schema (:mod:`.outbound`: the client's
+unknown fields never leave), redacted when the policy says so, to the hybrid endpoint
+(:mod:`.cloud`); when that fails, or the endpoint answers something that is not an
+OpenAI reply, the verdict is ``Local(outcome="fallback")`` and the front serves the
+request itself. The audit line then still says whether the body was sent, where, with
+which class and redactions.
 
 The PII scans (classification, redaction, the last check of what leaves) run in a
 worker thread (``asyncio.to_thread``), never on the event loop.
@@ -20,7 +24,7 @@ import asyncio
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mmo_serving.config import DataClass, IsolationArgs
 from mmo_serving.gateway import outbound, pii
@@ -163,7 +167,7 @@ class Gateway:
         except HeaderError as exc:
             scanned, digest, _ = await asyncio.to_thread(self._read, info.body, None, False)
             seen = _Seen(rid, tenant, cloud_route(info.route), None, scanned, digest)
-            self._record(seen, "refuse", exc.message, 400, "sensitive")
+            self._refuse(seen, exc.message, 400, exc.code, "sensitive")
             return Refused(400, exc.message, exc.code, param=exc.header)
         scanned, digest, cls = await asyncio.to_thread(
             self._read, info.body, caller.data_class, True
@@ -172,7 +176,7 @@ class Gateway:
         seen = _Seen(rid, tenant, cloud_route(info.route), cls, scanned, digest)
         d = decide(self.args, cls, caller.route, info.queue_depth)
         if d.action == "refuse":
-            self._record(seen, "refuse", d.reason, d.status, d.data_class)
+            self._refuse(seen, d.reason, d.status, d.code, d.data_class)
             return Refused(d.status, d.reason, d.code)
         if d.action == "local":
             return self._local(seen, "local", d.reason, caller.tenant, cls.data_class)
@@ -210,8 +214,9 @@ class Gateway:
             reason = f"cloud endpoint failed after the body was sent: answered {problem}; "
             reason += "answered locally"
             return self._local(seen, "fallback", reason, tenant, local_class, went)
-        self._record(seen, "offload", d.reason, 200, d.data_class, went, answered_by="cloud")
-        return Offloaded(d.data_class, tenant, response)
+        self._count("offload", d.data_class, went)
+        draft = self._line(seen, "offload", d.reason, 200, went, "cloud")
+        return Offloaded(d.data_class, tenant, response, audit=draft)
 
     def _local(
         self,
@@ -224,10 +229,26 @@ class Gateway:
     ) -> Local | Refused:
         if seen.scanned.remote_images:  # a fallback would have to fetch them
             message = f"{REMOTE_IMAGES_NOT_FETCHED} ({reason})"
-            self._record(seen, "refuse", message, 403, data_class, went)
+            self._refuse(seen, message, 403, "remote_image_refused", data_class, went)
             return Refused(403, message, "remote_image_refused")
-        self._record(seen, outcome, reason, 200, data_class, went, answered_by="local")
-        return Local(data_class, tenant, "fallback" if outcome == "fallback" else "local")
+        self._count(outcome, data_class, went)
+        draft = self._line(seen, outcome, reason, 200, went, "local")
+        kind: Literal["local", "fallback"] = "fallback" if outcome == "fallback" else "local"
+        return Local(data_class, tenant, kind, audit=draft)
+
+    def served(self, verdict: Local | Offloaded, status: int, error: str = "") -> None:
+        """Write the audit line of a request the gateway let through, once it has ended:
+        ``status`` is what the front answered; ``error`` the fixed code of a failure after
+        the verdict (the engine failed, the stream broke), which means nobody answered."""
+        line = dict(verdict.audit)
+        if not line:
+            return  # a verdict not made by this gateway (tests build them by hand)
+        line["status"] = status
+        if error:
+            line["error"] = error
+            line["answeredBy"] = "none"
+            line["reason"] = f"{line['reason']}; then failed: HTTP {status} ({error})"
+        self.audit.write(line)
 
     def record_rejected(
         self, request_id: str | None, headers: Headers, route: str, status: int, code: str
@@ -239,24 +260,26 @@ class Gateway:
         rid, tenant = self._ids(request_id, headers)
         seen = _Seen(rid, tenant, cloud_route(route), None, Scan(), None)
         reason = f"answered HTTP {status} ({code}) before the gateway decided"
-        self.audit.write(self._line(seen, "rejected", reason, status, None, "none"))
+        self.audit.write(self._line(seen, "rejected", reason, status, None, "none", code))
 
-    def _record(
-        self,
-        seen: _Seen,
-        outcome: str,
-        reason: str,
-        status: int,
-        data_class: str,
-        went: _Sent | None = None,
-        *,
-        answered_by: str = "none",
-    ) -> None:
+    def _count(self, outcome: str, data_class: str, went: _Sent | None) -> None:
         if self.metrics is not None:
             self.metrics.decision(self.args.mode, outcome, data_class)
             for kind, n in sorted((went.redactions if went else Counter()).items()):
                 self.metrics.redactions(kind, n)
-        self.audit.write(self._line(seen, outcome, reason, status, went, answered_by))
+
+    def _refuse(
+        self,
+        seen: _Seen,
+        reason: str,
+        status: int,
+        code: str,
+        data_class: str,
+        went: _Sent | None = None,
+    ) -> None:
+        """Count a refusal and write its line: the request ends here."""
+        self._count("refuse", data_class, went)
+        self.audit.write(self._line(seen, "refuse", reason, status, went, "none", code))
 
     def _line(
         self,
@@ -266,6 +289,7 @@ class Gateway:
         status: int,
         went: _Sent | None,
         answered_by: str,
+        error: str | None = None,
     ) -> dict[str, Any]:
         cls = seen.classification
         if went is not None:
@@ -287,6 +311,7 @@ class Gateway:
             "sentClass": went.data_class if went else None,
             "answeredBy": answered_by,
             "status": status,
+            "error": error,
             "reason": reason,
             "payloadHmac": seen.payload_hmac,
             "digestKey": self.key.scope,

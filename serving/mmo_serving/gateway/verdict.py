@@ -10,11 +10,16 @@ before the cache and the engine, and awaits ``Gateway.decide(info)``:
   ``response`` is the OpenAI JSON it got back (always complete: sent with
   ``stream: false``).
 - :class:`Refused`: answer ``status`` with the OpenAI error body.
+
+A refusal's audit line is written by ``decide``. ``Local`` and ``Offloaded`` carry theirs
+as a draft (``audit``): the front writes it with ``Gateway.served`` once it knows how the
+request ended (answered, or failed after the verdict), so that every request has exactly
+one line and it tells the truth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mmo_serving.config import DataClass
@@ -32,11 +37,16 @@ class RequestInfo:
     queue_depth: int  # requests in flight in this replica, this one included
 
 
+# The audit line of a verdict, as the gateway drafted it (status 200, no error)
+AuditDraft = dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Local:
     data_class: DataClass
     tenant: str
     outcome: Literal["local", "fallback"] = "local"
+    audit: AuditDraft = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class Offloaded:
     data_class: DataClass  # the class of what was sent
     tenant: str
     response: dict[str, Any]
+    audit: AuditDraft = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

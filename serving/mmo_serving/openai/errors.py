@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -34,10 +36,18 @@ def http_error(request: Request, exc: HTTPException) -> ApiError:
     return ApiError(exc.status_code, str(exc.detail), code="http_error")
 
 
-def install_error_handlers(api: FastAPI) -> None:
+def install_error_handlers(
+    api: FastAPI, on_error: Callable[[Request, ApiError], None] | None = None
+) -> None:
+    """Answer Starlette's own errors in the OpenAI shape; ``on_error`` sees each one
+    (the audit line of a request for an unknown route or with a wrong method)."""
+
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        resp = error_response(http_error(request, exc))
+        err = http_error(request, exc)
+        if on_error is not None:
+            on_error(request, err)
+        resp = error_response(err)
         if exc.headers:
             resp.headers.update(exc.headers)  # e.g. Allow on a 405
         return resp

@@ -13,6 +13,12 @@ from mmo_serving.openai.schema import ApiError
 
 
 def inline_image(url: str, param: str, args: AppArgs) -> RawImage:
+    check_takes_images(param, args)
+    return parse_data_url(url, max_bytes=args.max_image_bytes, param=param)
+
+
+def check_takes_images(param: str, args: AppArgs) -> None:
+    """400 naming ``param`` when the model has no image modality (a text-only model)."""
     if "image" not in args.modalities:
         raise ApiError(
             400,
@@ -21,4 +27,3 @@ def inline_image(url: str, param: str, args: AppArgs) -> RawImage:
             code="unsupported_modality",
             param=param,
         )
-    return parse_data_url(url, max_bytes=args.max_image_bytes, param=param)
