@@ -39,8 +39,16 @@ INTERVAL = 2.0  # --rebalance-interval-override
 HASH = "serving.mmo.dev/cluster-hash"
 
 
-def _rebalancing_doc() -> dict[str, Any]:
+def _rebalancing_doc(engine: str = "mmo") -> dict[str, Any]:
+    """The tiny model with live rebalancing on: served by the built-in engine (the
+    rebalancer's own), or by vLLM (a checkpoint: the tiny file as it is)."""
     doc = model_doc()
+    if engine == "mmo":
+        doc["spec"]["model"] = {
+            "source": "builtin://shapes-moe",
+            "modalities": ["text", "image"],
+            "dtype": "float32",
+        }
     doc["spec"]["experts"] = {
         "placement": "balanced",
         "redundantExperts": 8,
@@ -198,8 +206,8 @@ def _ready(cluster: Cluster) -> bool:
     return (cluster.condition("tiny", "Ready") or {}).get("status") == "True"
 
 
-def _deploy_ready(cluster: Cluster) -> dict[str, Any]:
-    cluster.create(MMM, _rebalancing_doc())
+def _deploy_ready(cluster: Cluster, engine: str = "mmo") -> dict[str, Any]:
+    cluster.create(MMM, _rebalancing_doc(engine))
     rs = wait_for("the RayService", lambda: cluster.get(RAYSERVICES, "tiny"))
     cluster.play_kuberay("tiny")
     wait_for("Ready", lambda: _ready(cluster))
@@ -337,3 +345,23 @@ def test_endpoint_down_warns_once_per_interval_and_stays_ready(
     assert _ready(cluster)
     assert _cm_plan(cluster) == initial
     assert not _events(cluster, "Rebalanced")
+
+
+def test_a_model_served_by_vllm_is_left_to_vllm(
+    cluster: Cluster, start_operator: StartOperator, load_server: LoadServer
+) -> None:
+    """vLLM re-places its experts itself (EPLB) and its front reports no expert load:
+    the timer reads nothing, changes nothing, and says why once."""
+    initial, _ = plan_and_app_args(validate(_rebalancing_doc("vllm")))
+    load_server.serve(initial, _zipf_loads(len(initial.layers), initial.num_experts), 0)
+    _operator(start_operator, load_server, INTERVAL)
+    _deploy_ready(cluster, "vllm")
+    [event] = wait_for("the event", lambda: _events(cluster, "RebalanceNotApplicable"))
+    assert event["type"] == "Normal"
+    assert event["message"].startswith("engine vllm re-places the experts itself (EPLB")
+    mark = cluster.request_mark()
+    time.sleep(3 * INTERVAL)  # several due checks pass
+    assert load_server.count() == 0, "the expert load of a vLLM model is never read"
+    assert len(_events(cluster, "RebalanceNotApplicable")) == 1
+    assert cluster.writes_since(mark) == [] and _cm_plan(cluster) == initial
+    assert not _events(cluster, "ExpertLoadUnavailable") and _ready(cluster)
