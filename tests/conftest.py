@@ -9,13 +9,16 @@ repository root, built the way their Makefile targets build them.
 A test takes the venv's fixture (``vllm_venv``, ``federated_venv``), which returns the
 venv's directory once it is usable: built when missing, reinstalled when it imports
 another checkout's mmo. A venv that cannot be built fails the test, saying whether the
-package index was unreachable (never a silent skip).
+package index was unreachable (never a silent skip). Each venv the selected tests use
+starts being prepared in the background as soon as they are collected; its fixture waits
+for it.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -63,12 +66,9 @@ class SideVenv:
         if not (self.path / "bin" / self.exe).exists():
             return False
         modules = ", ".join((*self.imports, "mmo_serving"))
-        probe = subprocess.run(
+        probe = _run(
             [str(self.python), "-c", f"import {modules}; print(mmo_serving.__file__)"],
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-            check=False,
+            PROBE_TIMEOUT_S,
         )
         # some packages (vLLM) log to stdout on import: the path is the last line
         lines = probe.stdout.strip().splitlines()
@@ -82,26 +82,51 @@ class SideVenv:
             steps.append([*pip, "uninstall", "--quiet", "-y", *self.remove])
         return steps
 
-    def ensure(self) -> Path:
-        """The venv's directory, built or repaired first when it is not usable."""
+    def prepare(self) -> str | None:
+        """Make the venv usable: None when it is, else what went wrong (no pytest calls:
+        this runs in a background thread)."""
         if self.usable():
-            return self.path
+            return None
         for cmd in self.steps():
-            res = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, check=False
-            )
+            res = _run(cmd, STEP_TIMEOUT_S)
+            out = (res.stdout + res.stderr)[-3000:]
             if res.returncode != 0:
-                out = (res.stdout + res.stderr)[-3000:]
                 hint = (
                     " (no package index reachable?)"
                     if any(e in out for e in NETWORK_ERRORS)
                     else ""
                 )
-                pytest.fail(f"cannot create {self.name}{hint}: {' '.join(cmd)} failed:\n{out}")
+                return f"cannot create {self.name}{hint}: {' '.join(cmd)} failed:\n{out}"
         if not self.usable():
             modules = ", ".join(self.imports)
-            pytest.fail(f"{self.name} was created but cannot import {modules} and this mmo")
+            return f"{self.name} was created but cannot import {modules} and this mmo"
+        return None
+
+    def ensure(self) -> Path:
+        """The venv's directory, built or repaired first when it is not usable."""
+        problem = self.prepare()
+        if problem:
+            pytest.fail(problem)
         return self.path
+
+
+_running: set[subprocess.Popen[str]] = set()
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` with the output captured, killed at ``timeout`` or when the
+    session ends first (pytest_unconfigure)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        _running.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            err += f"\n(killed after {timeout:.0f} s)"
+        finally:
+            _running.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 VLLM_VENV = SideVenv(
@@ -119,14 +144,55 @@ FEDERATED_VENV = SideVenv(
 )
 
 
+# The fixture that hands out each venv.
+VENV_FIXTURES = {"federated_venv": FEDERATED_VENV, "vllm_venv": VLLM_VENV}
+# One venv at a time: two pip installs of torch at once only slow each other down.
+_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side-venv")
+_preparing: dict[str, Future[str | None]] = {}
+
+
+def _prepare(fixture: str) -> Future[str | None]:
+    if fixture not in _preparing:
+        _preparing[fixture] = _pool.submit(VENV_FIXTURES[fixture].prepare)
+    return _preparing[fixture]
+
+
+def wanted_venvs(items: list[pytest.Item]) -> list[str]:
+    """The venv fixtures the tests use, directly or through other fixtures."""
+    used = {name for item in items for name in getattr(item, "fixturenames", ())}
+    return sorted(used & set(VENV_FIXTURES))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start preparing (probing, building when missing) the side venvs the selected tests
+    use, in the background: pip's downloads and unpacking then overlap the tests that
+    run before the first one that needs the venv."""
+    for name in wanted_venvs(session.items):
+        _prepare(name)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Nothing left building after the session (an interrupted run, a failure)."""
+    _pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list(_running):
+        proc.kill()
+
+
+def _ready(fixture: str) -> Path:
+    problem = _prepare(fixture).result()
+    if problem:
+        pytest.fail(problem)
+    return VENV_FIXTURES[fixture].path
+
+
 @pytest.fixture(scope="session")
 def vllm_venv() -> Path:
-    return VLLM_VENV.ensure()
+    return _ready("vllm_venv")
 
 
 @pytest.fixture(scope="session")
 def federated_venv() -> Path:
-    return FEDERATED_VENV.ensure()
+    return _ready("federated_venv")
 
 
 @pytest.fixture(scope="session")

