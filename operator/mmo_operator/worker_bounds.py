@@ -2,8 +2,8 @@
 
 KubeRay leaves the worker groups' ``minReplicas``/``maxReplicas`` out of its cluster hash
 (so that the autoscaler's replica changes do not roll the cluster) and so never applies a
-change of them to a running RayCluster (ray-project/kuberay#2331, #4568). The operator
-patches them on the clusters the RayService's status names (active, pending).
+change of them to a running RayCluster. The operator patches them on the clusters the
+RayService's status names (active, pending).
 """
 
 from __future__ import annotations
