@@ -18,7 +18,6 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import Any
 
@@ -147,16 +146,9 @@ def test_registry_answers_as_flower_hub_does(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def flower_python() -> Path:
-    """The Flower venv's python (built by test_federated_flower's helper when missing)."""
-    spec = spec_from_file_location(
-        "mmo_test_federated_flower", Path(__file__).with_name("test_federated_flower.py")
-    )
-    assert spec is not None and spec.loader is not None
-    helper = module_from_spec(spec)
-    spec.loader.exec_module(helper)
-    helper.ensure_venv()
-    return Path(helper.PY)
+def flower_python(federated_venv: Path) -> Path:
+    """The Flower venv's python (tests/conftest.py builds the venv when missing)."""
+    return federated_venv / "bin" / "python"
 
 
 def _flower_env() -> dict[str, str]:
