@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import copy
 import logging
 import time
@@ -162,6 +163,16 @@ def build_registry(options: Options) -> kopf.OperatorRegistry:
             catch_up(memo.reconciler, on_done=_caught_up),
             name="mmo-catch-up",
         )
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_catch_up(memo: Any, **_: Any) -> None:
+        # kopf waits 5 s for tasks it did not start before it cancels them
+        task = getattr(memo, "catch_up", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.info("catch-up loop stopped")
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

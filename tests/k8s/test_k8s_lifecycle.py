@@ -112,3 +112,17 @@ def test_delete_removes_children_and_releases_finalizer(
     cluster.delete(MMM, "tiny")
     wait_for("the model to be gone", lambda: cluster.get(MMM, "tiny") is None)
     wait_for("the children to be gone", lambda: cluster.children() == {}, timeout=10)
+
+
+def test_sigterm_stops_the_operators_own_loop_before_kopf_gives_up_on_it(
+    cluster: Cluster, start_operator: StartOperator
+) -> None:
+    """kopf waits 5 s for tasks it did not start and then cancels them: the operator
+    stops its catch-up loop itself when kopf cleans up (pods stop sooner on a rollout)."""
+    op = start_operator()
+    cluster.create(MMM, model_doc())
+    wait_for("the RayService", lambda: cluster.get(RAYSERVICES, "tiny"))
+    op.stop()
+    assert op.proc.returncode == 0
+    log = op.log()
+    assert "catch-up loop stopped" in log.split("Signal SIGTERM is received")[1]
