@@ -33,6 +33,10 @@ CPU_KV_CACHE_BYTES = 2**30
 # tokens x heads one-head tokens and rotates each by the position of the wrong token; MLA
 # models (DeepSeek-V2/V3) pass their rope part in that shape. PyTorch's rotary is exact.
 CPU_CUSTOM_OPS = ("-rotary_embedding",)
+# On CPUs with AMX tiles vLLM picks its AMX MLA attention, which takes only 16-bit or
+# quantized weights: a float32 MLA model then fails to load. The reference CPU MLA
+# backend runs float32; models without MLA ignore the choice (vLLM's CPU attention).
+CPU_FLOAT32_ATTENTION_BACKEND = "CPU_MLA"
 # A replica whose engine spans 8 GPUs can stall in one long step (EPLB moving experts, a
 # long prefill): Serve's default 30 s health timeout would restart it and reload the model
 HEALTH_CHECK_PERIOD_S = 10
@@ -139,6 +143,8 @@ def engine_kwargs(args: AppArgs, vllm: VllmArgs, accelerator: Accelerator) -> di
     else:
         kw["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         kw["compilation_config"] = {"custom_ops": list(CPU_CUSTOM_OPS)}
+        if args.dtype == "float32":
+            kw["attention_backend"] = CPU_FLOAT32_ATTENTION_BACKEND
     kw.update(vllm.engine_args)
     return kw
 

@@ -160,6 +160,17 @@ def test_cpu_variant_rotates_with_pytorch_not_vllms_cpu_kernel() -> None:
     assert "compilation_config" not in llm_config(_args(_doc()))["engine_kwargs"]
 
 
+def test_cpu_variant_in_float32_pins_the_reference_mla_attention() -> None:
+    # on a CPU with AMX, vLLM's AMX MLA attention refuses float32 weights
+    bf16 = _args(_doc())
+    assert bf16.dtype == "bfloat16"
+    assert "attention_backend" not in llm_config(bf16, accelerator="cpu")["engine_kwargs"]
+    float32 = bf16.model_copy(update={"dtype": "float32"})
+    kw = llm_config(float32, accelerator="cpu")["engine_kwargs"]
+    assert kw["attention_backend"] == "CPU_MLA"
+    assert "attention_backend" not in llm_config(float32)["engine_kwargs"]  # GPU
+
+
 def test_builtin_models_keep_the_mmo_engine() -> None:
     args = build_app_args(validate_file(ROOT / "manifests/samples/private-vqa.yaml").model, None)
     assert args.engine == "mmo" and args.vllm is None
