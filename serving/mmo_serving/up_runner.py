@@ -31,6 +31,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from mmo_serving.config import AUDIT_KEY_ENV, AppArgs
@@ -116,6 +118,33 @@ def check_ports(args: AppArgs, opts: UpOptions) -> None:
     check_port_free(opts.host, args.port, "the Serve HTTP port", "--port PORT")
     # Ray's metrics agent listens on every interface.
     check_port_free("", opts.metrics_port, "Ray's metrics port", "--metrics-port PORT")
+
+
+def is_multimodal_checkpoint(args: AppArgs) -> bool:
+    """The spec takes images, or the local checkpoint has a vision tower."""
+    if "image" in args.modalities:
+        return True
+    local = Path(args.model_source.removeprefix("file://")) / "config.json"
+    try:
+        return "vision_config" in json.loads(local.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def check_vllm_can_load(
+    args: AppArgs, has_module: Callable[[str], bool] = lambda m: find_spec(m) is not None
+) -> None:
+    """UpError before Ray starts when vLLM would fail inside the replica: its multimodal
+    models import torchvision, which vLLM's CPU build on the package index lacks."""
+    if args.engine != "vllm" or not is_multimodal_checkpoint(args):
+        return
+    if not has_module("torchvision"):
+        raise UpError(
+            f"engine vllm cannot load {args.name} here: vLLM's multimodal models "
+            "import torchvision, which this Python cannot import (vLLM's CPU build has "
+            "none on the package index). Serve it where vLLM's CUDA build is installed "
+            "(a GPU machine), or install a torchvision built for this torch"
+        )
 
 
 def hybrid_key_warning(args: AppArgs, env: Mapping[str, str] = os.environ) -> str | None:
@@ -248,6 +277,7 @@ def run_up(app_args: AppArgs, opts: UpOptions, out: TextIO = sys.stdout) -> int:
         if warning:
             print(warning, file=sys.stderr)
         check_ports(args, opts)
+        check_vllm_can_load(args)
     except UpError as exc:
         print(f"mmo up: {exc}", file=sys.stderr)
         return 1

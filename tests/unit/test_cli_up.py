@@ -199,3 +199,43 @@ def test_banner_of_a_text_model_asks_without_an_image(tmp_path: Path) -> None:
     ask = next(line.strip() for line in text.splitlines() if " ask " in line)
     assert ask.endswith("ask --url http://127.0.0.1:8000 'Name three colours.'")
     assert "image_url" not in text
+
+
+def _local_vl_spec(tmp_path: Path, modalities: str = "[text, image]") -> Path:
+    text = (ROOT / "manifests/samples/qwen3-vl-30b-a3b.yaml").read_text()
+    text = text.replace("pvc://model-store/qwen3-vl-30b-a3b-instruct", f"file://{tmp_path}")
+    spec = tmp_path / "local-vl.yaml"
+    spec.write_text(text.replace("modalities: [text, image]", f"modalities: {modalities}"))
+    return spec
+
+
+def test_up_refuses_a_multimodal_vllm_model_without_torchvision_before_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fail_if_ray_starts(monkeypatch)
+    monkeypatch.setattr("mmo_serving.up_runner.find_spec", lambda name: None)
+    spec = str(_local_vl_spec(tmp_path))
+    opts = UpOptions(source=spec, port=_free_port(), metrics_port=_free_port())
+    assert run_up(up_app_args(spec), opts) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "mmo up: engine vllm cannot load qwen3-vl-30b-a3b here: vLLM's multimodal models "
+        "import torchvision, which this Python cannot import"
+    )
+    assert err.endswith("or install a torchvision built for this torch")
+
+
+def test_up_knows_a_multimodal_checkpoint_by_its_vision_tower(tmp_path: Path) -> None:
+    from mmo_serving.up_runner import UpError, check_vllm_can_load
+
+    def without(name: str) -> bool:
+        return name != "torchvision"
+
+    text_only = up_app_args(str(_local_vl_spec(tmp_path, "[text]")))
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3_moe"}')
+    check_vllm_can_load(text_only, without)  # a text checkpoint needs no torchvision
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3_vl_moe", "vision_config": {}}')
+    with pytest.raises(UpError, match=r"^engine vllm cannot load qwen3-vl-30b-a3b here"):
+        check_vllm_can_load(text_only, without)
+    check_vllm_can_load(text_only, lambda name: True)  # torchvision present
+    check_vllm_can_load(up_app_args(PRIVATE), without)  # the built-in engine

@@ -5,12 +5,15 @@ WORK/result.json."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import checkpoints as ck
+import run_up
 
 PROMPTS = ("Hello there, what is the answer?", "Name three colours.")
 MAX_NEW = 8
@@ -69,12 +72,39 @@ def _vl_model(directory: Path) -> dict[str, Any]:
     }
 
 
+def _vl_in_vllm(directory: Path, work: Path) -> dict[str, Any]:
+    """Where the multimodal checkpoint stops with vLLM's CPU build: importing vLLM's model
+    module, and ``mmo up`` on a spec with images (refused before Ray starts)."""
+    try:
+        importlib.import_module("vllm.model_executor.models.qwen3_vl_moe")
+        imported = "ok"
+    except ImportError as exc:
+        imported = f"{type(exc).__name__}: {exc}"
+    spec = run_up.write_spec(work, directory).read_text()
+    spec = spec.replace("modalities: [text]", "modalities: [text, image]")
+    spec = spec.replace(f"name: {run_up.MODEL}", "name: tiny-qwen3-vl-moe")
+    (work / "tiny-qwen3-vl-moe.yaml").write_text(spec)
+    mmo = str(Path(sys.executable).parent / "mmo")
+    up = subprocess.run(
+        [
+            *(mmo, "up", str(work / "tiny-qwen3-vl-moe.yaml")),
+            *("--port", str(run_up.free_port()), "--metrics-port", str(run_up.free_port())),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return {"vllm_module": imported, "up_exit": up.returncode, "up_err": up.stderr}
+
+
 def main(work: Path) -> None:
     result = {
         "qwen3_moe": _text_model(ck.make_qwen3_moe(work / "qwen3-moe")),
         "deepseek_v3": _text_model(ck.make_deepseek_v3(work / "deepseek-v3")),
         "qwen3_vl_moe": _vl_model(ck.make_qwen3_vl_moe(work / "qwen3-vl-moe")),
     }
+    result["qwen3_vl_moe_in_vllm"] = _vl_in_vllm(work / "qwen3-vl-moe", work)
     again = ck.make_qwen3_moe(work / "qwen3-moe-again")
     result["same_seed_same_weights"] = _sha(again / "model.safetensors") == _sha(
         work / "qwen3-moe" / "model.safetensors"

@@ -88,7 +88,7 @@ spec:
 """
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -330,7 +330,7 @@ def main(work: Path) -> None:
     spec = write_spec(work, checkpoint)
     timings["checkpoint_and_reference_s"] = time.perf_counter() - t
 
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     audit = work / "audit.jsonl"
     log = work / "mmo-up.log"
     cmd = [_bin("mmo"), "up", str(spec), "--port", str(port), "--metrics-port",

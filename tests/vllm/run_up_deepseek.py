@@ -64,7 +64,7 @@ def main(work: Path) -> None:
     result["expected"] = ck.greedy_answers(checkpoint, run_up.PROMPTS, run_up.MAX_TOKENS)
     spec = run_up.write_spec(work, checkpoint)
 
-    port, metrics_port = run_up._free_port(), run_up._free_port()
+    port, metrics_port = run_up.free_port(), run_up.free_port()
     log = work / "mmo-up.log"
     cmd = [run_up._bin("mmo"), "up", str(spec), "--port", str(port), "--metrics-port",
            str(metrics_port), "--audit-file", str(work / "audit.jsonl")]  # fmt: skip

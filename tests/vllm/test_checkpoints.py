@@ -73,3 +73,22 @@ def test_qwen3_vl_moe_reads_the_image(built: dict[str, Any]) -> None:
 
 def test_generation_is_reproducible(built: dict[str, Any]) -> None:
     assert built["same_seed_same_weights"]
+
+
+def test_qwen3_vl_moe_stops_at_torchvision_in_vllms_cpu_build(built: dict[str, Any]) -> None:
+    """The boundary of the CPU tests: vLLM's multimodal model modules import torchvision,
+    which has no CPU build on the package index. ``mmo up`` says so before Ray starts
+    instead of a replica failing inside Serve; once vLLM imports the module, the CPU
+    build can serve images and this test (and mmo up's check) must change."""
+    vl = built["qwen3_vl_moe_in_vllm"]
+    assert vl["vllm_module"] == "ModuleNotFoundError: No module named 'torchvision'"
+    assert vl["up_exit"] == 1
+    assert (
+        vl["up_err"]
+        .strip()
+        .splitlines()[-1]
+        .startswith(
+            "mmo up: engine vllm cannot load tiny-qwen3-vl-moe here: vLLM's multimodal models "
+            "import torchvision"
+        )
+    )

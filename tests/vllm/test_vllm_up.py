@@ -99,14 +99,16 @@ def test_up_gateway_in_front_of_vllm(up: dict[str, Any]) -> None:
 def test_up_audit_and_metrics(up: dict[str, Any]) -> None:
     # one line per request, in order: whole answers, streams (tenant "stream"), the
     # repeated one (served from the cache), the refused header, the embeddings request
-    # (the gateway's verdict, local, is audited before the engine refuses it)
+    # (the gateway lets it through, local; the line, written when the request ends, has
+    # the engine's 400)
     n = len(up["prompts"])
     lines = [(a["status"], a["tenant"], a["decision"]) for a in up["audit"]]
     assert lines == [(200, "default", "local")] * n + [(200, "stream", "local")] * n + [
         (200, "default", "local"),
         (400, "default", "refuse"),
-        (200, "default", "local"),
+        (400, "default", "local"),
     ]
+    assert up["audit"][-1]["error"] == "unsupported_by_engine"
     assert all(a["requestId"] for a in up["audit"])
     names = " ".join(up["metrics"])
     for metric in ("mmo_requests_total", "mmo_cache_hits_total", "mmo_policy_decisions_total"):
