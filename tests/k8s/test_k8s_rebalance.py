@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -33,6 +32,7 @@ from operator_harness import (
 from mmo_operator.builders.app_args import plan_and_app_args
 from mmo_operator.validation import validate
 from mmo_serving.config import PlacementPlan
+from ports import free_port
 
 StartOperator = Callable[..., OperatorProcess]
 INTERVAL = 2.0  # --rebalance-interval-override
@@ -153,12 +153,6 @@ def load_server() -> Iterator[LoadServer]:
         server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rebalances_total(port: int) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
@@ -221,7 +215,7 @@ def test_skewed_load_rebalances_in_place_once(
     initial, _ = plan_and_app_args(validate(_rebalancing_doc()))
     loads = _zipf_loads(len(initial.layers), initial.num_experts)
     load_server.serve(initial, loads, version=0)
-    metrics_port = _free_port()
+    metrics_port = free_port()
     proc = _operator(start_operator, load_server, INTERVAL, "--metrics-port", str(metrics_port))
     before = _deploy_ready(cluster)
     assert _rebalances_total(metrics_port) == 0.0

@@ -7,7 +7,6 @@ with what ``mmo validate`` prints for the same file.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import uuid
@@ -19,15 +18,10 @@ import httpx
 import yaml
 from operator_harness import REPO, Cluster, OperatorProcess, model_doc, wait_for
 
+from ports import free_port
+
 StartOperator = Callable[..., OperatorProcess]
 INVALID = REPO / "tests" / "unit" / "invalid"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _review(
@@ -78,7 +72,7 @@ def _validate_cli(path: Path) -> list[str]:
 def test_webhook_rejects_with_the_mmo_validate_messages(
     cluster: Cluster, start_operator: StartOperator, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     start_operator(
         "--webhook-port",
         str(port),
@@ -143,7 +137,7 @@ def test_webhook_judges_with_the_cluster_ranges_of_the_operator_flags(
 ) -> None:
     """--pod-cidrs / --service-cidrs (chart values admission.*) replace the defaults: a
     range of this cluster is refused, a default range that is not this cluster's is not."""
-    port = _free_port()
+    port = free_port()
     start_operator(
         "--webhook-port",
         str(port),

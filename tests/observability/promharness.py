@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -26,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from ports import free_port
+
 DASHBOARD_DIR = Path(__file__).resolve().parents[2] / "charts" / "mmo" / "dashboards"
 RAY_RENAME = {
     "source_labels": ["__name__"],
@@ -36,12 +37,6 @@ RAY_RENAME = {
 }
 # Grafana's built-in variables, as they would be for a short test window.
 BUILTINS = {"__rate_interval": "20s", "__interval": "5s", "__range": "5m"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from mmo_serving.gateway import (
     Verdict,
 )
 from mmo_serving.images import encode_data_url
+from ports import free_port
 
 MODEL = "shapes"
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
@@ -146,12 +146,6 @@ class ScriptedGateway(Gateway):
         return await super().decide(info)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 ARGS = {
     "name": MODEL,
     "modelSource": "builtin://shapes-moe",
@@ -188,7 +182,7 @@ def server(ray_cluster: Any) -> Iterator[Server]:
 
     # The fake engine lives in this test module, which Ray workers cannot import.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    http_port = _free_port()
+    http_port = free_port()
     metrics_port = ray.nodes()[0]["MetricsExportPort"]
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})

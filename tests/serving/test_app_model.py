@@ -4,7 +4,6 @@ coloured shapes correctly over HTTP."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from ray import serve
+
+from ports import free_port
 
 SOURCE = "builtin://shapes-moe"
 
@@ -22,18 +23,12 @@ def _builtin_available() -> bool:
     return (resolve_source(SOURCE) / "config.json").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def int8_url(ray_cluster: Any) -> Iterator[str]:
     assert _builtin_available(), "builtin://shapes-moe missing from serving/mmo_serving/assets"
     from mmo_serving.app import build_app
 
-    port = _free_port()
+    port = free_port()
     args = {
         "name": "vqa-int8",
         "modelSource": SOURCE,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import pytest
 import yaml
 
 from mmo_serving.up_runner import mmo_command
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "manifests/samples/private-vqa.yaml"
 MMO = Path(sys.executable).with_name("mmo")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _children() -> dict[int, list[int]]:
@@ -87,7 +81,7 @@ def test_app_mmo_up_serves_and_stops_cleanly(small_spec: Path) -> None:
     assert "shapes-moe" in available_builtins(), f"operator looks in {assets_dir()}"
     from mmo_serving.up_runner import sample_request
 
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     cmd = [
         str(MMO), "up", str(small_spec), "--port", str(port),
         "--metrics-port", str(metrics_port), "--num-cpus", "4", "--timeout", "300",

@@ -8,7 +8,6 @@ private one (same endpoint configured nowhere: it must receive nothing from it).
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from mmo_serving.engine.types import (
     GenerationRequest,
     GenerationResult,
 )
+from ports import free_port
 
 MODEL = "shapes"
 KEY_ENV = "MMO_GW_TEST_KEY"
@@ -110,12 +110,6 @@ class Cloud:
         self.server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Env:
     def __init__(self, url: str, cloud: Cloud, audit: dict[str, Path]) -> None:
         self.http = httpx.Client(base_url=url, timeout=60)
@@ -162,7 +156,7 @@ def env(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     cloud = Cloud()
     tmp = tmp_path_factory.mktemp("audit")
     audit = {"hybrid": tmp / "hybrid.jsonl", "private": tmp / "private.jsonl"}
-    port = _free_port()
+    port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         actor = {"num_cpus": 0.1, "num_gpus": 1, "runtime_env": {"env_vars": {KEY_ENV: "sk-t"}}}

@@ -14,7 +14,6 @@ changed (a lightweight update: the replica's ``reconfigure``).
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +33,7 @@ from mmo_operator.validation import validate
 from mmo_serving.builtin_engine import BuiltinEngineFactory
 from mmo_serving.config import AppArgs, PlacementPlan
 from mmo_serving.images import encode_data_url
+from ports import free_port
 
 RANKS = 4
 TINY = toy.TINY_SHAPES
@@ -78,12 +78,6 @@ async def tiny_engine(args: AppArgs) -> Any:
     engine = ExpertParallelEngine(args, ModelSource("tiny://", tiny=TINY, seed=3))
     await engine.ready()
     return engine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rank_actors() -> dict[str, int]:
@@ -171,7 +165,7 @@ def live(ray_cluster: Any) -> Iterator[Live]:
     args.engine = "mmo"
     serve_config = build_serve_config(model, args)  # what the RayService carries
     [app] = serve_config["applications"]
-    port = _free_port()
+    port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         running = Live(f"http://127.0.0.1:{port}", model, app["args"], plan)

@@ -21,6 +21,7 @@ from mmo_serving.up_runner import (
     mmo_command,
     run_up,
 )
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVATE = str(ROOT / "manifests/samples/private-vqa.yaml")
@@ -37,12 +38,6 @@ def listening() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _fail_if_ray_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` would raise
 
@@ -51,7 +46,7 @@ def test_serve_port_taken_names_the_port_and_flag(
     listening: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _fail_if_ray_starts(monkeypatch)
-    opts = UpOptions(source=PRIVATE, port=listening, metrics_port=_free_port())
+    opts = UpOptions(source=PRIVATE, port=listening, metrics_port=free_port())
     assert run_up(up_app_args(PRIVATE), opts) == 1
     err = capsys.readouterr().err.strip()
     assert err == (
@@ -64,7 +59,7 @@ def test_metrics_port_taken_names_the_port_and_flag(
     listening: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _fail_if_ray_starts(monkeypatch)
-    opts = UpOptions(source=PRIVATE, port=_free_port(), metrics_port=listening)
+    opts = UpOptions(source=PRIVATE, port=free_port(), metrics_port=listening)
     assert run_up(up_app_args(PRIVATE), opts) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
@@ -103,7 +98,7 @@ def test_ask_image_that_is_not_a_picture(
 ) -> None:
     picture = tmp_path / "notes.png"
     picture.write_bytes(content)
-    url = f"http://127.0.0.1:{_free_port()}"  # never reached
+    url = f"http://127.0.0.1:{free_port()}"  # never reached
     assert main(["ask", "--url", url, "--image", str(picture), "what colour?"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"mmo ask: {picture}: not an image ({reason};"), err
@@ -215,7 +210,7 @@ def test_up_refuses_a_multimodal_vllm_model_without_torchvision_before_ray(
     _fail_if_ray_starts(monkeypatch)
     monkeypatch.setattr("mmo_serving.up_runner.find_spec", lambda name: None)
     spec = str(_local_vl_spec(tmp_path))
-    opts = UpOptions(source=spec, port=_free_port(), metrics_port=_free_port())
+    opts = UpOptions(source=spec, port=free_port(), metrics_port=free_port())
     assert run_up(up_app_args(spec), opts) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(

@@ -276,7 +276,7 @@ def check_engine_metrics(prom: Any, ph: Any, url: str, metrics_url: str) -> dict
 def start_prometheus(work: Path, metrics_port: int) -> tuple[Any, Any]:
     """promharness' Prometheus scraping Ray's endpoint, labelled as the PodMonitor labels
     a model's pods (namespace, model), with the chart's serving and engine rules."""
-    sys.path.insert(0, str(OBSERVABILITY))
+    sys.path[:0] = [str(OBSERVABILITY), str(REPO / "tests" / "support")]  # promharness, ports
     import promharness as ph
 
     prom = ph.PrometheusServer(
