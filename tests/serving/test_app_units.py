@@ -471,17 +471,6 @@ def test_app_build_app_passes_the_accelerator_to_the_vllm_builder(
     assert seen == ["cpu", "gpu"]
 
 
-def test_app_default_engine_factory_for_vllm_needs_its_module() -> None:
-    import importlib.util
-
-    from mmo_serving.engines import default_engine_factory
-
-    if importlib.util.find_spec("mmo_serving.vllm_engine") is not None:
-        pytest.skip("mmo_serving.vllm_engine is present: its own tests cover it")
-    with pytest.raises(ModuleNotFoundError, match=r"mmo_serving\.vllm_engine"):
-        default_engine_factory(ARGS.model_copy(update={"engine": "vllm"}), None)
-
-
 def test_app_expert_load_recorder_exports_deltas_of_counts_updated_in_place() -> None:
     from mmo_serving.engine.types import ExpertLoad
     from mmo_serving.expert_load import ExpertLoadRecorder
